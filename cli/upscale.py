@@ -1,0 +1,61 @@
+"""`vsrkit upscale IN -o OUT`: decode, optional pre-processing, upscale, encode with audio.
+
+The pipeline is the same one the nodes build: open_clip -> deinterlace/denoise ->
+engine -> save_clip, pulled chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("upscale", help="upscale a video (Real-ESRGAN or FlashVSR Tiny)",
+                                   description="Upscale a video, keeping every frame, the frame rate and the audio.")
+    parser.add_argument("input", type=Path, help="input video file")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output video file (never overwritten)")
+    parser.add_argument("--engine", choices=("realesrgan", "flashvsr"), default="realesrgan")
+    parser.add_argument("--model", default=None,
+                        help="Real-ESRGAN model name or file (default: realesr-animevideov3 at --scale)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="FlashVSR checkpoint folder")
+    parser.add_argument("--scale", type=int, default=2, help="upscale factor (default 2)")
+    parser.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: automatic)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--deinterlace", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--denoise", choices=("none", "light", "medium", "strong"), default="none")
+    parser.add_argument("--codec", default="h264", help="output codec (h264, h265, vp9, prores, ffv1, av1, png)")
+    parser.add_argument("--crf", type=int, default=None, help="quality for h264/h265/vp9/av1 (lower is better)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engines.decode import open_clip
+    from ..engines.encode import EncodeOptions, save_clip
+    from ..engines.preprocess import deinterlace_clip, denoise_clip
+    from ..engines.progress import ConsoleProgress
+
+    started = time.monotonic()
+    clip = open_clip(args.input)
+    clip = deinterlace_clip(clip, mode=args.deinterlace)
+    if args.denoise != "none":
+        clip = denoise_clip(clip, preset=args.denoise)
+    if args.engine == "realesrgan":
+        from ..engines.realesrgan.upscale import upscale_clip_cli
+
+        clip = upscale_clip_cli(clip, args)
+    else:
+        from ..engines.flashvsr.upscale import upscale_clip_cli
+
+        clip = upscale_clip_cli(clip, args)
+    options = EncodeOptions(codec=args.codec, crf=args.crf)
+    with ConsoleProgress(clip.info.frame_count, "upscale", quiet=args.quiet) as progress:
+        out = save_clip(clip, args.output, options, progress=progress)
+    elapsed = time.monotonic() - started
+    info = clip.info
+    print(f"{info.frame_count} frames, {info.width}x{info.height}, {float(info.fps):.3f} fps, "
+          f"{elapsed:.1f} s -> {out}")
+    return 0

@@ -1,0 +1,1 @@
+"""Plain PyTorch / PyAV / NumPy engines. Nothing here imports ComfyUI."""

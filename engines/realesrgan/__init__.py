@@ -1,0 +1,1 @@
+"""Real-ESRGAN: RRDBNet and SRVGGNetCompact, ncnn import, tiled inference."""

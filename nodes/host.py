@@ -1,0 +1,190 @@
+"""The one place where vsrkit reaches ComfyUI's services.
+
+When ComfyUI is importable (the pack runs inside a ComfyUI process) this uses its
+progress bar, interrupt flag, model folders, input/output folders and model
+management. Otherwise (tests, the CLI) it falls back to standalone behaviour: a
+console progress bar, no interrupt, and folders under a user cache directory.
+Nothing else in the pack imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..engines.progress import Cancelled, ConsoleProgress, Progress
+
+
+def _comfy(module: str) -> ModuleType | None:
+    """ComfyUI's module `module`, or None when not running inside ComfyUI."""
+    try:
+        return importlib.import_module(module)
+    except Exception:
+        return None
+
+
+def in_comfyui() -> bool:
+    return _comfy("folder_paths") is not None and _comfy("comfy.utils") is not None
+
+
+def user_data_dir() -> Path:
+    """Standalone home for models and outputs: $VSRKIT_HOME, else ~/.cache/vsrkit."""
+    root = os.environ.get("VSRKIT_HOME")
+    if root:
+        return Path(root).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vsrkit"
+
+
+class _ComfyProgress(Progress):
+    """ComfyUI's progress bar and interrupt flag behind the engines' Progress interface."""
+
+    def __init__(self, total: int | None, desc: str):
+        super().__init__(total, desc)
+        utils = _comfy("comfy.utils")
+        self._bar = utils.ProgressBar(total or 1) if utils is not None else None
+        self._mm = _comfy("comfy.model_management")
+
+    def _report(self) -> None:
+        if self._bar is not None:
+            self._bar.update_absolute(min(self.done, self.total or self.done), self.total or None)
+
+    def set_total(self, total: int | None) -> None:
+        self.total = total
+        if self._bar is not None and total:
+            self._bar.total = total
+        self._report()
+
+    def check_cancel(self) -> None:
+        if self._mm is None:
+            return
+        try:
+            self._mm.throw_exception_if_processing_interrupted()
+        except Exception as exc:
+            if type(exc).__name__ == "InterruptProcessingException":
+                raise
+            raise Cancelled(str(exc)) from exc
+
+
+def progress(total: int | None, desc: str = "") -> Progress:
+    """A progress sink for the current host: ComfyUI's bar inside ComfyUI, a console bar outside."""
+    if in_comfyui():
+        return _ComfyProgress(total, desc)
+    return ConsoleProgress(total, desc, quiet=os.environ.get("VSRKIT_QUIET") == "1")
+
+
+def model_dirs(kind: str) -> list[Path]:
+    """Folders ComfyUI registers for model type `kind` (e.g. "upscale_models", "FlashVSR").
+
+    Standalone: the user cache folder `<VSRKIT_HOME>/models/<kind>`.
+    """
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        try:
+            paths = folder_paths.get_folder_paths(kind)
+        except Exception:
+            paths = []
+        if not paths:
+            paths = [os.path.join(folder_paths.models_dir, kind)]
+        return [Path(p) for p in paths]
+    return [user_data_dir() / "models" / kind]
+
+
+def model_files(kind: str) -> list[str]:
+    """File names ComfyUI lists for model type `kind`, for a loader's dropdown."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        try:
+            return sorted(folder_paths.get_filename_list(kind))
+        except Exception:
+            pass
+    names: set[str] = set()
+    for folder in model_dirs(kind):
+        if folder.is_dir():
+            names.update(p.name for p in folder.iterdir() if p.is_file())
+    return sorted(names)
+
+
+def input_dir() -> Path:
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_input_directory())
+    return Path.cwd()
+
+
+def output_dir() -> Path:
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return Path.cwd()
+
+
+def temp_dir() -> Path:
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_temp_directory())
+    return user_data_dir() / "temp"
+
+
+def allowed_roots() -> list[Path]:
+    """Folders a node may read from or write to: ComfyUI's input, output and temp folders."""
+    return [input_dir(), output_dir(), temp_dir()]
+
+
+def torch_device() -> Any:
+    """ComfyUI's chosen device inside ComfyUI; otherwise CUDA when present, else CPU."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return mm.get_torch_device()
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def free_memory(bytes_needed: int, device: Any) -> None:
+    """Ask ComfyUI to unload other models so `bytes_needed` fit on `device`; no-op standalone."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.free_memory(bytes_needed, device)
+
+
+def soft_empty_cache() -> None:
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache()
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def core_video_types() -> tuple[Any, Any] | None:
+    """ComfyUI's core (VideoFromFile, VideoFromComponents) classes, or None outside ComfyUI."""
+    for module_name in ("comfy_api.latest._input_impl.video_types", "comfy_api.input_impl.video_types",
+                        "comfy_api.input_impl"):
+        module = _comfy(module_name)
+        if module is not None and hasattr(module, "VideoFromFile"):
+            return module.VideoFromFile, getattr(module, "VideoFromComponents", None)
+    return None
+
+
+__all__ = [
+    "Cancelled",
+    "allowed_roots",
+    "core_video_types",
+    "free_memory",
+    "in_comfyui",
+    "input_dir",
+    "model_dirs",
+    "model_files",
+    "output_dir",
+    "progress",
+    "soft_empty_cache",
+    "temp_dir",
+    "torch_device",
+    "user_data_dir",
+]

@@ -1,0 +1,6 @@
+"""Type names shared by vsrkit nodes."""
+
+CLIP = "VSRKIT_CLIP"
+REALESRGAN_MODEL = "VSRKIT_REALESRGAN_MODEL"
+FLASHVSR_MODEL = "VSRKIT_FLASHVSR_MODEL"
+CATEGORY = "vsrkit"
