@@ -26,6 +26,8 @@ from the constructor (the loader reads them off the checkpoint's shapes).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,12 +79,24 @@ def pixel_unshuffle_video(frames: torch.Tensor, factor: int) -> torch.Tensor:
     return flat.reshape(b, t, c * factor * factor, h // factor, w // factor).permute(0, 2, 1, 3, 4)
 
 
+@dataclasses.dataclass
+class ProjectorState:
+    """Where one stream stands: the frames each temporal convolution needs from the past."""
+
+    cache1: torch.Tensor | None = None
+    cache2: torch.Tensor | None = None
+    started: bool = False
+
+
 class LQProjector(nn.Module):
     """Shared structure of both projector variants; see the module docstring.
 
     Args mirror the checkpoint: `in_dim` colour channels, `out_dim` = the DiT width,
     `hidden_dim1`/`hidden_dim2` = the two convolutions' widths (2048 / 3072 in the
     release), `layer_num` = how many DiT blocks receive a projection (1 in the release).
+
+    Stream state lives in a `ProjectorState`, so one module can serve several streams
+    (spatial tiles); calls without a state use the module's own.
     """
 
     variant = ""
@@ -101,26 +115,19 @@ class LQProjector(nn.Module):
         self.conv2 = CausalConv3d(hidden_dim1, hidden_dim2, kernel, stride, padding)
         self.norm2 = ChannelRMSNorm(hidden_dim2)
         self.linear_layers = nn.ModuleList(nn.Linear(hidden_dim2, out_dim) for _ in range(layer_num))
-        self._cache1: torch.Tensor | None = None
-        self._cache2: torch.Tensor | None = None
-        self._started = False
+        self.state = ProjectorState()
 
     def reset(self) -> None:
-        """Forget the stream: the next `stream` call is a new clip's frame 0."""
-        self._cache1 = None
-        self._cache2 = None
-        self._started = False
+        """Forget the module's own stream: the next `stream` call is a new clip's frame 0."""
+        self.state = ProjectorState()
 
-    @property
-    def started(self) -> bool:
-        return self._started
-
-    def stream(self, frames: torch.Tensor) -> list[torch.Tensor] | None:
+    def stream(self, frames: torch.Tensor, state: ProjectorState | None = None) -> list[torch.Tensor] | None:
         """Feed the next frames of a clip, [B, 3, T, H, W] in -1..1 (H, W multiples of 16).
 
         The first call takes frame 0 alone and returns None. Later calls take 4k frames
-        and return `layer_num` tensors [B, k * H/16 * W/16, out_dim].
+        and return `layer_num` tensors [B, k * H/16 * W/16, out_dim]. `state` is updated in place.
         """
+        state = self.state if state is None else state
         if frames.ndim != 5 or frames.shape[1] != self.in_dim:
             raise ValueError(f"LQ frames must be [B, {self.in_dim}, T, H, W], got {tuple(frames.shape)}")
         if frames.shape[-1] % UNSHUFFLE or frames.shape[-2] % UNSHUFFLE:
@@ -128,25 +135,24 @@ class LQProjector(nn.Module):
                              f"{frames.shape[-1]}x{frames.shape[-2]}")
         weight = self.conv1.weight
         frames = frames.to(weight.device, weight.dtype)
-        if not self._started:
+        if not state.started:
             if frames.shape[2] != 1:
                 raise ValueError(f"the first LQ projector call takes frame 0 alone, got {frames.shape[2]} frames")
-            self._warm_up(pixel_unshuffle_video(frames.repeat(1, 1, FRAMES_PER_LATENT, 1, 1), UNSHUFFLE))
-            self._started = True
+            self._warm_up(pixel_unshuffle_video(frames.repeat(1, 1, FRAMES_PER_LATENT, 1, 1), UNSHUFFLE), state)
+            state.started = True
             return None
         if frames.shape[2] == 0 or frames.shape[2] % FRAMES_PER_LATENT:
             raise ValueError(f"after frame 0 the LQ projector takes a multiple of {FRAMES_PER_LATENT} frames, "
                              f"got {frames.shape[2]}")
-        hidden = self._advance(pixel_unshuffle_video(frames, UNSHUFFLE))
+        hidden = self._advance(pixel_unshuffle_video(frames, UNSHUFFLE), state)
         tokens = hidden.flatten(2).transpose(1, 2)
         return [linear(tokens) for linear in self.linear_layers]
 
     def forward(self, video: torch.Tensor) -> list[torch.Tensor]:
-        """A whole clip of 4k+1 frames at once (resets the stream first)."""
-        self.reset()
-        self.stream(video[:, :, :1])
-        out = self.stream(video[:, :, 1:])
-        self.reset()
+        """A whole clip of 4k+1 frames at once, as its own stream."""
+        state = ProjectorState()
+        self.stream(video[:, :, :1], state)
+        out = self.stream(video[:, :, 1:], state)
         assert out is not None
         return out
 
@@ -156,10 +162,10 @@ class LQProjector(nn.Module):
     def _second_stage(self, x: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
         return F.silu(self.norm2(self.conv2(x, past)))
 
-    def _warm_up(self, x: torch.Tensor) -> None:
+    def _warm_up(self, x: torch.Tensor, state: ProjectorState) -> None:
         raise NotImplementedError
 
-    def _advance(self, x: torch.Tensor) -> torch.Tensor:
+    def _advance(self, x: torch.Tensor, state: ProjectorState) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -168,16 +174,16 @@ class CausalLQProjector(LQProjector):
 
     variant = "v1.1"
 
-    def _warm_up(self, x: torch.Tensor) -> None:
+    def _warm_up(self, x: torch.Tensor, state: ProjectorState) -> None:
         hidden = self._first_stage(x, None)
-        self._cache1 = x[:, :, -CACHE_FRAMES:].clone()
-        self._cache2 = hidden[:, :, -CACHE_FRAMES:].clone()
+        state.cache1 = x[:, :, -CACHE_FRAMES:].clone()
+        state.cache2 = hidden[:, :, -CACHE_FRAMES:].clone()
 
-    def _advance(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self._first_stage(x, self._cache1)
-        self._cache1 = x[:, :, -CACHE_FRAMES:].clone()
-        out = self._second_stage(hidden, self._cache2)
-        self._cache2 = hidden[:, :, -CACHE_FRAMES:].clone()
+    def _advance(self, x: torch.Tensor, state: ProjectorState) -> torch.Tensor:
+        hidden = self._first_stage(x, state.cache1)
+        state.cache1 = x[:, :, -CACHE_FRAMES:].clone()
+        out = self._second_stage(hidden, state.cache2)
+        state.cache2 = hidden[:, :, -CACHE_FRAMES:].clone()
         return out
 
 
@@ -186,10 +192,10 @@ class BufferLQProjector(LQProjector):
 
     variant = "v1"
 
-    def _warm_up(self, x: torch.Tensor) -> None:
+    def _warm_up(self, x: torch.Tensor, state: ProjectorState) -> None:
         """Nothing carries over between v1 groups, so frame 0's warm-up group has no effect."""
 
-    def _advance(self, x: torch.Tensor) -> torch.Tensor:
+    def _advance(self, x: torch.Tensor, state: ProjectorState) -> torch.Tensor:
         outputs = []
         for start in range(0, x.shape[2], FRAMES_PER_LATENT):
             group = x[:, :, start:start + FRAMES_PER_LATENT]

@@ -26,12 +26,15 @@ frames on the first call and 4n frames on later calls.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 COND_UNSHUFFLE = (4, 8, 8)
 IMAGE_CHANNELS = 3
+COND_CHANNELS = IMAGE_CHANNELS * COND_UNSHUFFLE[0] * COND_UNSHUFFLE[1] * COND_UNSHUFFLE[2]
 
 
 class Clamp(nn.Module):
@@ -99,11 +102,22 @@ def unshuffle_condition(cond: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, t // ft, c * ft * fh * fw, h // fh, w // fw)
 
 
+@dataclasses.dataclass
+class DecoderState:
+    """Where one stream stands: each MemBlock's last input frame, and whether frames were decoded yet."""
+
+    memory: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+    started: bool = False
+
+
 class TCDecoder(nn.Module):
     """The conditional tiny decoder; see the module docstring.
 
     Args mirror the checkpoint: `channels` (c0, c1, c2, c3) and `latent_channels`, the
     first conv's input width (16 latent + 768 condition = 784 in the release).
+
+    Stream state lives in a `DecoderState`, so one module can serve several streams
+    (spatial tiles); calls without a state use the module's own.
     """
 
     def __init__(self, channels: tuple[int, int, int, int] | list[int] = (512, 256, 128, 128),
@@ -112,7 +126,7 @@ class TCDecoder(nn.Module):
         c0, c1, c2, c3 = (int(c) for c in channels)
         self.channels = (c0, c1, c2, c3)
         self.latent_channels = latent_channels
-        self.cond_channels = IMAGE_CHANNELS * COND_UNSHUFFLE[0] * COND_UNSHUFFLE[1] * COND_UNSHUFFLE[2]
+        self.cond_channels = COND_CHANNELS
         if latent_channels <= self.cond_channels:
             raise ValueError(f"latent_channels must exceed the {self.cond_channels} condition channels, "
                              f"got {latent_channels}")
@@ -131,8 +145,7 @@ class TCDecoder(nn.Module):
             if isinstance(layer, TGrow):
                 self.time_factor *= layer.stride
         self.frames_to_trim = self.time_factor - 1
-        self._memory: dict[int, torch.Tensor] = {}
-        self._started = False
+        self.state = DecoderState()
 
     @property
     def noise_channels(self) -> int:
@@ -144,31 +157,30 @@ class TCDecoder(nn.Module):
         return 2 ** sum(isinstance(layer, Upsample) for layer in self.decoder)
 
     def reset(self) -> None:
-        """Forget the temporal memory: the next `decode` call starts a new clip."""
-        self._memory = {}
-        self._started = False
+        """Forget the module's own stream: the next `decode` call starts a new clip."""
+        self.state = DecoderState()
 
-    @property
-    def started(self) -> bool:
-        return self._started
-
-    def cond_frames_needed(self, latent_frames: int) -> int:
+    def cond_frames_needed(self, latent_frames: int, state: DecoderState | None = None) -> int:
         """LQ frames that the next `decode` call of `latent_frames` latents takes (and frames it returns)."""
+        state = self.state if state is None else state
         full = latent_frames * self.time_factor
-        return full if self._started else full - self.frames_to_trim
+        return full if state.started else full - self.frames_to_trim
 
-    def decode(self, latents: torch.Tensor, cond: torch.Tensor, latents_per_pass: int = 1) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, cond: torch.Tensor, state: DecoderState | None = None,
+               latents_per_pass: int = 1) -> torch.Tensor:
         """Decode the next latents of a stream.
 
         latents: [B, 16, n, h, w] DiT output. cond: the matching LQ frames [B, 3, F, 8h, 8w]
         in -1..1, F = `cond_frames_needed(n)` (4n-3 on the first call, 4n later).
         Returns F frames [B, 3, F, 8h, 8w], roughly in -1..1. `latents_per_pass` bounds
         memory (latent frames pushed through the network at once); it does not change the result.
+        `state` is updated in place.
         """
+        state = self.state if state is None else state
         if latents.ndim != 5 or latents.shape[1] != self.noise_channels:
             raise ValueError(f"latents must be [B, {self.noise_channels}, n, h, w], got {tuple(latents.shape)}")
         b, _, n, h, w = latents.shape
-        expected = self.cond_frames_needed(n)
+        expected = self.cond_frames_needed(n, state)
         if cond.shape[2] != expected:
             raise ValueError(f"{n} latent frames need {expected} LQ frames on this decode call, got {cond.shape[2]}")
         if tuple(cond.shape[-2:]) != (h * COND_UNSHUFFLE[1], w * COND_UNSHUFFLE[2]) or cond.shape[1] != IMAGE_CHANNELS:
@@ -177,29 +189,29 @@ class TCDecoder(nn.Module):
         latents = latents.to(weight.device, weight.dtype)
         cond = cond.to(weight.device, weight.dtype)
         trim = 0
-        if not self._started:
+        if not state.started:
             cond = torch.cat([cond[:, :, :1].expand(-1, -1, self.frames_to_trim, -1, -1), cond], dim=2)
             trim = self.frames_to_trim
         x = torch.cat([unshuffle_condition(cond), latents.transpose(1, 2)], dim=2)
         outputs = []
         for start in range(0, n, max(1, latents_per_pass)):
-            outputs.append(self._run(x[:, start:start + max(1, latents_per_pass)]))
-        self._started = True
+            outputs.append(self._run(x[:, start:start + max(1, latents_per_pass)], state.memory))
+        state.started = True
         video = torch.cat(outputs, dim=1)[:, trim:]
         return video.transpose(1, 2).mul(2).sub(1)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, memory: dict[int, torch.Tensor]) -> torch.Tensor:
         """[B, t, C, h, w] through every layer, carrying each MemBlock's last input to the next call."""
         b = x.shape[0]
         for index, layer in enumerate(self.decoder):
             t = x.shape[1]
             frames = x.flatten(0, 1)
             if isinstance(layer, MemBlock):
-                before = self._memory.get(index)
+                before = memory.get(index)
                 if before is None:
                     before = torch.zeros_like(x[:, :1])
                 past = torch.cat([before, x[:, :-1]], dim=1).flatten(0, 1)
-                self._memory[index] = x[:, -1:].clone()
+                memory[index] = x[:, -1:].clone()
                 out = layer(frames, past)
             elif isinstance(layer, TGrow):
                 grown = layer(frames)
