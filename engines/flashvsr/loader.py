@@ -300,24 +300,31 @@ def open_checkpoint(path: Path) -> Iterator[CheckpointReader]:
 
 
 def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        raise InputError(
-            f"refusing to load {path.name} in {path.parent}: it is not a plain weights file "
-            f"(a weights-only load stops at anything that could run code: {str(exc).splitlines()[0]}). "
-            "Use the official checkpoint or a safetensors copy."
-        ) from exc
-    except RuntimeError as exc:
-        if "mmap" not in str(exc) and "zip" not in str(exc):
+    attempts = ({"mmap": True}, {})
+    for number, extra in enumerate(attempts):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, **extra)
+        except pickle.UnpicklingError as exc:
+            raise InputError(
+                f"refusing to load {path.name} in {path.parent}: it is not a plain weights file "
+                f"({_unsafe_reason(exc)}; a weights-only load stops at anything that could run code). "
+                "Use the official checkpoint or a safetensors copy."
+            ) from exc
+        except Exception as exc:
+            legacy_format = "mmap" in str(exc) or "zip" in str(exc)
+            if number + 1 < len(attempts) and legacy_format:
+                continue
             raise InputError(f"{path.name} in {path.parent} is not a readable torch checkpoint: {exc}") from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputError(f"refusing to load {path.name} in {path.parent}: it is not a plain weights file "
-                         f"({str(exc).splitlines()[0]})") from exc
-    except Exception as exc:
-        raise InputError(f"{path.name} in {path.parent} is not a readable torch checkpoint: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+def _unsafe_reason(exc: Exception) -> str:
+    """The line of torch's weights-only refusal that names what the file wanted to run."""
+    for line in str(exc).splitlines():
+        lowered = line.lower()
+        if "unsupported global" in lowered or "unsupported operand" in lowered or "blocked" in lowered:
+            return line.strip().removeprefix("WeightsUnpickler error:").strip().rstrip(".")
+    return "it references code"
 
 
 def _infer(path: Path, shapes: Mapping[str, Sequence[int]], component: str,
