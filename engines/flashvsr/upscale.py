@@ -1,0 +1,118 @@
+"""FlashVSR Tiny as a streaming clip stage: `upscale_clip` for the nodes, `upscale_clip_cli` for the CLI.
+
+The stage pulls the input clip chunk by chunk and emits upscaled frames as soon as each
+streaming chunk is decoded (Tiny-Long), so memory stays bounded whatever the clip's
+length. Every input frame gives exactly one output frame, at exactly scale x its size.
+An alpha channel, which the model does not see, is resized with the same bicubic kernel.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ..clip import Clip
+from ..errors import InputError
+from ..progress import Progress
+from .colorfix import METHODS as COLOR_FIX_METHODS
+from .pipeline import (
+    MODES,
+    SIZE_MULTIPLE,
+    FlashVSRPipeline,
+    StreamSettings,
+    bicubic_resize,
+    model_size,
+)
+
+SCALES = (2, 3, 4)
+AUTO_TILE_PIXELS = 1536 * 1536
+AUTO_TILE_SIZE = 1024
+DEFAULT_OVERLAP = 128
+
+
+def auto_tile_size(height: int, width: int) -> int:
+    """Tile size for an output of height x width: none up to about 2.4 MP, else 1024 px tiles."""
+    padded_h, padded_w = model_size(height, width)
+    return 0 if padded_h * padded_w <= AUTO_TILE_PIXELS else AUTO_TILE_SIZE
+
+
+def check_settings(scale: int, mode: str, sparse_ratio: float, kv_ratio: float, local_range: int,
+                   color_fix: str, tile_size: int, tile_overlap: int) -> None:
+    """Raise `InputError` naming the first parameter out of range."""
+    if scale not in SCALES:
+        raise InputError(f"FlashVSR scale must be one of {SCALES}, got {scale}")
+    if mode not in MODES:
+        raise InputError(f"FlashVSR mode must be one of {MODES}, got {mode!r}")
+    if not 0.5 <= sparse_ratio <= 8.0:
+        raise InputError(f"sparse_ratio must be between 0.5 and 8 (1.5 faster, 2.0 steadier), got {sparse_ratio}")
+    if not 1.0 <= kv_ratio <= 16.0:
+        raise InputError(f"kv_ratio must be between 1 and 16 (cached time slices), got {kv_ratio}")
+    if not 1 <= local_range <= 64:
+        raise InputError(f"local_range must be between 1 and 64 blocks (9 sharper, 11 steadier), got {local_range}")
+    if color_fix not in COLOR_FIX_METHODS:
+        raise InputError(f"colour fix must be one of {COLOR_FIX_METHODS}, got {color_fix!r}")
+    if tile_size < 0 or tile_size % SIZE_MULTIPLE:
+        raise InputError(f"tile size must be 0 (automatic) or a positive multiple of {SIZE_MULTIPLE} pixels, "
+                         f"got {tile_size}")
+    if tile_overlap < 0 or tile_overlap % 16 or (tile_size and tile_overlap > tile_size // 2):
+        raise InputError(f"tile overlap must be a multiple of 16 pixels, at most half the tile size, "
+                         f"got {tile_overlap}")
+
+
+def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-long",
+                 sparse_ratio: float = 2.0, kv_ratio: float = 3.0, local_range: int = 11,
+                 color_fix: str = "adain", seed: int = 0, tile_size: int = 0,
+                 tile_overlap: int = DEFAULT_OVERLAP, progress: Progress | None = None,
+                 attention_backend: str = "auto") -> Clip:
+    """A clip of `clip` upscaled by FlashVSR Tiny (`models` from `loader.load_flashvsr`).
+
+    mode "tiny-long" streams with bounded memory; "tiny" decodes the whole clip at the end
+    (same frames, memory grows with length). tile_size 0 picks tiling automatically for
+    large outputs. `progress` advances by output frames and is asked for cancellation
+    between chunks. Nothing runs until the returned clip is pulled.
+    """
+    check_settings(scale, mode, sparse_ratio, kv_ratio, local_range, color_fix, tile_size, tile_overlap)
+    info = clip.info
+    if info.channels not in (3, 4):
+        raise InputError(f"FlashVSR needs RGB or RGBA frames, got {info.channels} channels")
+    out_h, out_w = info.height * scale, info.width * scale
+    settings = StreamSettings(mode=mode, sparse_ratio=sparse_ratio, kv_ratio=kv_ratio, local_range=local_range,
+                              color_fix=color_fix, seed=seed, tile_overlap=tile_overlap,
+                              tile_size=tile_size or auto_tile_size(out_h, out_w))
+
+    def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        pipeline = FlashVSRPipeline.from_models(models, attention_backend)
+        alphas: deque[torch.Tensor] = deque()
+
+        def colour(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+            for chunk in chunks:
+                if chunk.shape[-1] == 4:
+                    alphas.extend(chunk[..., 3:].unbind(0))
+                yield chunk[..., :3]
+
+        for frames in pipeline.upscale(colour(chunks), scale, settings, progress=progress):
+            if alphas:
+                alpha = torch.stack([alphas.popleft() for _ in range(frames.shape[0])])
+                alpha = bicubic_resize(alpha.permute(0, 3, 1, 2).float(), out_h, out_w).clamp(0, 1)
+                frames = torch.cat([frames, alpha.permute(0, 2, 3, 1)], dim=-1)
+            yield frames
+
+    return clip.then(stage, width=out_w, height=out_h)
+
+
+def upscale_clip_cli(clip: Clip, args: Any) -> Clip:
+    """The CLI's `--engine flashvsr`: load v1.1 from --model-dir (default search path) and upscale.
+
+    args carries model_dir, scale, device, precision, tile and quiet (cli/upscale.py).
+    """
+    from .loader import default_model_dirs, load_flashvsr
+
+    model_dir = getattr(args, "model_dir", None)
+    folders = [model_dir] if model_dir else default_model_dirs()
+    models = load_flashvsr(folders, version=getattr(args, "flashvsr_version", None) or "v1.1",
+                           dtype=getattr(args, "precision", None) or "auto", device=getattr(args, "device", None))
+    return upscale_clip(clip, models, scale=int(getattr(args, "scale", 4)),
+                        tile_size=int(getattr(args, "tile", 0) or 0))
