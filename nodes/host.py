@@ -162,6 +162,53 @@ def soft_empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
+class ManagedModel:
+    """A torch module whose place on the compute device the host decides.
+
+    Inside ComfyUI the module is wrapped in a `ModelPatcher`: `load()` goes through
+    `comfy.model_management.load_models_gpu`, which first unloads other models to make
+    room, and ComfyUI may offload this one later when another model needs the memory.
+    `offload()` hands it back to the offload device at once. Standalone, `load()` moves
+    the module to `device` and `offload()` moves it to the CPU.
+    """
+
+    def __init__(self, module: Any, device: Any, offload_device: Any = None):
+        import torch
+
+        self.module = module
+        self.device = torch.device(device)
+        mm = _comfy("comfy.model_management")
+        patcher_module = _comfy("comfy.model_patcher")
+        self.patcher = None
+        if mm is not None and patcher_module is not None:
+            self.offload_device = torch.device(offload_device) if offload_device is not None \
+                else mm.unet_offload_device()
+            self.patcher = patcher_module.ModelPatcher(module, load_device=self.device,
+                                                       offload_device=self.offload_device)
+        else:
+            self.offload_device = torch.device(offload_device or "cpu")
+
+    def load(self, memory_required: int = 0) -> None:
+        """Make the weights resident on the compute device; `memory_required`: working memory to keep free."""
+        mm = _comfy("comfy.model_management")
+        if self.patcher is not None and mm is not None:
+            mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
+            return
+        self.module.to(self.device)
+
+    def offload(self) -> None:
+        """Move the weights to the offload device now and release cached GPU memory."""
+        mm = _comfy("comfy.model_management")
+        if self.patcher is not None and mm is not None:
+            loaded = getattr(mm, "current_loaded_models", [])
+            for index in range(len(loaded) - 1, -1, -1):
+                if loaded[index].model is self.patcher:
+                    loaded[index].model_unload()
+                    loaded.pop(index)
+        self.module.to(self.offload_device)
+        soft_empty_cache()
+
+
 def core_video_types() -> tuple[Any, Any] | None:
     """ComfyUI's core (VideoFromFile, VideoFromComponents) classes, or None outside ComfyUI."""
     for module_name in ("comfy_api.latest._input_impl.video_types", "comfy_api.input_impl.video_types",
@@ -174,6 +221,7 @@ def core_video_types() -> tuple[Any, Any] | None:
 
 __all__ = [
     "Cancelled",
+    "ManagedModel",
     "allowed_roots",
     "core_video_types",
     "free_memory",
