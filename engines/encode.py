@@ -1,0 +1,445 @@
+"""Encode a clip to a file, chunk by chunk, with its audio muxed in sync.
+
+The output appears whole or not at all: frames go to a hidden temporary file in
+the destination folder, which is renamed into place only when complete (and
+never over an existing file unless asked). On an error or a cancel the partial
+file is removed.
+
+RGB is converted to the target pixel format with the matrix and range the stream
+is tagged with (`engines.colors`), so a save-and-reload round trip keeps colours.
+Odd sizes are padded (edge pixels repeated) or cropped for subsampled pixel formats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from .audio import AUDIO_CODECS, open_audio_writer
+from .clip import Clip, ClipInfo, ColorInfo
+from .colors import (
+    MATRIX_CODES,
+    PRIMARIES_CODES,
+    RANGE_CODES,
+    SUPPORTED_MATRICES,
+    TRANSFER_CODES,
+    canonical,
+    default_color,
+    rgb_to_yuv,
+)
+from .errors import InputError
+from .paths import discard, partial_path, publish
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecSpec:
+    encoder: str
+    containers: tuple[str, ...]
+    pix_fmt: str
+    deep_pix_fmt: str
+    alpha_pix_fmt: str | None
+    crf: tuple[int, int, int] | None
+    """(lowest, highest, default) quality value, or None when the codec has no crf."""
+    presets: tuple[str, ...]
+    default_preset: str | None
+
+
+_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+CODECS: dict[str, CodecSpec] = {
+    "h264": CodecSpec("libx264", ("mp4", "mkv", "mov"), "yuv420p", "yuv420p", None, (0, 51, 18),
+                      _X26X_PRESETS, "medium"),
+    "h265": CodecSpec("libx265", ("mp4", "mkv", "mov"), "yuv420p", "yuv420p10le", None, (0, 51, 22),
+                      _X26X_PRESETS, "medium"),
+    "vp9": CodecSpec("libvpx-vp9", ("webm", "mkv", "mp4"), "yuv420p", "yuv420p", "yuva420p", (0, 63, 32),
+                     tuple(str(n) for n in range(9)), "4"),
+    "prores": CodecSpec("prores_ks", ("mov", "mkv"), "yuv422p10le", "yuv422p10le", "yuva444p10le", None,
+                        ("proxy", "lt", "standard", "hq", "4444", "4444xq"), "hq"),
+    "ffv1": CodecSpec("ffv1", ("mkv", "avi"), "gbrp10le", "gbrp16le", "gbrap10le", None, (), None),
+    "av1": CodecSpec("libsvtav1", ("mp4", "mkv", "webm"), "yuv420p", "yuv420p10le", None, (0, 63, 35),
+                     tuple(str(n) for n in range(14)), "8"),
+    "png": CodecSpec("png", ("png",), "rgb24", "rgb48be", "rgba", None, (), None),
+}
+CODEC_ALIASES = {"x264": "h264", "avc": "h264", "libx264": "h264", "x265": "h265", "hevc": "h265",
+                 "libx265": "h265", "webm": "vp9", "libvpx-vp9": "vp9", "prores_ks": "prores",
+                 "svtav1": "av1", "libsvtav1": "av1", "lossless": "ffv1"}
+_EXTENSIONS = {"mp4": "mp4", "m4v": "mp4", "mkv": "mkv", "mov": "mov", "webm": "webm", "avi": "avi"}
+_PRORES_PROFILES = {"proxy": 0, "lt": 1, "standard": 2, "hq": 3, "4444": 4, "4444xq": 5}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeOptions:
+    """How to encode. None means the codec's default (see `CODECS`)."""
+
+    codec: str = "h264"
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+    odd_size: str = "pad"
+    """"pad" (repeat the last row/column) or "crop" (drop it) when a subsampled format needs even sizes."""
+    audio: bool = True
+    audio_codec: str | None = None
+    """None/"auto": copy when the container allows, else re-encode; "copy"; or aac/opus/flac/pcm/mp3/ac3."""
+    audio_bitrate: int | None = None
+    color_matrix: str = "auto"
+    """"auto" keeps the clip's matrix; or bt601, bt709, bt2020."""
+    color_range: str = "tv"
+    """"tv" (limited, what players expect) or "pc" (full)."""
+    threads: int = 0
+
+
+def codec_spec(codec: str) -> tuple[str, CodecSpec]:
+    name = CODEC_ALIASES.get(codec.lower(), codec.lower())
+    if name not in CODECS:
+        raise InputError(f"video codec '{codec}' is not supported; use one of {', '.join(available_codecs())}")
+    spec = CODECS[name]
+    if not _has_encoder(spec.encoder):
+        raise InputError(f"this FFmpeg build has no {spec.encoder} encoder for '{codec}'; "
+                         f"use one of {', '.join(available_codecs())}")
+    return name, spec
+
+
+def _has_encoder(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "w")
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
+
+
+def available_codecs() -> list[str]:
+    """Codec names usable with this FFmpeg build."""
+    return [name for name, spec in CODECS.items() if _has_encoder(spec.encoder)]
+
+
+def output_path_for(path: str | os.PathLike, codec: str) -> Path:
+    """`path` with the codec's default extension when it has none; checks the container fits."""
+    name, spec = codec_spec(codec)
+    target = Path(os.fspath(path)).expanduser()
+    if name == "png":
+        return target.with_suffix("") if target.suffix.lower() == ".png" else target
+    ext = target.suffix.lower().lstrip(".")
+    if not ext:
+        return target.with_name(target.name + "." + spec.containers[0])
+    kind = _EXTENSIONS.get(ext)
+    if kind not in spec.containers:
+        raise InputError(f"a .{ext} file cannot hold {name} video; use one of "
+                         f"{', '.join('.' + c for c in spec.containers)} for '{target.name}'")
+    return target
+
+
+def _pix_fmt(name: str, spec: CodecSpec, options: EncodeOptions, info: ClipInfo) -> str:
+    if options.pix_fmt:
+        supported = [f.name for f in (av.codec.Codec(spec.encoder, "w").video_formats or [])]
+        if options.pix_fmt not in supported:
+            raise InputError(f"pixel format '{options.pix_fmt}' is not available for {name}; "
+                             f"use one of {', '.join(supported)}")
+        return options.pix_fmt
+    if name == "prores" and (options.preset or "").startswith("4444"):
+        return "yuva444p10le" if info.channels == 4 else "yuv444p10le"
+    if info.channels == 4 and spec.alpha_pix_fmt:
+        if info.bit_depth > 8 and name in ("png", "ffv1"):
+            return "rgba64be" if name == "png" else "gbrap16le"
+        return spec.alpha_pix_fmt
+    return spec.deep_pix_fmt if info.bit_depth > 8 else spec.pix_fmt
+
+
+def _codec_options(name: str, spec: CodecSpec, options: EncodeOptions) -> dict[str, str]:
+    if options.crf is not None:
+        if spec.crf is None:
+            raise InputError(f"crf does not apply to {name}; leave it empty")
+        low, high, _ = spec.crf
+        if not low <= options.crf <= high:
+            raise InputError(f"crf for {name} must be between {low} and {high}, got {options.crf}")
+    preset = options.preset or spec.default_preset
+    if options.preset and options.preset not in spec.presets:
+        choices = ", ".join(spec.presets) if spec.presets else "none (leave it empty)"
+        raise InputError(f"preset '{options.preset}' is not known for {name}; use one of {choices}")
+    crf = options.crf if options.crf is not None else (spec.crf[2] if spec.crf else None)
+    if name in ("h264", "h265"):
+        opts = {"crf": str(crf), "preset": preset}
+        if name == "h265":
+            opts["x265-params"] = "log-level=error"
+        return opts
+    if name == "vp9":
+        return {"crf": str(crf), "b": "0", "deadline": "good", "cpu-used": preset, "row-mt": "1"}
+    if name == "av1":
+        return {"crf": str(crf), "preset": preset}
+    if name == "prores":
+        return {"profile": str(_PRORES_PROFILES[preset]), "vendor": "apl0"}
+    if name == "ffv1":
+        return {"level": "3", "slicecrc": "1"}
+    return {}
+
+
+def output_color(info: ClipInfo, options: EncodeOptions, width: int, height: int) -> ColorInfo:
+    """The matrix/range/primaries/transfer the output is converted with and tagged as."""
+    if options.color_range not in ("tv", "pc", "limited", "full"):
+        raise InputError(f"color_range must be tv (limited) or pc (full), got '{options.color_range}'")
+    color_range = canonical(options.color_range)
+    fallback = default_color(width, height)
+    source = info.color
+    if options.color_matrix and options.color_matrix != "auto":
+        matrix = canonical(options.color_matrix)
+        if matrix not in SUPPORTED_MATRICES:
+            raise InputError(f"color_matrix '{options.color_matrix}' is not known; use auto, bt601, bt709 or bt2020")
+    else:
+        matrix = source.matrix if source.tagged else fallback.matrix
+    primaries = source.primaries if source.tagged else fallback.primaries
+    transfer = source.transfer if source.tagged else fallback.transfer
+    if matrix.startswith("bt2020") and not source.tagged:
+        primaries, transfer = "bt2020", "bt709"
+    return ColorInfo(matrix=matrix, range=color_range, primaries=primaries, transfer=transfer, tagged=True)
+
+
+class _PictureWriter:
+    """RGB float chunks -> AVFrames in the target pixel format, with colour tags."""
+
+    def __init__(self, pix_fmt: str, width: int, height: int, color: ColorInfo):
+        self.pix_fmt = pix_fmt
+        self.width = width
+        self.height = height
+        self.color = color
+        fmt = av.VideoFormat(pix_fmt)
+        self.bits = max(c.bits for c in fmt.components)
+        self.rgb = fmt.is_rgb
+        self.alpha = pix_fmt.startswith(("yuva", "gbrap", "rgba", "bgra", "ya"))
+        self.full_range = pix_fmt.startswith("yuvj") or color.range == "pc" or self.rgb
+        chroma_width = fmt.chroma_width(width) if not self.rgb else width
+        chroma_height = fmt.chroma_height(height) if not self.rgb else height
+        self.shift_w = round(np.log2(width / chroma_width)) if chroma_width else 0
+        self.shift_h = round(np.log2(height / chroma_height)) if chroma_height else 0
+        self.dtype = np.dtype("<u2") if self.bits > 8 else np.dtype(np.uint8)
+        self.tags = {
+            "colorspace": MATRIX_CODES["gbr"] if self.rgb else MATRIX_CODES[color.matrix],
+            "color_range": RANGE_CODES["pc" if self.full_range else "tv"],
+            "color_primaries": PRIMARIES_CODES.get(color.primaries, 2),
+            "color_trc": TRANSFER_CODES.get(color.transfer, 2),
+        }
+
+    def frames(self, chunk: torch.Tensor) -> list[av.VideoFrame]:
+        chunk = _fit_channels(chunk, 4 if self.alpha else 3)
+        if self.pix_fmt in ("rgb24", "rgba", "rgb48be", "rgba64be"):
+            return self._packed(chunk)
+        if self.rgb:
+            planes = self._rgb_planes(chunk)
+        else:
+            planes = rgb_to_yuv(chunk, bits=self.bits, matrix=self.color.matrix, full_range=self.full_range,
+                                chroma_shift_w=self.shift_w, chroma_shift_h=self.shift_h)
+        arrays = [p.numpy() for p in planes]
+        out = []
+        for index in range(chunk.shape[0]):
+            frame = av.VideoFrame(self.width, self.height, self.pix_fmt)
+            for plane, data in zip(frame.planes, arrays, strict=True):
+                view = np.frombuffer(plane, dtype=self.dtype).reshape(plane.height, -1)
+                view[:, :plane.width] = data[index]
+            out.append(self._tag(frame))
+        return out
+
+    def _rgb_planes(self, chunk: torch.Tensor) -> list[torch.Tensor]:
+        top = float(2 ** self.bits - 1)
+        sample = torch.uint8 if self.bits <= 8 else torch.int32
+        quantised = (chunk * top).round_().clamp_(0, top).to(sample)
+        order = [1, 2, 0, 3] if self.alpha else [1, 2, 0]  # planar RGB is stored G, B, R(, A)
+        return [quantised[..., i] for i in order]
+
+    def _packed(self, chunk: torch.Tensor) -> list[av.VideoFrame]:
+        deep = self.pix_fmt in ("rgb48be", "rgba64be")
+        top = 65535.0 if deep else 255.0
+        quantised = (chunk * top).round_().clamp_(0, top)
+        array = quantised.to(torch.int32).numpy().astype(np.uint16) if deep else quantised.to(torch.uint8).numpy()
+        source_format = {"rgb24": "rgb24", "rgba": "rgba", "rgb48be": "rgb48le", "rgba64be": "rgba64le"}[self.pix_fmt]
+        out = []
+        for image in array:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=source_format)
+            if source_format != self.pix_fmt:
+                frame = frame.reformat(format=self.pix_fmt)
+            out.append(self._tag(frame))
+        return out
+
+    def _tag(self, frame: av.VideoFrame) -> av.VideoFrame:
+        for name, value in self.tags.items():
+            setattr(frame, name, value)
+        return frame
+
+
+def _fit_channels(chunk: torch.Tensor, channels: int) -> torch.Tensor:
+    if chunk.shape[-1] == channels:
+        return chunk
+    if chunk.shape[-1] > channels:
+        return chunk[..., :channels]
+    return torch.cat([chunk, torch.ones((*chunk.shape[:-1], channels - chunk.shape[-1]))], dim=-1)
+
+
+def _even_size(width: int, height: int, pix_fmt: str, odd_size: str) -> tuple[int, int]:
+    fmt = av.VideoFormat(pix_fmt)
+    need_w = 1 if fmt.is_rgb else 64 // fmt.chroma_width(64)
+    need_h = 1 if fmt.is_rgb else 64 // fmt.chroma_height(64)
+    if odd_size not in ("pad", "crop"):
+        raise InputError(f"odd_size must be 'pad' or 'crop', got '{odd_size}'")
+    if odd_size == "pad":
+        return width + (-width % need_w), height + (-height % need_h)
+    if width < need_w or height < need_h:
+        raise InputError(f"a {width}x{height} picture is too small to crop to an even size; use odd_size='pad'")
+    return width - width % need_w, height - height % need_h
+
+
+def _resize_edges(chunk: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Crop, or pad by repeating the last row and column, to exactly width x height."""
+    chunk = chunk[:, :height, :width]
+    if chunk.shape[1] < height:
+        chunk = torch.cat([chunk, chunk[:, -1:].expand(-1, height - chunk.shape[1], -1, -1)], dim=1)
+    if chunk.shape[2] < width:
+        chunk = torch.cat([chunk, chunk[:, :, -1:].expand(-1, -1, width - chunk.shape[2], -1)], dim=2)
+    return chunk
+
+
+def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None = None,
+              progress: Progress | None = None, overwrite: bool = False) -> Path:
+    """Encode `clip` to `path` (chunk by chunk, audio muxed in sync) and return the final path.
+
+    For codec "png" `path` is a folder that receives frame_000001.png, ... (no audio).
+    """
+    options = options or EncodeOptions()
+    name, spec = codec_spec(options.codec)
+    final = output_path_for(path, name)
+    _check_destination(final, clip, overwrite)
+    info = clip.info
+    if info.frame_count <= 0:
+        raise InputError("the clip has no frames to save")
+    pix_fmt = _pix_fmt(name, spec, options, info)
+    width, height = _even_size(info.width, info.height, pix_fmt, options.odd_size)
+    if (width, height) != (info.width, info.height):
+        log.info("%s needs even sizes: %s %dx%d to %dx%d", pix_fmt, options.odd_size, info.width, info.height,
+                 width, height)
+    color = output_color(info, options, width, height)
+    pictures = _PictureWriter(pix_fmt, width, height, color)
+    codec_options = _codec_options(name, spec, options)
+    if options.audio_codec and options.audio_codec not in ("auto", "copy", *AUDIO_CODECS):
+        raise InputError(f"audio codec '{options.audio_codec}' is not supported; use auto, copy, "
+                         f"{', '.join(AUDIO_CODECS)}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = partial_path(final)
+    progress = progress or Progress(info.frame_count, "save")
+    if progress.total is None:
+        progress.set_total(info.frame_count)
+    try:
+        if name == "png":
+            _write_png_sequence(clip, temp, pictures, width, height, progress)
+        else:
+            _write_container(clip, temp, final, name, spec, pix_fmt, codec_options, pictures, width, height,
+                             options, progress)
+        return publish(temp, final, overwrite=overwrite)
+    except BaseException:
+        discard(temp)
+        raise
+
+
+def _check_destination(final: Path, clip: Clip, overwrite: bool) -> None:
+    sources = {clip.info.source_path, clip.info.audio.path if clip.info.audio else None} - {None}
+    resolved = final.resolve()
+    for source in sources:
+        if Path(source).resolve() == resolved:
+            raise InputError(f"output '{final}' is the input file; vsrkit never overwrites its input, "
+                             "choose another name")
+    if final.exists() and not overwrite:
+        raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)")
+
+
+def _chunks(clip: Clip, width: int, height: int, progress: Progress) -> Iterator[torch.Tensor]:
+    """The clip's chunks at the output size, with progress and cancel checks between them."""
+    expected = clip.info.frame_count
+    delivered = 0
+    progress.check_cancel()
+    for chunk in clip.chunks():
+        if chunk.shape[0] == 0:
+            continue
+        if chunk.shape[1:3] != (height, width):
+            chunk = _resize_edges(chunk, width, height)
+        take = min(chunk.shape[0], expected - delivered)
+        if take <= 0:
+            log.warning("the clip delivered more than its %d frames; extra frames dropped", expected)
+            break
+        yield chunk[:take]
+        delivered += take
+        progress.advance(take)
+        progress.check_cancel()
+    if delivered == 0:
+        raise InputError("the clip delivered no frames; nothing was saved")
+
+
+def _write_container(clip: Clip, temp: Path, final: Path, name: str, spec: CodecSpec, pix_fmt: str,
+                     codec_options: dict[str, str], pictures: _PictureWriter, width: int, height: int,
+                     options: EncodeOptions, progress: Progress) -> None:
+    info = clip.info
+    kind = _EXTENSIONS[final.suffix.lower().lstrip(".")]
+    fps = Fraction(info.fps)
+    container_options = {"movflags": "+faststart"} if kind in ("mp4", "mov") else {}
+    output = av.open(str(temp), mode="w", format={"mkv": "matroska"}.get(kind, kind),
+                     options=container_options)
+    audio = None
+    try:
+        stream = output.add_stream(spec.encoder, rate=fps, options=codec_options)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        context = stream.codec_context
+        context.time_base = 1 / fps
+        context.thread_count = options.threads
+        for tag, value in pictures.tags.items():
+            setattr(context, tag, value)
+        if info.sar and info.sar != 1:
+            context.sample_aspect_ratio = info.sar
+        if name == "h265" and kind in ("mp4", "mov"):
+            context.codec_tag = "hvc1"
+        if options.audio and info.audio is not None:
+            audio = open_audio_writer(output, kind, info.audio, float(1 / fps), info.duration,
+                                      options.audio_codec, options.audio_bitrate)
+        written = 0
+        for chunk in _chunks(clip, width, height, progress):
+            for frame in pictures.frames(chunk):
+                frame.pts = written
+                frame.time_base = 1 / fps
+                written += 1
+                for packet in stream.encode(frame):
+                    output.mux(packet)
+            if audio is not None:
+                audio.write_until(float(written / fps))
+        for packet in stream.encode(None):
+            output.mux(packet)
+        if audio is not None:
+            audio.finish(float(written / fps))
+    finally:
+        if audio is not None:
+            audio.close()
+        output.close()
+
+
+def _write_png_sequence(clip: Clip, folder: Path, pictures: _PictureWriter, width: int, height: int,
+                        progress: Progress) -> None:
+    folder.mkdir()
+    index = 0
+    for chunk in _chunks(clip, width, height, progress):
+        for frame in pictures.frames(chunk):
+            index += 1
+            with av.open(str(folder / f"frame_{index:06d}.png"), mode="w", format="image2") as image:
+                stream = image.add_stream("png", rate=1)
+                stream.width, stream.height, stream.pix_fmt = width, height, pictures.pix_fmt
+                for packet in stream.encode(frame):
+                    image.mux(packet)
+                for packet in stream.encode(None):
+                    image.mux(packet)
+
+
+def is_partial_name(name: str) -> bool:
+    """True for the temporary names save_clip uses (to clean up or ignore them)."""
+    return re.match(r"^\.vsrkit-partial-[0-9a-f]{8}-", name) is not None

@@ -1,0 +1,358 @@
+"""What a media file really holds: exact frame count and frame rate, colour, audio streams.
+
+Container headers are often missing or wrong about frame counts (WebM/Matroska
+carry none, some MP4s disagree with their own timestamps), so when the figure
+is absent or does not match the stream's duration we count the video packets
+(demuxing only, no decoding). The result is cached per (path, mtime, size) so
+nodes that probe the same file again pay nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import threading
+from collections import OrderedDict
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from .clip import ColorInfo, to_fraction
+from .colors import color_from_codes
+from .errors import InputError
+
+FIELD_ORDERS = {0: "unknown", 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoStreamInfo:
+    index: int
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    bit_depth: int
+    has_alpha: bool
+    fps: Fraction
+    """The rate frames are numbered at: the average rate, or the base rate when the average is missing."""
+    average_fps: Fraction | None
+    base_fps: Fraction | None
+    vfr: bool
+    frame_count: int
+    frame_count_source: str
+    """"container" (header figure agreed with the timestamps) or "counted" (packets counted)."""
+    start_time: float
+    duration: float
+    color: ColorInfo
+    field_order: str
+    sar: Fraction
+    rotation: int
+    """Counter-clockwise degrees the picture must be turned for display."""
+    bit_rate: int | None = None
+    profile: str | None = None
+
+    @property
+    def display_width(self) -> int:
+        return self.height if self.rotation % 180 else self.width
+
+    @property
+    def display_height(self) -> int:
+        return self.width if self.rotation % 180 else self.height
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioStreamInfo:
+    index: int
+    codec: str
+    sample_rate: int
+    channels: int
+    layout: str
+    sample_fmt: str | None
+    start_time: float
+    duration: float
+    max_packet_seconds: float
+    bit_rate: int | None = None
+    language: str | None = None
+    default: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaInfo:
+    path: str
+    format_name: str
+    size_bytes: int
+    duration: float
+    bit_rate: int | None
+    video_streams: tuple[VideoStreamInfo, ...]
+    audio_streams: tuple[AudioStreamInfo, ...]
+
+    @property
+    def video(self) -> VideoStreamInfo | None:
+        return self.video_streams[0] if self.video_streams else None
+
+    @property
+    def audio(self) -> AudioStreamInfo | None:
+        """The audio stream a muxer should carry: the default-flagged one, else the first."""
+        for stream in self.audio_streams:
+            if stream.default:
+                return stream
+        return self.audio_streams[0] if self.audio_streams else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Fraction):
+        return f"{value.numerator}/{value.denominator}"
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+_CACHE: OrderedDict[tuple[str, int, int], MediaInfo] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 64
+
+
+def check_readable(path: str | os.PathLike) -> Path:
+    """The path as a Path if it is an existing, non-empty regular file; else a clear InputError."""
+    file = Path(os.fspath(path)).expanduser()
+    if not file.exists():
+        raise InputError(f"video file '{file}' does not exist; check the path or pick a file from the list")
+    if file.is_dir():
+        raise InputError(f"'{file}' is a folder, not a video file; give the path of a video file")
+    if file.stat().st_size == 0:
+        raise InputError(f"video file '{file}' is empty (0 bytes); the copy or download probably failed, "
+                         "copy it again")
+    return file
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Everything vsrkit needs to know about a media file, cached per (path, mtime, size)."""
+    file = check_readable(path)
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            _CACHE.move_to_end(key)
+            return cached
+    info = _probe_uncached(file, stat.st_size)
+    with _CACHE_LOCK:
+        _CACHE[key] = info
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return info
+
+
+def open_container(file: Path) -> av.container.InputContainer:
+    """av.open with a user-facing error for files FFmpeg cannot read."""
+    try:
+        return av.open(str(file), mode="r")
+    except av.error.FFmpegError as exc:
+        raise InputError(f"'{file}' is not a video FFmpeg can read ({exc.strerror or exc}); "
+                         "it may be damaged, incomplete, or not a video at all. Re-export or re-download it") from exc
+
+
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    if value is None or time_base is None:
+        return None
+    return float(value * time_base)
+
+
+def _probe_uncached(file: Path, size: int) -> MediaInfo:
+    with open_container(file) as container:
+        container_duration = container.duration / 1_000_000 if container.duration else 0.0
+        container_start = container.start_time / 1_000_000 if container.start_time else 0.0
+        videos = [s for s in container.streams.video
+                  if not (s.disposition & av.stream.Disposition.attached_pic)]
+        audios = list(container.streams.audio)
+        packet_stats = _scan_packets(container, videos, audios)
+        video_infos = []
+        for stream in videos:
+            video_infos.append(_video_info(file, stream, packet_stats[stream.index], container_duration,
+                                           container_start))
+        audio_infos = [_audio_info(stream, packet_stats[stream.index], container_duration, container_start)
+                       for stream in audios]
+        return MediaInfo(
+            path=str(file),
+            format_name=container.format.name,
+            size_bytes=size,
+            duration=container_duration,
+            bit_rate=container.bit_rate or None,
+            video_streams=tuple(video_infos),
+            audio_streams=tuple(audio_infos),
+        )
+
+
+@dataclasses.dataclass
+class _PacketStats:
+    count: int = 0
+    first: float | None = None
+    end: float | None = None
+    times: list[float] = dataclasses.field(default_factory=list)
+    max_duration: float = 0.0
+    counted: bool = False
+
+
+def _needs_count(stream: av.video.stream.VideoStream, container_duration: float) -> bool:
+    """True when the header's frame count is missing or disagrees with the stream's duration."""
+    if not stream.frames:
+        return True
+    rate = stream.average_rate or stream.base_rate
+    duration = _seconds(stream.duration, stream.time_base) or container_duration
+    if not rate or not duration:
+        return False
+    return abs(stream.frames - duration * float(rate)) > 1.5 or stream.average_rate != stream.base_rate
+
+
+def _scan_packets(container: av.container.InputContainer, videos: list, audios: list) -> dict[int, _PacketStats]:
+    """Demux once (no decoding) to count video packets and find stream start/end times.
+
+    Audio packets are always scanned (their true end decides padding versus trimming);
+    video packets only when the header's frame count cannot be trusted.
+    """
+    container_duration = container.duration / 1_000_000 if container.duration else 0.0
+    stats = {s.index: _PacketStats() for s in (*videos, *audios)}
+    count_video = {s.index for s in videos if _needs_count(s, container_duration)}
+    wanted = [s for s in videos if s.index in count_video] + audios
+    if not wanted:
+        return stats
+    try:
+        for packet in container.demux(wanted):
+            if packet.size == 0 or packet.pts is None and packet.dts is None:
+                continue
+            entry = stats[packet.stream.index]
+            time_base = packet.time_base or packet.stream.time_base
+            start = float((packet.pts if packet.pts is not None else packet.dts) * time_base)
+            length = float(packet.duration * time_base) if packet.duration else 0.0
+            entry.count += 1
+            entry.first = start if entry.first is None else min(entry.first, start)
+            entry.end = start + length if entry.end is None else max(entry.end, start + length)
+            entry.max_duration = max(entry.max_duration, length)
+            if packet.stream.index in count_video:
+                entry.times.append(start)
+    except av.error.FFmpegError:
+        pass  # a truncated file: keep what could be read
+    for index in count_video:
+        stats[index].counted = True
+    return stats
+
+
+def _bit_depth(pix_fmt: str) -> tuple[int, bool]:
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+    except (ValueError, av.error.FFmpegError):
+        return 8, False
+    bits = max((c.bits for c in fmt.components), default=8)
+    has_alpha = any(getattr(c, "is_alpha", False) for c in fmt.components) or pix_fmt.startswith(
+        ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya"))
+    return bits, has_alpha
+
+
+def _video_info(file: Path, stream, stats: _PacketStats, container_duration: float,
+                container_start: float) -> VideoStreamInfo:
+    codec_context = stream.codec_context
+    average = to_fraction(stream.average_rate) if stream.average_rate else None
+    base = to_fraction(stream.base_rate) if stream.base_rate else None
+    counted = stats.counted
+    count = stats.count if counted else int(stream.frames)
+    vfr = False
+    start = _seconds(stream.start_time, stream.time_base)
+    if counted and stats.times:
+        times = sorted(stats.times)
+        start = times[0] if start is None else start
+        deltas = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
+        if deltas:
+            shortest, longest = min(deltas), max(deltas)
+            time_step = float(stream.time_base) if stream.time_base else 0.001
+            vfr = longest - shortest > max(2.5 * time_step, 0.02 * shortest)
+        if count > 1 and stats.end is not None and (average is None or vfr):
+            span = stats.end - times[0]
+            if span > 0:
+                average = to_fraction(Fraction(count) / Fraction(span).limit_denominator(1_000_000))
+    start = start if start is not None else container_start
+    fps = average or base or Fraction(25)
+    if base and average and not vfr and abs(float(base) - float(average)) < 0.01 * float(average):
+        fps = base  # the exact base rate (30000/1001) rather than a rounded average
+    if counted and stats.end is not None and stats.times:
+        duration = stats.end - min(stats.times)
+        if duration <= 0:
+            duration = count / float(fps)
+    else:
+        duration = _seconds(stream.duration, stream.time_base) or (count / float(fps) if count else container_duration)
+    color, rotation = _first_frame_color(file, stream)
+    pix_fmt = codec_context.pix_fmt or "unknown"
+    bits, has_alpha = _bit_depth(pix_fmt)
+    return VideoStreamInfo(
+        index=stream.index,
+        codec=codec_context.name,
+        width=codec_context.width,
+        height=codec_context.height,
+        pix_fmt=pix_fmt,
+        bit_depth=bits,
+        has_alpha=has_alpha,
+        fps=fps,
+        average_fps=average,
+        base_fps=base,
+        vfr=vfr,
+        frame_count=count,
+        frame_count_source="counted" if counted else "container",
+        start_time=start,
+        duration=duration,
+        color=color if color is not None else color_from_codes(
+            codec_context.colorspace, codec_context.color_range, codec_context.color_primaries,
+            codec_context.color_trc, codec_context.width, codec_context.height, pix_fmt.startswith("yuvj")),
+        field_order=FIELD_ORDERS.get(int(codec_context.field_order or 0), "unknown"),
+        sar=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else Fraction(1, 1),
+        rotation=rotation,
+        bit_rate=codec_context.bit_rate or None,
+        profile=stream.profile,
+    )
+
+
+def _first_frame_color(file: Path, stream) -> tuple[ColorInfo | None, int]:
+    """Colour tags and display rotation from the first decoded frame (decoders often tag only frames)."""
+    try:
+        with av.open(str(file)) as container:
+            video = container.streams.video[[s.index for s in container.streams.video].index(stream.index)]
+            for frame in container.decode(video):
+                rotation = int(round(frame.rotation or 0)) % 360
+                full = frame.format.name.startswith("yuvj")
+                color = color_from_codes(frame.colorspace, frame.color_range, frame.color_primaries,
+                                         frame.color_trc, frame.width, frame.height, full)
+                return color, rotation
+    except (av.error.FFmpegError, ValueError, IndexError):
+        pass
+    return None, 0
+
+
+def _audio_info(stream, stats: _PacketStats, container_duration: float, container_start: float) -> AudioStreamInfo:
+    codec_context = stream.codec_context
+    start = stats.first if stats.first is not None else (_seconds(stream.start_time, stream.time_base) or container_start)
+    if stats.end is not None and stats.first is not None:
+        duration = stats.end - stats.first
+    else:
+        duration = _seconds(stream.duration, stream.time_base) or container_duration
+    return AudioStreamInfo(
+        index=stream.index,
+        codec=codec_context.name,
+        sample_rate=codec_context.sample_rate,
+        channels=codec_context.channels,
+        layout=codec_context.layout.name if codec_context.layout else "",
+        sample_fmt=codec_context.format.name if codec_context.format else None,
+        start_time=start,
+        duration=duration,
+        max_packet_seconds=stats.max_duration,
+        bit_rate=codec_context.bit_rate or None,
+        language=stream.language,
+        default=bool(stream.disposition & av.stream.Disposition.default),
+    )
