@@ -1,4 +1,256 @@
-"""Nodes: flashvsr (work in progress)."""
+"""Nodes: FlashVSR model loader and FlashVSR Upscale (Tiny / Tiny-Long)."""
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ..engines.clip import Clip, chunk_frames_for
+from ..engines.errors import InputError
+from ..engines.flashvsr.colorfix import METHODS as COLOR_FIX_METHODS
+from ..engines.flashvsr.loader import (
+    PRECISIONS,
+    VERSION_FOLDERS,
+    VERSIONS,
+    FlashVSRModels,
+    load_flashvsr,
+    resolve_dtype,
+)
+from ..engines.flashvsr.pipeline import MODES
+from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, SCALES, auto_tile_size, check_settings, upscale_clip
+from ..engines.progress import Progress
+from . import host
+from .types import CATEGORY, CLIP, FLASHVSR_MODEL
+
+OFFLOAD_CHOICES = ("model management", "after each run")
+IMAGE_OUTPUT_LIMIT = 16 * 2**30
+
+
+def device_choices() -> list[str]:
+    return ["auto", "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
+
+
+@dataclasses.dataclass
+class FlashVSRModel:
+    """What flows on a VSRKIT_FLASHVSR_MODEL link: the modules and who moves them between devices."""
+
+    models: FlashVSRModels
+    managed: host.ManagedModel
+    offload_after_run: bool
+
+
+class FlashVSRLoader:
+    """Loads FlashVSR Tiny (v1 or v1.1) from ComfyUI's models/FlashVSR or models/FlashVSR-v1.1 folder."""
+
+    DESCRIPTION = ("Loads the FlashVSR Tiny checkpoints (DiT, LQ projector, TCDecoder, prompt embedding) "
+                   "from models/FlashVSR-v1.1 (v1.1) or models/FlashVSR (v1). Connect it to FlashVSR Upscale.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "version": (list(VERSIONS), {"default": "v1.1",
+                                             "tooltip": "v1.1 (recommended, steadier across chunks) reads "
+                                                        "models/FlashVSR-v1.1; v1 reads models/FlashVSR. "
+                                                        "Both need diffusion_pytorch_model_streaming_dmd"
+                                                        ".safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt and "
+                                                        "posi_prompt.pth."}),
+                "precision": (list(PRECISIONS), {"default": "auto",
+                                                 "tooltip": "Weight and compute precision. auto: bf16 on GPUs "
+                                                            "that support it, fp16 on older GPUs, fp32 on CPU."}),
+                "device": (device_choices(), {"default": "auto",
+                                              "tooltip": "Where the model runs. auto: ComfyUI's device (the "
+                                                         "GPU when there is one)."}),
+                "offload": (list(OFFLOAD_CHOICES), {"default": "model management",
+                                                    "tooltip": "model management: ComfyUI keeps the model on "
+                                                               "the GPU between runs and unloads it when "
+                                                               "another model needs the memory. after each "
+                                                               "run: move it to the CPU as soon as an upscale "
+                                                               "finishes."}),
+            },
+        }
+
+    RETURN_TYPES = (FLASHVSR_MODEL,)
+    RETURN_NAMES = ("flashvsr_model",)
+    OUTPUT_TOOLTIPS = ("The loaded FlashVSR Tiny model; connect it to FlashVSR Upscale.",)
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/upscale"
+
+    def load(self, version: str = "v1.1", precision: str = "auto", device: str = "auto",
+             offload: str = "model management"):
+        if offload not in OFFLOAD_CHOICES:
+            raise InputError(f"offload must be one of {OFFLOAD_CHOICES}, got {offload!r}")
+        if version not in VERSIONS:
+            raise InputError(f"FlashVSR version must be one of {VERSIONS}, got {version!r}")
+        target = host.torch_device() if device == "auto" else torch.device(device)
+        dtype = resolve_dtype(precision, target)
+        folders = [*host.model_dirs(VERSION_FOLDERS[version]), *host.model_dirs("FlashVSR")]
+        # Inside ComfyUI weights wait on the CPU and the model manager moves them when needed.
+        initial = torch.device("cpu") if host.in_comfyui() else target
+        models = load_flashvsr(folders, version=version, dtype=dtype, device=initial)
+        managed = host.ManagedModel(models, target)
+        return (FlashVSRModel(models, managed, offload == "after each run"),)
+
+
+class _PassProgress(Progress):
+    """A host progress bar opened each time the upscaled clip is pulled (the clip is lazy)."""
+
+    def __init__(self, total: int | None, desc: str):
+        super().__init__(total, desc)
+        self._current: Progress | None = None
+
+    def open(self) -> None:
+        self._current = host.progress(self.total, self.desc)
+
+    def advance(self, n: int = 1) -> None:
+        if self._current is not None:
+            self._current.advance(n)
+
+    def check_cancel(self) -> None:
+        if self._current is not None:
+            self._current.check_cancel()
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+
+def working_memory(height: int, width: int, tile_size: int) -> int:
+    """A rough estimate of the activation memory to keep free on the device, in bytes."""
+    tile = tile_size or auto_tile_size(height, width)
+    area = min(height * width, tile * tile) if tile else height * width
+    return 4096 * area + 2**30
+
+
+def managed_clip(upscaled: Clip, model: FlashVSRModel, progress: _PassProgress, memory: int) -> Clip:
+    """`upscaled` with the model made resident before each pull (and offloaded after, if asked)."""
+
+    def source() -> Iterator[torch.Tensor]:
+        model.managed.load(memory)
+        progress.open()
+        try:
+            yield from upscaled.chunks()
+        finally:
+            progress.close()
+            if model.offload_after_run:
+                model.managed.offload()
+
+    return Clip(upscaled.info, source)
+
+
+def output_linked(prompt: Any, unique_id: Any, index: int) -> bool:
+    """Whether output `index` of node `unique_id` feeds any node of the API `prompt`."""
+    if not isinstance(prompt, dict) or unique_id is None:
+        return False
+    for node in prompt.values():
+        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
+        for value in inputs.values():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(unique_id) \
+                    and value[1] == index:
+                return True
+    return False
+
+
+class FlashVSRUpscale:
+    """One-step diffusion super-resolution of a clip or an IMAGE batch with FlashVSR Tiny."""
+
+    DESCRIPTION = ("Upscales a clip (streaming, bounded memory) or an IMAGE batch with FlashVSR Tiny. Every "
+                   "input frame gives one output frame at exactly scale x its size.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "flashvsr_model": (FLASHVSR_MODEL, {"tooltip": "From FlashVSR Model Loader."}),
+                "scale": ("INT", {"default": 4, "min": min(SCALES), "max": max(SCALES), "step": 1,
+                                  "tooltip": "Output size = scale x input size, exactly (FlashVSR is trained "
+                                             "for 4x)."}),
+                "mode": (list(MODES), {"default": "tiny-long",
+                                       "tooltip": "tiny-long: decode each chunk as it is made, memory stays "
+                                                  "flat for any length. tiny: decode at the end (same frames, "
+                                                  "memory grows with the clip)."}),
+                "sparse_ratio": ("FLOAT", {"default": 2.0, "min": 0.5, "max": 8.0, "step": 0.1,
+                                           "tooltip": "Attention sparsity: 1.5 faster, 2.0 steadier."}),
+                "kv_ratio": ("FLOAT", {"default": 3.0, "min": 1.0, "max": 16.0, "step": 1.0,
+                                       "tooltip": "How many past time slices the attention cache keeps."}),
+                "local_range": ("INT", {"default": 11, "min": 1, "max": 64, "step": 1,
+                                        "tooltip": "Spatial attention window in blocks: 9 sharper details, "
+                                                   "11 steadier."}),
+                "tile_size": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 128,
+                                      "tooltip": "Output tile size in pixels for large frames (multiple of "
+                                                 "128); 0: automatic (tiles only above about 2.4 MP)."}),
+                "tile_overlap": ("INT", {"default": DEFAULT_OVERLAP, "min": 0, "max": 1024, "step": 16,
+                                         "tooltip": "Overlap between tiles in pixels, blended with feathered "
+                                                    "weights."}),
+                "color_fix": (list(COLOR_FIX_METHODS), {"default": "adain",
+                                                        "tooltip": "Match each output frame's colours to the "
+                                                                   "input: adain (default), wavelet, or none."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Seed of the diffusion noise."}),
+            },
+            "optional": {
+                "clip": (CLIP, {"tooltip": "A streaming clip to upscale (connect this or images)."}),
+                "images": ("IMAGE", {"tooltip": "An IMAGE batch to upscale, frames in order (connect this or "
+                                                "clip)."}),
+            },
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = (CLIP, "IMAGE")
+    RETURN_NAMES = ("clip", "images")
+    OUTPUT_TOOLTIPS = (
+        "The upscaled clip, computed chunk by chunk when pulled (e.g. by Save Video).",
+        "The upscaled frames as an IMAGE batch. With a clip input it is computed only when connected, "
+        "and holds the whole clip in RAM; otherwise it is empty.",
+    )
+    FUNCTION = "upscale"
+    CATEGORY = f"{CATEGORY}/upscale"
+
+    def upscale(self, flashvsr_model: FlashVSRModel, scale: int = 4, mode: str = "tiny-long",
+                sparse_ratio: float = 2.0, kv_ratio: float = 3.0, local_range: int = 11, tile_size: int = 0,
+                tile_overlap: int = DEFAULT_OVERLAP, color_fix: str = "adain", seed: int = 0,
+                clip: Clip | None = None, images: torch.Tensor | None = None, prompt: Any = None,
+                unique_id: Any = None):
+        if (clip is None) == (images is None):
+            raise InputError("FlashVSR Upscale needs exactly one input: connect either clip or images")
+        scale, local_range, tile_size, tile_overlap = int(scale), int(local_range), int(tile_size), int(tile_overlap)
+        check_settings(scale, mode, float(sparse_ratio), float(kv_ratio), local_range, color_fix, tile_size,
+                       tile_overlap)
+        source = clip if clip is not None else Clip.from_tensor(images, fps=24)
+        progress = _PassProgress(source.info.frame_count or None, "FlashVSR")
+        upscaled = upscale_clip(source, flashvsr_model.models, scale=scale, mode=mode,
+                                sparse_ratio=float(sparse_ratio), kv_ratio=float(kv_ratio),
+                                local_range=local_range, color_fix=color_fix, seed=int(seed),
+                                tile_size=tile_size, tile_overlap=tile_overlap, progress=progress)
+        memory = working_memory(upscaled.info.height, upscaled.info.width, tile_size)
+        result = managed_clip(upscaled, flashvsr_model, progress, memory)
+        if images is None and not output_linked(prompt, unique_id, 1):
+            empty = torch.zeros((0, result.info.height, result.info.width, result.info.channels))
+            return (result, empty)
+        frames = result.to_tensor(max_bytes=IMAGE_OUTPUT_LIMIT)
+        return (in_memory_clip(result, frames), frames)
+
+
+def in_memory_clip(like: Clip, frames: torch.Tensor) -> Clip:
+    """A clip of already-computed frames that keeps `like`'s metadata (frame rate, audio, colour)."""
+    step = chunk_frames_for(like.info.width, like.info.height, like.info.channels)
+
+    def source() -> Iterator[torch.Tensor]:
+        for start in range(0, frames.shape[0], step):
+            yield frames[start:start + step]
+
+    return Clip(like.info.replace(frame_count=int(frames.shape[0])), source)
+
+
+NODE_CLASS_MAPPINGS = {
+    "vsrkitFlashVSRLoader": FlashVSRLoader,
+    "vsrkitFlashVSRUpscale": FlashVSRUpscale,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "vsrkitFlashVSRLoader": "FlashVSR Model Loader (vsrkit)",
+    "vsrkitFlashVSRUpscale": "FlashVSR Upscale (vsrkit)",
+}
