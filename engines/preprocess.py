@@ -145,13 +145,16 @@ def interlace_report(path: str | Path, frames: int = DETECT_FRAMES, stream_index
                      ) -> dict[str, Any]:
     """Field order from the stream's metadata plus idet's verdict on the first decoded frames.
 
-    Frames go to idet as decoded (native pixel format, no RGB round trip). For `probe`.
+    `stream_index` is the container's stream index (default: the first video stream). Frames
+    go to idet as decoded (native pixel format, no RGB round trip). Used by `probe`.
     """
     frames = Param("detect_frames", int, 2, 100000).check(frames, "interlace report")
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise InputError(f"{path} has no video stream")
-        stream = container.streams.video[stream_index or 0]
+        videos = [s for s in container.streams.video if stream_index is None or s.index == stream_index]
+        if not videos:
+            raise InputError(f"'{path}' has no video stream" + ("" if stream_index is None else
+                                                                 f" with index {stream_index}"))
+        stream = videos[0]
         names = {0: "unknown", 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
         raw = stream.codec_context.field_order
         metadata = normalize_field_order(names.get(int(raw), raw) if isinstance(raw, int) else raw)

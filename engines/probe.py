@@ -23,6 +23,7 @@ import av
 from .clip import ColorInfo, to_fraction
 from .colors import color_from_codes
 from .errors import InputError
+from .preprocess import interlace_report
 
 FIELD_ORDERS = {0: "unknown", 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
 
@@ -53,6 +54,9 @@ class VideoStreamInfo:
     """Counter-clockwise degrees the picture must be turned for display."""
     bit_rate: int | None = None
     profile: str | None = None
+    interlacing: dict[str, Any] | None = None
+    """Field order from the metadata and idet's verdict on the first frames
+    (`probe(..., interlacing=True)`); None when not examined."""
 
     @property
     def display_width(self) -> int:
@@ -117,7 +121,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-_CACHE: OrderedDict[tuple[str, int, int], MediaInfo] = OrderedDict()
+_CACHE: OrderedDict[tuple[str, int, int, bool], MediaInfo] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 64
 
@@ -135,22 +139,32 @@ def check_readable(path: str | os.PathLike) -> Path:
     return file
 
 
-def probe(path: str | os.PathLike) -> MediaInfo:
-    """Everything vsrkit needs to know about a media file, cached per (path, mtime, size)."""
+def probe(path: str | os.PathLike, *, interlacing: bool = False) -> MediaInfo:
+    """Everything vsrkit needs to know about a media file, cached per (path, mtime, size).
+
+    `interlacing=True` also runs FFmpeg's idet over the first frames of each video stream
+    (`VideoStreamInfo.interlacing`); it decodes those frames, so it is off by default.
+    """
     file = check_readable(path)
     stat = file.stat()
-    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size, interlacing)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
             _CACHE.move_to_end(key)
             return cached
-    info = _probe_uncached(file, stat.st_size)
+    info = _with_interlacing(probe(file)) if interlacing else _probe_uncached(file, stat.st_size)
     with _CACHE_LOCK:
         _CACHE[key] = info
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return info
+
+
+def _with_interlacing(info: MediaInfo) -> MediaInfo:
+    streams = tuple(dataclasses.replace(video, interlacing=interlace_report(info.path, stream_index=video.index))
+                    for video in info.video_streams)
+    return dataclasses.replace(info, video_streams=streams)
 
 
 def open_container(file: Path) -> av.container.InputContainer:

@@ -197,9 +197,20 @@ def test_interlace_report_reads_metadata_and_idet(footage):
     report = interlace_report(footage / NTSC, frames=20)
     assert report["field_order"] == "tff"
     assert report["idet"]["verdict"] == "tff" and report["idet"]["frames"] == 20
+    assert report["idet"]["tff"] > 15
     progressive = interlace_report(footage / "bbb_0_30_720p24_vorbis.webm", frames=10)
     assert progressive["field_order"] == "progressive"
     assert progressive["idet"]["verdict"] == "progressive"
+
+
+def test_probe_reports_interlacing_on_request(footage):
+    from vsrkit.engines.probe import probe
+
+    info = probe(footage / NTSC, interlacing=True)
+    report = info.video.interlacing
+    assert report["field_order"] == "tff" and report["idet"]["verdict"] == "tff"
+    assert info.to_dict()["video_streams"][0]["interlacing"]["idet"]["verdict"] == "tff"
+    assert probe(footage / NTSC).video.interlacing is None
 
 
 @pytest.mark.parametrize(("kwargs", "names"), [
