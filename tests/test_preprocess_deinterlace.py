@@ -227,3 +227,23 @@ def test_bad_deinterlace_parameters_are_refused_by_name(kwargs, names):
         deinterlace_clip(clip, **kwargs)
     for name in names:
         assert name in str(caught.value)
+
+
+@pytest.mark.parametrize("rate", ["frame", "field"])
+def test_audio_stays_in_sync_after_remux(footage, tmp_path, rate):
+    from vsrkit.engines.decode import open_clip
+    from vsrkit.engines.encode import EncodeOptions, save_clip
+    from vsrkit.engines.probe import probe
+
+    clip = open_clip(footage / NTSC, max_frames=30)
+    assert clip.info.audio is not None
+    out = deinterlace_clip(clip, rate=rate)
+    path = save_clip(out, tmp_path / f"{rate}.mkv", EncodeOptions(codec="h264", preset="ultrafast"))
+    media = probe(path)
+    video, audio = media.video, media.audio
+    assert audio is not None
+    assert video.frame_count == out.info.frame_count == 30 * (2 if rate == "field" else 1)
+    frame = float(1 / out.info.fps)
+    assert video.duration == pytest.approx(clip.info.duration, abs=frame)
+    assert audio.start_time == pytest.approx(video.start_time, abs=frame)
+    assert audio.start_time + audio.duration == pytest.approx(video.start_time + video.duration, abs=frame)
