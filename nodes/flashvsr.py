@@ -231,7 +231,14 @@ class FlashVSRUpscale:
         if images is None and not output_linked(prompt, unique_id, 1):
             empty = torch.zeros((0, result.info.height, result.info.width, result.info.channels))
             return (result, empty)
-        frames = result.to_tensor(max_bytes=IMAGE_OUTPUT_LIMIT)
+        try:
+            frames = result.to_tensor(max_bytes=IMAGE_OUTPUT_LIMIT)
+        except MemoryError as exc:
+            raise InputError(
+                f"the upscaled frames as an IMAGE batch would exceed {IMAGE_OUTPUT_LIMIT // 2**30} GiB: "
+                "feed FlashVSR Upscale a clip and use its clip output (e.g. into Save Video), or take "
+                "fewer frames"
+            ) from exc
         return (in_memory_clip(result, frames), frames)
 
 
