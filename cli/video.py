@@ -1,5 +1,97 @@
-"""CLI: video (work in progress)."""
+"""`vsrkit probe FILE` and `vsrkit transcode IN -o OUT`: the nodes' engine path from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
 
 def register(subparsers) -> None:
-    """Add this module's subcommands."""
+    """Add `probe` and `transcode`."""
+    probe_parser = subparsers.add_parser("probe", help="show a video's true properties",
+                                         description="Exact frame count, frame rate, colour, audio streams.")
+    probe_parser.add_argument("file", type=Path, help="video file")
+    probe_parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    probe_parser.set_defaults(func=run_probe)
+
+    transcode = subparsers.add_parser("transcode", help="decode and re-encode a video with its audio",
+                                      description="Re-encode a video (optionally a part of it, or at a forced "
+                                      "constant frame rate), keeping its audio in sync.")
+    transcode.add_argument("input", type=Path, help="input video file")
+    transcode.add_argument("-o", "--output", type=Path, required=True,
+                           help="output file (never overwritten); a folder for --codec png")
+    transcode.add_argument("--codec", default="h264", help="h264, h265, vp9, prores, ffv1, av1 or png (default h264)")
+    transcode.add_argument("--crf", type=int, default=None, help="quality for h264/h265/vp9/av1 (lower is better)")
+    transcode.add_argument("--preset", default=None, help="encoder preset (x264/x265 names; VP9 0-8; AV1 0-13; "
+                           "ProRes proxy/lt/standard/hq/4444/4444xq)")
+    transcode.add_argument("--pix-fmt", default=None, help="pixel format, e.g. yuv420p, yuv444p, yuv420p10le")
+    transcode.add_argument("--start", type=int, default=0, help="skip this many frames first")
+    transcode.add_argument("--frames", type=int, default=0, help="at most this many frames (0: all)")
+    transcode.add_argument("--every-nth", type=int, default=1, help="keep every n-th frame")
+    transcode.add_argument("--fps", default=None, help="force a constant frame rate (e.g. 25, 30000/1001)")
+    transcode.add_argument("--odd-size", choices=("pad", "crop"), default="pad",
+                           help="what to do with odd sizes that the pixel format cannot hold")
+    transcode.add_argument("--audio", default="auto",
+                           help="auto (copy when possible), copy, none, aac, opus, flac, pcm, mp3, ac3")
+    transcode.add_argument("--quiet", action="store_true", help="no progress output")
+    transcode.set_defaults(func=run_transcode)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from ..engines.probe import probe
+
+    info = probe(args.file)
+    if args.json:
+        json.dump(info.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(describe(info))
+    return 0
+
+
+def describe(info) -> str:
+    """A short human summary of a MediaInfo."""
+    lines = [f"{info.path}: {info.format_name}, {info.duration:.3f} s, {info.size_bytes} bytes"]
+    for video in info.video_streams:
+        rate = f"{video.fps.numerator}/{video.fps.denominator}" if video.fps.denominator != 1 else str(video.fps.numerator)
+        lines.append(
+            f"  video #{video.index}: {video.codec} {video.width}x{video.height} {video.pix_fmt} "
+            f"({video.bit_depth}-bit), {video.frame_count} frames ({video.frame_count_source}) at {rate} fps"
+            f"{' VFR' if video.vfr else ''}, {video.duration:.3f} s"
+        )
+        color = video.color
+        lines.append(
+            f"    colour {color.matrix}/{color.range}/{color.primaries}/{color.transfer}"
+            f"{'' if color.tagged else ' (untagged: assumed)'}, field order {video.field_order}, SAR {video.sar}"
+            f"{f', rotation {video.rotation}' if video.rotation else ''}"
+        )
+    for audio in info.audio_streams:
+        lines.append(f"  audio #{audio.index}: {audio.codec} {audio.sample_rate} Hz {audio.channels} ch "
+                     f"({audio.layout}), {audio.duration:.3f} s{f' [{audio.language}]' if audio.language else ''}")
+    if not info.video_streams and not info.audio_streams:
+        lines.append("  no video or audio streams")
+    return "\n".join(lines)
+
+
+def run_transcode(args: argparse.Namespace) -> int:
+    from ..engines.decode import open_clip
+    from ..engines.encode import EncodeOptions, save_clip
+    from ..engines.progress import ConsoleProgress
+
+    started = time.monotonic()
+    clip = open_clip(args.input, skip_first=args.start, max_frames=args.frames, every_nth=args.every_nth,
+                     force_fps=args.fps)
+    audio = args.audio.lower()
+    options = EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
+                            odd_size=args.odd_size, audio=audio != "none",
+                            audio_codec=None if audio in ("auto", "none") else audio)
+    with ConsoleProgress(clip.info.frame_count, "transcode", quiet=args.quiet) as progress:
+        out = save_clip(clip, args.output, options, progress=progress)
+    info = clip.info
+    elapsed = time.monotonic() - started
+    print(f"{info.frame_count} frames, {info.width}x{info.height}, {float(info.fps):.3f} fps, "
+          f"{elapsed:.1f} s -> {out}")
+    return 0

@@ -333,3 +333,33 @@ def _waveform_frames(track: AudioTrack, rate: int, layout: str) -> Iterator[np.n
             yield out.to_ndarray().astype(np.float32, copy=False)
     for out in resampler.resample(None):
         yield out.to_ndarray().astype(np.float32, copy=False)
+
+
+def load_waveform(track: AudioTrack, duration: float) -> tuple[torch.Tensor, int]:
+    """The track's audio for `duration` seconds from its start as float32 [C, S] and its sample rate.
+
+    Sample-exact: padded with silence or cut to round(duration * rate) samples.
+    """
+    if track.path:
+        info = _file_stream(track)
+        if info is None:
+            raise InputError(f"audio stream {track.stream_index} of '{track.path}' is gone")
+        rate, layout = info.sample_rate, _LAYOUTS.get(info.channels, "stereo")
+    elif track.waveform is not None and track.sample_rate:
+        rate = int(track.sample_rate)
+        channels = int(track.waveform.shape[-2]) if track.waveform.ndim > 1 else 1
+        layout = _LAYOUTS.get(channels, "stereo")
+    else:
+        raise InputError("the audio has neither a file nor a waveform with a sample rate")
+    total = round(duration * rate)
+    blocks = []
+    held = 0
+    for block in _aligned_samples(track, rate, layout):
+        take = block[:, :total - held]
+        blocks.append(take)
+        held += take.shape[1]
+        if held >= total:
+            break
+    channels = av.AudioLayout(layout).nb_channels
+    samples = np.concatenate(blocks, axis=1) if blocks else np.zeros((channels, 0), dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(samples)), rate

@@ -105,7 +105,7 @@ def _timeline(video: VideoStreamInfo, force_fps) -> tuple[Fraction, int]:
     except (ValueError, ZeroDivisionError) as exc:
         raise InputError(f"force_fps must be a positive frame rate, got {force_fps!r}") from exc
     duration = video.frame_count / video.fps if not video.vfr else Fraction(video.duration).limit_denominator(1_000_000)
-    return fps, max(1, round(duration * fps))
+    return fps, max(1, math.floor(duration * fps + Fraction(1, 2)))
 
 
 def _color_override(color: ColorInfo, matrix: str | None, color_range: str | None) -> ColorInfo:
@@ -172,7 +172,7 @@ def _resampled(frames: Iterator[av.VideoFrame], start: float, fps: Fraction,
     step = 1.0 / float(fps)
     for frame in frames:
         previous_time = _frame_seconds(frame, previous_time, step)
-        frame_slot = round((previous_time - start) * float(fps))
+        frame_slot = math.floor((previous_time - start) * float(fps) + 0.5)
         if current is None:
             current = frame
         while slot < frame_slot and slot < count:
@@ -187,11 +187,16 @@ def _resampled(frames: Iterator[av.VideoFrame], start: float, fps: Fraction,
 
 
 def _numbered(frames: Iterator[av.VideoFrame], count: int, file: Path) -> Iterator[av.VideoFrame]:
-    """Exactly `count` frames: the stream's own, the last one repeated if the stream falls short."""
+    """Exactly `count` frames: the stream's own in order.
+
+    A stream that ends a frame or two early (some encoders miscount) has its last frame
+    repeated; one that ends far earlier is truncated or damaged and raises InputError.
+    """
     produced = 0
     last = None
     for frame in frames:
         if produced >= count:
+            log.warning("%s has more frames than the %d counted; the rest are left out", file, count)
             return
         yield frame
         last = frame
@@ -199,7 +204,11 @@ def _numbered(frames: Iterator[av.VideoFrame], count: int, file: Path) -> Iterat
     if last is None:
         raise InputError(f"no frame of '{file}' could be decoded; the file is damaged or truncated. "
                          "Re-export or re-download it")
-    if produced < count:
+    missing = count - produced
+    if missing > max(2, count // 100):
+        raise InputError(f"'{file}' ends after {produced} of its {count} frames: it is truncated or damaged. "
+                         f"Re-export or re-download it, or load at most {produced} frames (frame_load_cap)")
+    if missing:
         log.warning("%s: decoded %d of %d frames; repeating the last one", file, produced, count)
     while produced < count:
         yield last
@@ -227,6 +236,8 @@ def _decode_chunks(plan: _Plan) -> Iterator[torch.Tensor]:
                 yield converter(batch)
                 batch = []
             if kept == plan.count:
+                if index == plan.timeline_count - 1:
+                    next(timeline, None)  # the file should end here; _numbered warns if it does not
                 return
         if batch:
             yield converter(batch)

@@ -73,3 +73,47 @@ def discard(temp: Path) -> None:
             temp.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts",
+                    ".wmv", ".flv", ".3gp", ".ogv", ".gif", ".y4m", ".mxf", ".dv", ".vob")
+
+
+def video_files(folder: str | os.PathLike) -> list[str]:
+    """Names of the video files directly in `folder`, for a loader's list."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    return sorted(path.name for path in root.iterdir()
+                  if path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(TEMP_MARK)
+                  and path.is_file())
+
+
+def numbered_output(output_folder: str | os.PathLike, filename_prefix: str, extension: str) -> tuple[Path, str]:
+    """The next free `<prefix>_<00001>_.<ext>` in `output_folder` (ComfyUI's naming) and its sub-folder.
+
+    The prefix may name a sub-folder ("vsrkit/clip"); it must stay inside `output_folder`.
+    """
+    root = Path(output_folder).resolve()
+    prefix = Path(os.path.normpath(filename_prefix or "vsrkit"))
+    folder = (root / prefix.parent).resolve()
+    if folder != root and root not in folder.parents:
+        raise InputError(f"filename_prefix '{filename_prefix}' points outside the output folder {root}; "
+                         "use a plain name or a sub-folder name")
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = prefix.name
+    counter = 1
+    pattern = f"{stem}_"
+    for existing in folder.iterdir():
+        name = existing.name
+        if name.startswith(pattern):
+            digits = name[len(pattern):].split("_")[0].split(".")[0]
+            if digits.isdigit():
+                counter = max(counter, int(digits) + 1)
+    subfolder = "" if folder == root else folder.relative_to(root).as_posix()
+    suffix = f".{extension}" if extension else ""
+    while True:
+        candidate = folder / f"{stem}_{counter:05}_{suffix}"
+        if not candidate.exists():
+            return candidate, subfolder
+        counter += 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 
 from .clip import ColorInfo, to_fraction
 from .colors import color_from_codes
@@ -281,22 +282,25 @@ def _video_info(file: Path, stream, stats: _PacketStats, container_duration: flo
     count = stats.count if counted else int(stream.frames)
     vfr = False
     start = _seconds(stream.start_time, stream.time_base)
-    if counted and stats.times:
-        times = sorted(stats.times)
-        start = times[0] if start is None else start
-        deltas = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
-        if deltas:
-            shortest, longest = min(deltas), max(deltas)
-            time_step = float(stream.time_base) if stream.time_base else 0.001
-            vfr = longest - shortest > max(2.5 * time_step, 0.02 * shortest)
-        if count > 1 and stats.end is not None and (average is None or vfr):
-            span = stats.end - times[0]
-            if span > 0:
-                average = to_fraction(Fraction(count) / Fraction(span).limit_denominator(1_000_000))
+    fps = None
+    if counted and len(stats.times) > 1:
+        times = np.sort(np.asarray(stats.times, dtype=np.float64))
+        start = float(times[0]) if start is None else start
+        time_step = float(stream.time_base) if stream.time_base else 0.001
+        span = (stats.end or float(times[-1])) - float(times[0])
+        if span > 0:
+            average = to_fraction(Fraction(count) / Fraction(span).limit_denominator(1_000_000))
+        fps = _grid_rate(times, time_step, [base, average])
+        if fps is not None:
+            base = fps
+        else:
+            vfr = True
+            fps = average
     start = start if start is not None else container_start
-    fps = average or base or Fraction(25)
-    if base and average and not vfr and abs(float(base) - float(average)) < 0.01 * float(average):
-        fps = base  # the exact base rate (30000/1001) rather than a rounded average
+    if fps is None:
+        fps = average or base or Fraction(25)
+        if base and average and abs(float(base) - float(average)) < 0.01 * float(average):
+            fps = base  # the exact base rate (30000/1001) rather than a rounded average
     if counted and stats.end is not None and stats.times:
         duration = stats.end - min(stats.times)
         if duration <= 0:
@@ -331,6 +335,31 @@ def _video_info(file: Path, stream, stats: _PacketStats, container_duration: flo
         bit_rate=codec_context.bit_rate or None,
         profile=stream.profile,
     )
+
+
+STANDARD_RATES = tuple(Fraction(r) for r in (
+    Fraction(24000, 1001), 24, 25, Fraction(30000, 1001), 30, 50, Fraction(60000, 1001), 60, 48,
+    Fraction(48000, 1001), 100, Fraction(120000, 1001), 120, 12, 15, Fraction(15000, 1001), 10, 8, 5, 6, 1))
+
+
+def _grid_rate(times: np.ndarray, time_step: float, hints: list[Fraction | None]) -> Fraction | None:
+    """The constant rate whose frame grid every timestamp sits on (within the container's rounding).
+
+    Matroska stores milliseconds, so 60000/1001 fps reads back as intervals of 16 and 17 ms;
+    checking each timestamp against the grid of a candidate rate recovers the exact rate.
+    None when no candidate fits: the stream is variable-rate or has gaps.
+    """
+    offsets = times - times[0]
+    steps = np.arange(len(times), dtype=np.float64)
+    candidates = list(STANDARD_RATES) + [h for h in hints if h]
+    if len(times) > 1 and offsets[-1] > 0:
+        candidates.append(to_fraction((len(times) - 1) / offsets[-1]))
+    for rate in candidates:
+        residual = offsets - steps / float(rate)
+        # each stored time is rounded by up to half a step, so the residuals spread over at most one step
+        if float(residual.max() - residual.min()) <= time_step + 1e-6:
+            return rate
+    return None
 
 
 def _first_frame_color(file: Path, stream) -> tuple[ColorInfo | None, int]:

@@ -134,6 +134,39 @@ def allowed_roots() -> list[Path]:
     return [input_dir(), output_dir(), temp_dir()]
 
 
+def input_path(name: str) -> Path:
+    """The file behind a loader's list entry (ComfyUI's annotated names, e.g. 'clip.mp4 [output]', too)."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_annotated_filepath(name))
+    return input_dir() / name
+
+
+def input_video_files() -> list[str]:
+    """Video files in the input folder, for a Load Video list."""
+    from ..engines.paths import video_files
+
+    return video_files(input_dir())
+
+
+def save_path(filename_prefix: str, extension: str, width: int = 0, height: int = 0) -> tuple[Path, str]:
+    """The next `<prefix>_<counter>_.<ext>` in the output folder (ComfyUI's naming) and its sub-folder."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        root = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root, width, height)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        suffix = f".{extension}" if extension else ""
+        path = Path(folder) / f"{name}_{counter:05}_{suffix}"
+        while path.exists():
+            counter += 1
+            path = Path(folder) / f"{name}_{counter:05}_{suffix}"
+        return path, subfolder
+    from ..engines.paths import numbered_output
+
+    return numbered_output(output_dir(), filename_prefix, extension)
+
+
 def torch_device() -> Any:
     """ComfyUI's chosen device inside ComfyUI; otherwise CUDA when present, else CPU."""
     mm = _comfy("comfy.model_management")
@@ -227,10 +260,13 @@ __all__ = [
     "free_memory",
     "in_comfyui",
     "input_dir",
+    "input_path",
+    "input_video_files",
     "model_dirs",
     "model_files",
     "output_dir",
     "progress",
+    "save_path",
     "soft_empty_cache",
     "temp_dir",
     "torch_device",
