@@ -297,13 +297,14 @@ def _to_float(frames: list[np.ndarray], layout: PixelLayout) -> torch.Tensor:
 
 def filter_chunks(chunks: Iterable[torch.Tensor], steps: Sequence[FilterStep], *, width: int, height: int,
                   fps: Fraction, alpha_steps: Sequence[FilterStep] | None = None,
-                  out_per_in: int = 1, progress: Progress | None = None) -> Iterator[torch.Tensor]:
+                  progress: Progress | None = None) -> Iterator[torch.Tensor]:
     """Run float RGB(A) chunks through one graph kept alive across all chunks.
 
     RGB goes through `steps`. Alpha (4-channel chunks) goes through its own graph of
     `alpha_steps`, or, when that is None, is carried unchanged beside its frame (valid for
     filters that emit exactly one frame per input frame, in order). Output chunks hold at
-    most `out_per_in` times the largest input chunk.
+    most as many frames as the largest input chunk, so a field-rate pass (twice the frames)
+    does not double the chunk size downstream stages receive.
     """
     layout = layout_for(list(steps) + list(alpha_steps or []))
     time_base = Fraction(1) / fps if fps else Fraction(1, 25)
@@ -327,9 +328,8 @@ def filter_chunks(chunks: Iterable[torch.Tensor], steps: Sequence[FilterStep], *
             else:
                 alpha_tensor = _to_float(alpha, layout)[..., None]
             frames = torch.cat([frames, alpha_tensor], dim=-1)
-        limit = biggest * out_per_in
-        for start in range(0, count, limit):
-            yield frames[start:start + limit]
+        for start in range(0, count, biggest):
+            yield frames[start:start + biggest]
 
     for chunk in chunks:
         if progress is not None:

@@ -215,7 +215,7 @@ def deinterlace_clip(clip: Clip, mode: str = "auto", method: str = "bwdif", rate
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         yield from filter_chunks(chunks, steps, width=info.width, height=info.height, fps=info.fps,
-                                 alpha_steps=steps, out_per_in=factor, progress=progress)
+                                 alpha_steps=steps, progress=progress)
 
     return clip.then(stage, fps=info.fps * factor, frame_count=info.frame_count * factor,
                      field_order="progressive", extra={**info.extra, "deinterlace": report})
