@@ -160,7 +160,7 @@ def compose(before: torch.Tensor, after: torch.Tensor, first_index: int, fps: fl
             out[t, :, :split] = before[t, :, :split]
     _draw_dividers(out, width, height, first_index, fps, options)
     if options.labels:
-        scale = max(1, min(height, width) // 160)
+        scale = max(1, round(min(height, width) / 144))
         margin = scale * 3
         _draw_label(out, "BEFORE", margin, margin, scale)
         after_x = width + margin if options.layout == "side_by_side" else margin

@@ -228,9 +228,10 @@ def check_value(spec: list | tuple, value: Any, model_names: set[str]) -> str | 
             if value not in model_names:
                 return f"model file {value!r} has no download hint in properties.models"
             return None
-        choices = combo_choices(spec)
-        if choices:
+        choices = [c for c in combo_choices(spec) if c != ""]
+        if choices and not any(options.get(key) for key in UPLOAD_OPTIONS):
             return None if value in choices else f"{value!r} is not one of {choices}"
+        # An input-file list (upload combo) or a host file list: any file name will do.
         if not isinstance(value, str) or not value:
             return f"{value!r} is not a file name"
         return None
@@ -384,8 +385,6 @@ def _check_widgets(where: str, node: Mapping, definition: Mapping) -> list[str]:
             problem = check_value(slot.spec, value, model_names)
             if problem:
                 problems.append(f"{where}: {slot.name}: {problem}")
-    for name in model_names - {v for v in values if isinstance(v, str)}:
-        problems.append(f"{where}: download hint {name!r} names no file this node loads")
     return problems
 
 

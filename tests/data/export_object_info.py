@@ -35,7 +35,8 @@ def core_types_used(workflows: Path) -> set[str]:
             used.update(node["type"] for node in data["nodes"])
         else:
             used.update(node["class_type"] for node in data.values())
-    return {name for name in used if not name.startswith("vsrkit")}
+    frontend_only = {"Note", "MarkdownNote"}
+    return {name for name in used if not name.startswith("vsrkit") and name not in frontend_only}
 
 
 def trim(object_info: dict, keep: set[str], version: str) -> dict:
