@@ -34,6 +34,15 @@ CASE_SETTINGS = {
 CACHED_WINDOWS = {"A": 3, "C": 4}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors run faster on one thread, and a shared 2-core CI box stays responsive."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def fixture():
     folder = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr" / "fixture"

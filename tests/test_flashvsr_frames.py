@@ -1,0 +1,240 @@
+"""FlashVSR frame and size bookkeeping: N frames in give N frames out, W x H gives exactly scale*W x scale*H,
+Tiny-Long equals Tiny and streams in bounded memory. Runs a tiny random model in the official layout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vsrkit.engines.clip import Clip
+from vsrkit.engines.errors import InputError
+from vsrkit.engines.flashvsr.loader import FlashVSRModels
+from vsrkit.engines.flashvsr.lq_proj import CausalLQProjector
+from vsrkit.engines.flashvsr.pipeline import (
+    FlashVSRPipeline,
+    StreamSettings,
+    chunk_count,
+    pad_index,
+    pad_to,
+    padded_frame_count,
+    plan_chunk,
+)
+from vsrkit.engines.flashvsr.tcdecoder import TCDecoder
+from vsrkit.engines.flashvsr.upscale import upscale_clip, upscale_clip_cli
+from vsrkit.engines.flashvsr.wan_dit import WanDiT
+
+FRAME_COUNTS = [1, 2, 7, 20, 21, 24, 25, 29, 33, 40, 100]
+FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr" / "fixture"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors run faster on one thread, and a shared 2-core CI box stays responsive."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_models(seed: int = 0) -> FlashVSRModels:
+    """A random FlashVSR in the official structure, small enough to run hundreds of frames on a CPU."""
+    torch.manual_seed(seed)
+    dit = WanDiT(dim=32, in_dim=16, ffn_dim=32, out_dim=16, text_dim=16, freq_dim=16, num_heads=1, num_layers=1)
+    projector = CausalLQProjector(in_dim=3, out_dim=32, hidden_dim1=8, hidden_dim2=8, layer_num=1)
+    decoder = TCDecoder(channels=(8, 8, 8, 8), latent_channels=784)
+    return FlashVSRModels("v1.1", dit, projector, decoder, torch.randn(1, 4, 16), config={}, files={}).eval()
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
+
+
+@pytest.fixture(scope="module")
+def pipeline(models):
+    return FlashVSRPipeline.from_models(models, attention_backend="sdpa")
+
+
+def frames_with_levels(count: int, height: int, width: int) -> torch.Tensor:
+    """[count, h, w, 3] frames whose brightness steps with the frame index, over a fixed texture."""
+    texture = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(1)) * 0.2
+    levels = torch.linspace(0.1, 0.7, count).reshape(count, 1, 1, 1)
+    return (levels + texture).clamp(0, 1)
+
+
+def upscale(pipeline, frames: torch.Tensor, scale: int = 2, chunk: int = 5, **settings) -> torch.Tensor:
+    chunks = [frames[i:i + chunk] for i in range(0, frames.shape[0], chunk)]
+    return torch.cat(list(pipeline.upscale(chunks, scale, StreamSettings(**settings))))
+
+
+def test_padding_plan_keeps_every_frame():
+    for frames in range(1, 120):
+        padded = padded_frame_count(frames)
+        assert padded % 8 == 1 and padded >= 25 and padded - 4 >= frames
+        assert padded - 8 < max(frames + 4, 25), "F is the smallest valid count"
+        index = pad_index(frames)
+        assert index[:frames] == list(range(frames)) and set(index[frames:]) <= {frames - 1}
+        outputs = [f for c in range(chunk_count(frames)) for f in range(plan_chunk(c).output_start,
+                                                                       plan_chunk(c).output_stop)]
+        assert outputs == list(range(padded - 4))
+
+
+@pytest.mark.skipif(not (FIXTURE / "config.json").is_file(), reason="golden fixture ../shared/flashvsr absent")
+def test_chunk_plan_matches_the_reference_plan():
+    config = json.loads((FIXTURE / "config.json").read_text())
+    for case in ("A", "C"):
+        frames = config["cases"][case]["frames"]["N_input"]
+        for chunk in config["cases"][case]["plan"]["chunks"]:
+            plan = plan_chunk(chunk["chunk"])
+            assert [plan.latent_start, plan.latent_start + plan.latent_count] == chunk["latent_frames"]
+            calls = chunk["lq_proj_stream_forward_calls"]
+            assert calls[-1][1] == plan.lq_stop
+            assert (calls[1][0] if chunk["chunk"] == 0 else calls[0][0]) == plan.lq_start
+            assert [plan.output_start, plan.output_stop] == chunk["output_frames"] == chunk["decoder_cond_lq_frames"]
+        # Where the reference's F is valid for us too (N = 8k+5), the padding is the same.
+        if padded_frame_count(frames) == config["cases"][case]["frames"]["F_padded"]:
+            assert pad_index(frames) == config["cases"][case]["frames"]["padded_index"]
+
+
+@pytest.mark.parametrize("frames", FRAME_COUNTS)
+def test_n_frames_in_give_n_frames_out(pipeline, frames):
+    out = upscale(pipeline, frames_with_levels(frames, 12, 20))
+    assert out.shape == (frames, 24, 40, 3)
+    assert out.dtype == torch.float32 and 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+def test_output_frames_stay_aligned_with_their_inputs(pipeline):
+    """AdaIN gives each output frame its own input frame's mean colour, so the means identify the frame."""
+    frames = frames_with_levels(29, 12, 20)
+    out = upscale(pipeline, frames, chunk=4)
+    got = out.mean(dim=(1, 2, 3))
+    want = frames.mean(dim=(1, 2, 3))
+    nearest = (got[:, None] - want[None, :]).abs().argmin(dim=1)
+    assert nearest.tolist() == list(range(29))
+
+
+@pytest.mark.parametrize("height, width, scale", [(7, 13, 2), (36, 68, 4), (40, 72, 3), (1, 1, 2), (65, 33, 2)])
+def test_output_size_is_exactly_scale_times_input(pipeline, height, width, scale):
+    out = upscale(pipeline, torch.rand(2, height, width, 3), scale=scale)
+    assert out.shape == (2, height * scale, width * scale, 3)
+
+
+def test_padding_is_cropped_back_from_the_top_left(pipeline):
+    """The model sees the frame padded on the bottom and right; the output is the top-left crop."""
+    lq = torch.rand(25, 3, 128, 256) * 2 - 1
+    trace: dict = {}
+    out = torch.cat(list(pipeline.stream([lq], (80, 144), StreamSettings(color_fix="none"), trace=trace)))
+    padded = torch.cat(trace["video_pre_colorfix"])
+    assert padded.shape == (21 + 8, 3, 128, 256) and out.shape == (25, 3, 80, 144)
+    assert torch.equal(out, padded[:25, :, :80, :144])
+
+
+def test_pad_to_mirrors_the_content_edges():
+    frames = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).reshape(2, 3, 5, 7)
+    padded = pad_to(frames, 8, 9)
+    assert padded.shape == (2, 3, 8, 9) and torch.equal(padded[..., :5, :7], frames)
+    assert torch.equal(padded[..., 5, :7], frames[..., 3, :])
+    assert pad_to(torch.ones(1, 3, 2, 2), 128, 128).shape == (1, 3, 128, 128)
+
+
+def test_tiny_long_equals_tiny(pipeline):
+    frames = frames_with_levels(40, 12, 20)
+    long = upscale(pipeline, frames, mode="tiny-long")
+    tiny = upscale(pipeline, frames, mode="tiny")
+    assert torch.allclose(long, tiny, rtol=0, atol=1e-6)
+
+
+def test_tiled_run_keeps_frames_and_size(pipeline):
+    frames = frames_with_levels(1, 60, 100)
+    tiled = upscale(pipeline, frames, scale=2, tile_size=128, tile_overlap=64)
+    whole = upscale(pipeline, frames, scale=2)
+    assert tiled.shape == whole.shape == (1, 120, 200, 3)
+    assert not torch.equal(tiled, whole)
+    # One tile as large as the frame is the untiled run.
+    assert torch.equal(upscale(pipeline, frames, scale=2, tile_size=256), whole)
+
+
+def test_seed_fixes_the_noise(pipeline):
+    frames = frames_with_levels(2, 12, 20)
+    first = upscale(pipeline, frames, seed=3, color_fix="none")
+    assert torch.equal(first, upscale(pipeline, frames, seed=3, color_fix="none"))
+    assert not torch.equal(first, upscale(pipeline, frames, seed=4, color_fix="none"))
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_flashvsr_frames import tiny_models
+    from vsrkit.engines.flashvsr.pipeline import FlashVSRPipeline, StreamSettings
+    torch.set_num_threads(1)
+    frames, mode = int(sys.argv[1]), sys.argv[2]
+    pipeline = FlashVSRPipeline.from_models(tiny_models(), attention_backend="sdpa")
+    def source():
+        for start in range(0, frames, 4):
+            yield torch.rand(min(4, frames - start), 64, 64, 3)
+    count = 0
+    for chunk in pipeline.upscale(source(), 2, StreamSettings(mode=mode)):
+        count += chunk.shape[0]
+    assert count == frames
+    # VmHWM: this process image's peak resident set (ru_maxrss would include the forking parent's).
+    status = open("/proc/self/status").read()
+    print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+""")
+
+
+def peak_rss_kib(frames: int, mode: str) -> int:
+    script = MEMORY_SCRIPT.format(tests=str(Path(__file__).resolve().parent))
+    result = subprocess.run([sys.executable, "-c", script, str(frames), mode], capture_output=True, text=True,
+                            check=True)
+    return int(result.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc for peak RSS")
+def test_tiny_long_peak_memory_does_not_grow_with_clip_length():
+    """Peak RSS of a 32-frame and a 160-frame run at 128x128 output: Tiny-Long stays flat (the 160-frame
+    output alone would be 31 MB), while Tiny, which keeps the clip, grows: the probe sees growth."""
+    short_long = peak_rss_kib(32, "tiny-long")
+    long_long = peak_rss_kib(160, "tiny-long")
+    assert long_long - short_long < 16 * 1024, (short_long, long_long)
+    long_tiny = peak_rss_kib(160, "tiny")
+    assert long_tiny - long_long > 64 * 1024, (long_long, long_tiny)
+
+
+def test_upscale_clip_streams_a_clip_with_alpha(models):
+    frames = torch.rand(9, 10, 14, 4)
+    frames[..., 3] = torch.linspace(0, 1, 14)
+    clip = Clip.from_tensor(frames, Fraction(24000, 1001))
+    out = upscale_clip(clip, models, scale=3, attention_backend="sdpa")
+    assert (out.info.width, out.info.height, out.info.frame_count, out.info.channels) == (42, 30, 9, 4)
+    assert out.info.fps == Fraction(24000, 1001)
+    pulled = out.to_tensor()
+    assert pulled.shape == (9, 30, 42, 4)
+    alpha = pulled[0, :, :, 3].mean(dim=0)
+    assert alpha[0] < 0.1 and alpha[-1] > 0.9 and bool((alpha.diff() >= -1e-6).all())
+
+
+def test_upscale_clip_rejects_bad_settings(models):
+    clip = Clip.from_tensor(torch.rand(2, 8, 8, 3), 24)
+    with pytest.raises(InputError, match="scale"):
+        upscale_clip(clip, models, scale=5)
+    with pytest.raises(InputError, match="tile size"):
+        upscale_clip(clip, models, tile_size=100)
+    with pytest.raises(InputError, match="mode"):
+        upscale_clip(clip, models, mode="full")
+
+
+@pytest.mark.skipif(not (FIXTURE / "config.json").is_file(), reason="golden fixture ../shared/flashvsr absent")
+def test_cli_entry_loads_from_model_dir_and_upscales():
+    clip = Clip.from_tensor(torch.rand(3, 9, 11, 3), 25)
+    args = SimpleNamespace(model_dir=FIXTURE, scale=2, device="cpu", precision="fp32", tile=0, quiet=True)
+    out = upscale_clip_cli(clip, args)
+    assert (out.info.width, out.info.height, out.info.frame_count) == (22, 18, 3)
+    assert out.to_tensor().shape == (3, 18, 22, 3)
