@@ -117,20 +117,20 @@ def test_preprocessing_workflow_runs_headless_and_keeps_the_audio(comfy_host, fo
     load = node_of(prompt, "vsrkitLoadVideo")
     loader = node_of(prompt, "vsrkitRealESRGANLoader")
     out = tmp_path / "out"
-    # The published x4 model is slow on a CPU; the small x2 model runs the same graph. 12 frames of
+    # The published x4 model is slow on a CPU; the small x2 model runs the same graph. 8 frames of
     # 720x480 keep the run to a minute or two.
     result = run_submit(comfy_host, WORKFLOWS / f"{name}.api.json", out,
                         "--upload", f"{load}.video={footage / 'ntsc480i_tff_bt601_ac3.mkv'}",
-                        "--set", f"{load}.frame_load_cap=12",
+                        "--set", f"{load}.frame_load_cap=8",
                         "--set", f"{loader}.model_name=realesr-animevideov3-x2", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:] + comfy_host.log()[-3000:]
     [video] = [Path(line) for line in result.stdout.splitlines() if line.strip()]
     info = probe(video)
-    assert info["frames"] == 12
+    assert info["frames"] == 8
     assert info["size"] == (1440, 960)
     assert info["fps"] == NTSC
     assert info["audio_codec"] is not None
-    assert info["audio_seconds"] == pytest.approx(12 / float(NTSC), abs=0.05)
+    assert info["audio_seconds"] == pytest.approx(8 / float(NTSC), abs=0.05)
 
 
 def test_comparison_workflow_runs_headless(comfy_host, footage, tmp_path):
@@ -158,21 +158,18 @@ def test_interrupt_mid_run_leaves_no_partial_output(comfy_host, footage, tmp_pat
     prompt = api_workflow("upscale_fast_animevideov3_x2")
     load = node_of(prompt, "vsrkitLoadVideo")
     out = tmp_path / "out"
+    # All 120 frames of carphone take minutes on a CPU, in batches short enough to stop promptly.
     command = comfy_host.submit_command(str(WORKFLOWS / "upscale_fast_animevideov3_x2.api.json"), "-o", str(out),
-                                        "--upload", f"{load}.video={footage / 'ntsc480i_tff_bt601_ac3.mkv'}")
+                                        "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        started = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            running = comfy_host.get_json("/queue")["queue_running"]
-            if running and started is None:
-                started = time.monotonic()
+        writing: set[Path] = set()
+        deadline = time.monotonic() + 180
+        while not writing and time.monotonic() < deadline and process.poll() is None:
             writing = set(outputs_left(comfy_host.output_dir)) - before
-            if started is not None and (writing or time.monotonic() - started > 8):
-                break
-            time.sleep(0.2)
-        assert started is not None, "the job never started"
+            time.sleep(0.1)
+        assert writing, "Save Video never started writing its file"
+        assert all(p.name.startswith(".vsrkit-partial-") for p in writing), writing
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
     finally:
