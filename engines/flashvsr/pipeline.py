@@ -18,6 +18,7 @@ overlapping spatial tiles, each a separate stream, blended with feathered weight
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -95,6 +96,7 @@ def model_size(height: int, width: int) -> tuple[int, int]:
     return (math.ceil(height / SIZE_MULTIPLE) * SIZE_MULTIPLE, math.ceil(width / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
+@functools.lru_cache(maxsize=16)
 def _bicubic_weights(size_in: int, size_out: int) -> torch.Tensor:
     """[size_out, size_in] resampling matrix of PIL's BICUBIC filter (a = -0.5) for upscaling."""
     a = -0.5

@@ -124,7 +124,7 @@ def draft_block_mask(q_pooled: torch.Tensor, k_pooled: torch.Tensor, num_heads: 
 
 def pooled(windows: torch.Tensor) -> torch.Tensor:
     """The mean vector of each window [n, 128, D] -> [n, D], in float32."""
-    return windows.float().mean(dim=1)
+    return windows.mean(dim=1, dtype=torch.float32)
 
 
 @dataclasses.dataclass

@@ -106,7 +106,8 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
 def upscale_clip_cli(clip: Clip, args: Any) -> Clip:
     """The CLI's `--engine flashvsr`: load v1.1 from --model-dir (default search path) and upscale.
 
-    args carries model_dir, scale, device, precision, tile and quiet (cli/upscale.py).
+    args carries model_dir, scale, device, precision, tile and quiet (cli/upscale.py); a tile
+    size is rounded up to the model's multiple of 128 pixels.
     """
     from .loader import default_model_dirs, load_flashvsr
 
@@ -114,5 +115,7 @@ def upscale_clip_cli(clip: Clip, args: Any) -> Clip:
     folders = [model_dir] if model_dir else default_model_dirs()
     models = load_flashvsr(folders, version=getattr(args, "flashvsr_version", None) or "v1.1",
                            dtype=getattr(args, "precision", None) or "auto", device=getattr(args, "device", None))
-    return upscale_clip(clip, models, scale=int(getattr(args, "scale", 4)),
-                        tile_size=int(getattr(args, "tile", 0) or 0))
+    tile = int(getattr(args, "tile", 0) or 0)
+    tile = -(-tile // SIZE_MULTIPLE) * SIZE_MULTIPLE if tile > 0 else 0
+    return upscale_clip(clip, models, scale=int(getattr(args, "scale", 4)), tile_size=tile,
+                        tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP)

@@ -51,8 +51,8 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
 
 
 def _axis_angles(dims: int, positions: torch.Tensor) -> torch.Tensor:
-    freqs = 1.0 / (ROPE_THETA ** (torch.arange(0, dims, 2, dtype=torch.float64)[: dims // 2] / dims))
-    return torch.outer(positions.to(torch.float64), freqs)
+    exponents = torch.arange(0, dims, 2, dtype=torch.float64, device=positions.device)[: dims // 2] / dims
+    return torch.outer(positions.to(torch.float64), 1.0 / (ROPE_THETA ** exponents))
 
 
 def rope_angles(head_dim: int, frame_positions: torch.Tensor, token_h: int, token_w: int) -> torch.Tensor:
@@ -61,10 +61,11 @@ def rope_angles(head_dim: int, frame_positions: torch.Tensor, token_h: int, toke
     Any frame position works (RoPE acts on differences), so long clips need no table limit.
     """
     dims_f, dims_h, dims_w = rope_split(head_dim)
+    device = frame_positions.device
     frames = frame_positions.numel()
     f = _axis_angles(dims_f, frame_positions)
-    h = _axis_angles(dims_h, torch.arange(token_h))
-    w = _axis_angles(dims_w, torch.arange(token_w))
+    h = _axis_angles(dims_h, torch.arange(token_h, device=device))
+    w = _axis_angles(dims_w, torch.arange(token_w, device=device))
     grid = torch.cat([
         f[:, None, None, :].expand(frames, token_h, token_w, -1),
         h[None, :, None, :].expand(frames, token_h, token_w, -1),
@@ -83,11 +84,11 @@ class Rope:
     @classmethod
     def build(cls, head_dim: int, first_frame: int, frames: int, token_h: int, token_w: int,
               device: torch.device, dtype: torch.dtype) -> Rope:
-        positions = torch.arange(first_frame, first_frame + frames)
+        positions = torch.arange(first_frame, first_frame + frames, device=device)
         angles = rope_angles(head_dim, positions, token_h, token_w)[:, None, :]
         # float32 activations rotate in float64 as upstream does; half precision in float32.
         work = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
-        return cls(torch.cos(angles).to(device, work), torch.sin(angles).to(device, work))
+        return cls(torch.cos(angles).to(work), torch.sin(angles).to(work))
 
     def apply(self, x: torch.Tensor, num_heads: int) -> torch.Tensor:
         """Rotate consecutive channel pairs of each head of x [B, L, heads*head_dim]."""
