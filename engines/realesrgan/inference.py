@@ -145,19 +145,22 @@ def run_network(model: RealESRGANModel, net: torch.nn.Module, x: torch.Tensor, t
         return net(x)
     scale = model.net_scale
     multiple = model.size_multiple
-    feather = overlap // 4
     context = overlap // multiple * multiple if multiple > 1 else overlap
+    rows, cols = _cores(height, tile, multiple), _cores(width, tile, multiple)
+    # Cross-fade bands must not overlap each other, or the weights would not sum to one.
+    feather_y = min(overlap // 4, min(b - a for a, b in rows) // 2)
+    feather_x = min(overlap // 4, min(b - a for a, b in cols) // 2)
     out = torch.zeros((x.shape[0], x.shape[1], height * scale, width * scale), dtype=torch.float32,
                       device=x.device)
-    for y0, y1 in _cores(height, tile, multiple):
-        for x0, x1 in _cores(width, tile, multiple):
+    for y0, y1 in rows:
+        for x0, x1 in cols:
             ey0, ey1 = max(0, y0 - context), min(height, y1 + context)
             ex0, ex1 = max(0, x0 - context), min(width, x1 + context)
             result = net(x[:, :, ey0:ey1, ex0:ex1])
-            uy0, uy1 = max(ey0, y0 - feather), min(ey1, y1 + feather)
-            ux0, ux1 = max(ex0, x0 - feather), min(ex1, x1 + feather)
-            wy = _ramp(uy0, uy1, (y0, y1), height, feather, scale, x.device)
-            wx = _ramp(ux0, ux1, (x0, x1), width, feather, scale, x.device)
+            uy0, uy1 = max(ey0, y0 - feather_y), min(ey1, y1 + feather_y)
+            ux0, ux1 = max(ex0, x0 - feather_x), min(ex1, x1 + feather_x)
+            wy = _ramp(uy0, uy1, (y0, y1), height, feather_y, scale, x.device)
+            wx = _ramp(ux0, ux1, (x0, x1), width, feather_x, scale, x.device)
             part = result[:, :, (uy0 - ey0) * scale:(uy1 - ey0) * scale, (ux0 - ex0) * scale:(ux1 - ex0) * scale]
             out[:, :, uy0 * scale:uy1 * scale, ux0 * scale:ux1 * scale] += part.float() * (wy[:, None] * wx[None, :])
     return out
@@ -223,15 +226,18 @@ class Upscaler:
                                    self.overlap, self.batch, self.budget_bytes)
         return self.plan
 
-    def _shrink(self) -> None:
+    def _shrink(self, height: int, width: int) -> None:
+        """Halve the batch, then the tile (starting from half the frame's longer side)."""
         plan = self.plan
         assert plan is not None
         if plan.batch > 1:
             plan.batch = max(1, plan.batch // 2)
         elif plan.tile == 0 or plan.tile > MIN_TILE:
-            plan.tile = max(MIN_TILE, (plan.tile or 1024) // 2)
+            current = plan.tile or max(height, width)
+            plan.tile = max(MIN_TILE, current // 2)
         else:
-            raise MemoryError("out of memory even with one frame and the smallest tile")
+            raise MemoryError(f"out of memory even with one frame and {MIN_TILE}-pixel tiles; free memory "
+                              "on the device or use a smaller model")
 
     @torch.inference_mode()
     def process_device(self, frames: torch.Tensor) -> torch.Tensor:
@@ -252,7 +258,7 @@ class Upscaler:
                 pieces = []
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                self._shrink()
+                self._shrink(height, width)
         y = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         s = self.model.net_scale
         y = y[:, :, :height * s, :width * s]

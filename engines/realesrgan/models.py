@@ -244,8 +244,9 @@ def build_network(state: Mapping[str, torch.Tensor], source: str = "state dict")
         scale = {1: 4, 4: 2, 16: 1}.get(in_ch // out_ch) if in_ch % out_ch == 0 else None
         if scale is None:
             raise InputError(f"{source}: RRDBNet with {in_ch} input and {out_ch} output channels has no known scale")
-        net: nn.Module = RRDBNet(num_in_ch=out_ch, num_out_ch=out_ch, scale=scale, num_feat=num_feat,
-                                 num_block=num_block, num_grow_ch=num_grow)
+        with torch.device("meta"):
+            net: nn.Module = RRDBNet(num_in_ch=out_ch, num_out_ch=out_ch, scale=scale, num_feat=num_feat,
+                                     num_block=num_block, num_grow_ch=num_grow)
         arch = "RRDBNet"
     elif "body.0.weight" in keys and state["body.0.weight"].ndim == 4:
         conv_ids = sorted(int(k.split(".")[1]) for k in keys
@@ -263,8 +264,9 @@ def build_network(state: Mapping[str, torch.Tensor], source: str = "state dict")
         upscale = round((last_out / in_ch) ** 0.5)
         if upscale < 1 or upscale * upscale * in_ch != last_out:
             raise InputError(f"{source}: last convolution has {last_out} outputs, not {in_ch} x scale^2")
-        net = SRVGGNetCompact(num_in_ch=in_ch, num_out_ch=in_ch, num_feat=num_feat, num_conv=last // 2 - 1,
-                              upscale=upscale, act_type="prelu")
+        with torch.device("meta"):
+            net = SRVGGNetCompact(num_in_ch=in_ch, num_out_ch=in_ch, num_feat=num_feat, num_conv=last // 2 - 1,
+                                  upscale=upscale, act_type="prelu")
         arch, scale = "SRVGGNetCompact", upscale
     else:
         sample = ", ".join(sorted(keys)[:8])
@@ -274,7 +276,7 @@ def build_network(state: Mapping[str, torch.Tensor], source: str = "state dict")
             "SRVGGNetCompact (keys body.N.weight, PReLU at odd N)"
         )
     try:
-        net.load_state_dict(dict(state), strict=True)
+        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     except RuntimeError as exc:
         raise InputError(f"{source}: looks like {arch} but its tensors do not fit: {str(exc)[:400]}") from exc
     return net.eval(), arch, scale

