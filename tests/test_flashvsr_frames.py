@@ -238,3 +238,17 @@ def test_cli_entry_loads_from_model_dir_and_upscales():
     out = upscale_clip_cli(clip, args)
     assert (out.info.width, out.info.height, out.info.frame_count) == (22, 18, 3)
     assert out.to_tensor().shape == (3, 18, 22, 3)
+
+
+def test_real_clip_keeps_count_size_and_rate(footage, models):
+    from vsrkit.engines.decode import open_clip
+
+    clip = open_clip(footage / "carphone_qcif_pristine.mp4", max_frames=11)
+    out = upscale_clip(clip, models, scale=2, attention_backend="sdpa")
+    assert (out.info.width, out.info.height, out.info.frame_count) == (352, 288, 11)
+    assert out.info.fps == clip.info.fps
+    pulled = out.to_tensor()
+    assert pulled.shape == (11, 288, 352, 3)
+    # AdaIN carries each input frame's mean colour to its output frame.
+    source = clip.to_tensor()
+    assert torch.allclose(pulled.mean(dim=(1, 2)), source.mean(dim=(1, 2)), atol=0.02)
