@@ -152,7 +152,7 @@ def test_tiny_long_equals_tiny(pipeline):
     assert torch.allclose(long, tiny, rtol=0, atol=1e-6)
 
 
-def test_tiled_run_keeps_frames_and_size(pipeline):
+def test_tiled_run_keeps_frames_and_size(pipeline, models):
     frames = frames_with_levels(1, 60, 100)
     tiled = upscale(pipeline, frames, scale=2, tile_size=128, tile_overlap=64)
     whole = upscale(pipeline, frames, scale=2)
@@ -160,6 +160,10 @@ def test_tiled_run_keeps_frames_and_size(pipeline):
     assert not torch.equal(tiled, whole)
     # One tile as large as the frame is the untiled run.
     assert torch.equal(upscale(pipeline, frames, scale=2, tile_size=256), whole)
+    # Parking idle tiles' caches and memories in RAM (done on accelerators) changes nothing.
+    parked = FlashVSRPipeline.from_models(models, attention_backend="sdpa")
+    parked.park_tiles = True
+    assert torch.equal(upscale(parked, frames, scale=2, tile_size=128, tile_overlap=64), tiled)
 
 
 def test_seed_fixes_the_noise(pipeline):

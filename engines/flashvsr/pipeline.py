@@ -303,12 +303,29 @@ class _FrameWindow:
 # ---------------------------------------------------------------- streams
 
 
-class _TileStream:
-    """Projector, DiT cache and decoder memory of one spatial tile across chunks."""
+def _moved(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, WindowKVCache):
+        return WindowKVCache(_moved(value.k, device), _moved(value.v, device), value.windows_per_slice)
+    if isinstance(value, dict):
+        return {key: _moved(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_moved(item, device) for item in value]
+    return value
 
-    def __init__(self, pipeline: FlashVSRPipeline, tile: Tile, sparse: SparseSettings):
+
+class _TileStream:
+    """Projector, DiT cache and decoder memory of one spatial tile across chunks.
+
+    With several tiles on an accelerator, a tile's state waits in RAM while the other
+    tiles run (`park`), so device memory holds one tile's caches at a time.
+    """
+
+    def __init__(self, tile: Tile, sparse: SparseSettings, park_device: torch.device | None = None):
         self.tile = tile
         self.sparse = sparse
+        self.park_device = park_device
         self.projector_state = ProjectorState()
         self.decoder_state = DecoderState()
         self.caches: list[WindowKVCache | None] | None = None
@@ -318,6 +335,20 @@ class _TileStream:
         """[..., H, W] of the padded frame -> this tile's region."""
         t = self.tile
         return frames[..., t.y0:t.y0 + t.height, t.x0:t.x0 + t.width]
+
+    def park(self) -> None:
+        if self.park_device is not None:
+            self._move(self.park_device)
+
+    def unpark(self, device: torch.device) -> None:
+        if self.park_device is not None:
+            self._move(device)
+
+    def _move(self, device: torch.device) -> None:
+        self.caches = _moved(self.caches, device)
+        for state in (self.projector_state, self.decoder_state):
+            for field in dataclasses.fields(state):
+                setattr(state, field.name, _moved(getattr(state, field.name), device))
 
 
 @dataclasses.dataclass
@@ -363,6 +394,8 @@ class FlashVSRPipeline:
         self.lq_proj = lq_proj
         self.decoder = decoder
         self.attention_backend = attention_backend
+        # Keep idle tiles' stream state in RAM: None = on accelerators only.
+        self.park_tiles: bool | None = None
         self.time = dit.embed_time()
         self.prompt = dit.embed_prompt(prompt_context)
 
@@ -432,7 +465,9 @@ class FlashVSRPipeline:
             raise ValueError(f"model-size frames must be multiples of {SIZE_MULTIPLE}, got {padded_w}x{padded_h}")
         noise = noise or SeededNoise(settings.seed, self.dit.in_dim)
         tiles = plan_tiles(padded_h, padded_w, settings.tile_size, settings.tile_overlap)
-        streams = [_TileStream(self, tile, self._sparse_for(tile, settings)) for tile in tiles]
+        parking = self.park_tiles if self.park_tiles is not None else self.device.type != "cpu"
+        park = torch.device("cpu") if len(tiles) > 1 and parking else None
+        streams = [_TileStream(tile, self._sparse_for(tile, settings), park) for tile in tiles]
         tiny = settings.mode == "tiny"
         content = content_size or (padded_h, padded_w)
         kept_lq: list[torch.Tensor] = []
@@ -449,14 +484,19 @@ class FlashVSRPipeline:
             warm_up = window.get(0, 1) if index == 0 else None
             cond = window.get(plan.output_start, plan.output_stop)
             noise_chunk = noise(plan.latent_start, plan.latent_count, padded_h // 8, padded_w // 8)
+            blender = None if tiny else self._blender(tiles, cond)
             for number, stream in enumerate(streams):
+                stream.unpark(self.device)
                 self._denoise(stream, plan, lq, warm_up, noise_chunk, trace if number == 0 else None)
+                if blender is not None:
+                    self._decode(stream, cond, blender)
+                stream.park()
             window.release_before(plan.output_stop)
             index += 1
-            if tiny:
+            if blender is None:
                 kept_lq.append(cond)
                 continue
-            frames = self._decode(streams, cond, trace)
+            frames = self._blended(blender, trace)
             # Reading this chunk's look-ahead settled whether the clip ends inside its outputs.
             keep = frames.shape[0] if window.total is None else min(frames.shape[0], window.total - emitted)
             yield from self._finish(frames, cond, keep, content, settings, progress, trace)
@@ -464,7 +504,12 @@ class FlashVSRPipeline:
         if tiny and kept_lq:
             cond = torch.cat(kept_lq, dim=0)
             kept_lq.clear()
-            frames = self._decode(streams, cond, trace)
+            blender = self._blender(tiles, cond)
+            for stream in streams:
+                stream.unpark(self.device)
+                self._decode(stream, cond, blender)
+                stream.park()
+            frames = self._blended(blender, trace)
             yield from self._finish(frames, cond, window.total, content, settings, progress, trace)
 
     def _sparse_for(self, tile: Tile, settings: StreamSettings) -> SparseSettings:
@@ -504,16 +549,19 @@ class FlashVSRPipeline:
         stream.latents.append(denoised)
         return denoised
 
-    def _decode(self, streams: list[_TileStream], cond: torch.Tensor, trace: Trace | None) -> torch.Tensor:
-        """Decode each tile's pending latents with its LQ frames as condition, blend: [T, 3, H, W] in -1..1."""
-        padded_h, padded_w = int(cond.shape[-2]), int(cond.shape[-1])
-        blender = TileBlender([s.tile for s in streams], cond.shape[0], 3, padded_h, padded_w, self.device)
-        for stream in streams:
-            latents = torch.cat(stream.latents, dim=2)
-            stream.latents.clear()
-            tile_cond = stream.crop(cond).to(self.device).permute(1, 0, 2, 3)[None]
-            video = self.decoder.decode(latents, tile_cond, stream.decoder_state)
-            blender.add(stream.tile, video[0].transpose(0, 1))
+    def _blender(self, tiles: list[Tile], cond: torch.Tensor) -> TileBlender:
+        return TileBlender(tiles, cond.shape[0], 3, int(cond.shape[-2]), int(cond.shape[-1]), self.device)
+
+    def _decode(self, stream: _TileStream, cond: torch.Tensor, blender: TileBlender) -> None:
+        """Decode a tile's pending latents with its LQ frames as condition into the blend."""
+        latents = torch.cat(stream.latents, dim=2)
+        stream.latents.clear()
+        tile_cond = stream.crop(cond).to(self.device).permute(1, 0, 2, 3)[None]
+        video = self.decoder.decode(latents, tile_cond, stream.decoder_state)
+        blender.add(stream.tile, video[0].transpose(0, 1))
+
+    def _blended(self, blender: TileBlender, trace: Trace | None) -> torch.Tensor:
+        """The blended frames [T, 3, H, W] in -1..1."""
         frames = blender.frames()
         if trace is not None:
             trace.setdefault("video_pre_colorfix", []).append(frames.float().cpu())
