@@ -10,7 +10,7 @@ Widget values in a UI file follow ComfyUI's frontend: one value per widget input
 the order of the node definition (required, then optional); an INT named seed or
 noise_seed (or any INT/COMBO with `control_after_generate`) is followed by its
 "control after generate" value; a combo with `image_upload`/`video_upload` adds an
-upload button whose value is stored after the last required input.
+upload button whose value is stored last.
 """
 
 from __future__ import annotations
@@ -78,26 +78,28 @@ def ordered_inputs(definition: Mapping) -> list[tuple[str, list | tuple, bool]]:
 
 
 def widget_slots(definition: Mapping) -> list[WidgetSlot]:
-    """The entries of `widgets_values` for a node of this definition, in order."""
+    """The entries of `widgets_values` for a node of this definition, in order.
+
+    The upload button of an upload combo comes last, after the optional inputs (as ComfyUI's
+    frontend 1.27 serialises it: it is not in the server's input_order).
+    """
     slots: list[WidgetSlot] = []
-    entries = ordered_inputs(definition)
-    for section_required in (True, False):
-        has_upload = False
-        for name, spec, required in entries:
-            if required != section_required or not is_widget(spec):
-                continue
-            options = input_options(spec)
-            kind = input_kind(spec)
-            slots.append(WidgetSlot(name, "value", spec))
-            if kind == "INT":
-                control = options.get("control_after_generate", name in ("seed", "noise_seed"))
-            else:
-                control = kind == "COMBO" and options.get("control_after_generate", False)
-            if control:
-                slots.append(WidgetSlot(name, "control", spec))
-            has_upload = has_upload or (kind == "COMBO" and any(options.get(k) for k in UPLOAD_OPTIONS))
-        if section_required and has_upload:
-            slots.append(WidgetSlot("upload", "upload"))
+    has_upload = False
+    for name, spec, required in ordered_inputs(definition):
+        if not is_widget(spec):
+            continue
+        options = input_options(spec)
+        kind = input_kind(spec)
+        slots.append(WidgetSlot(name, "value", spec))
+        if kind == "INT":
+            control = options.get("control_after_generate", name in ("seed", "noise_seed"))
+        else:
+            control = kind == "COMBO" and options.get("control_after_generate", False)
+        if control:
+            slots.append(WidgetSlot(name, "control", spec))
+        has_upload = has_upload or (required and kind == "COMBO" and any(options.get(k) for k in UPLOAD_OPTIONS))
+    if has_upload:
+        slots.append(WidgetSlot("upload", "upload"))
     return slots
 
 

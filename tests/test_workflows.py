@@ -242,7 +242,7 @@ def test_widget_slots_follow_the_frontend():
     upload = {"input": {"required": {"file": ["COMBO", {"options": [], "video_upload": True}],
                                      "frames": ["INT", {}]}, "optional": {"x": ["FLOAT", {}]}}}
     assert [(s.name, s.role) for s in widget_slots(upload)] == [
-        ("file", "value"), ("frames", "value"), ("upload", "upload"), ("x", "value")]
+        ("file", "value"), ("frames", "value"), ("x", "value"), ("upload", "upload")]
 
 
 def test_api_check_catches_bad_prompts(definitions):
