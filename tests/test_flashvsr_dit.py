@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,12 @@ def test_official_configuration_from_manifest_shapes(reference_dir):
     with torch.device("meta"):
         model = WanDiT(**config)
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == shapes
+
+
+@pytest.mark.skipif(os.environ.get("VSRKIT_TEST_FLEX") != "1",
+                    reason="compiles FlexAttention (about a minute on CPU, needs a C++ compiler); VSRKIT_TEST_FLEX=1 runs it")
+def test_compiled_flex_attention_matches_sdpa():
+    assert sa.flex_matches_sdpa(torch.device("cpu"), torch.float32)
+    q, k, v, mask = _random_problem(seed=4, n_q=6, n_k=9)
+    assert torch.allclose(sa.block_sparse_attention(q, k, v, mask, backend="flex"),
+                          _dense_reference(q, k, v, mask), atol=1e-5)
