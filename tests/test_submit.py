@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import queue
+import signal
 import struct
 import threading
 import time
@@ -312,7 +313,16 @@ def test_execution_error_exits_non_zero_and_downloads_nothing(tmp_path, capsys):
     assert "node 2 (vsrkitRealESRGANUpscale): model file x.pth not found" in capsys.readouterr().err
 
 
-def test_ctrl_c_interrupts_the_job_on_the_server(tmp_path, capsys):
+@pytest.fixture
+def python_sigint_handler():
+    """A process started in the background by a non-interactive shell (as CI may be) inherits
+    SIGINT as ignored, and then Python never raises KeyboardInterrupt: install Python's handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_interrupts_the_job_on_the_server(tmp_path, capsys, python_sigint_handler):
     def long_run(fake, prompt_id):
         fake.send("execution_start", prompt_id=prompt_id)
         fake.send("executing", node="2", display_node="2", prompt_id=prompt_id)
