@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -25,3 +26,16 @@ def flashvsr_ref() -> Path:
     if not FLASHVSR_REF.is_dir():
         pytest.skip(f"FlashVSR reference folder {FLASHVSR_REF} is absent (../shared/flashvsr)")
     return FLASHVSR_REF
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (use with `pytestmark = pytest.mark.usefixtures("one_thread")`).
+
+    Small models run faster on one thread, and on a busy 2-core CI box several OpenMP threads
+    spin against each other: the FlashVSR decoder on 32x32 frames took 80x longer on two.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,13 +26,7 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors run faster on one thread, and a shared 2-core CI box stays responsive."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def close(got: torch.Tensor, want: torch.Tensor) -> bool:

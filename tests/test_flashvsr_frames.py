@@ -35,13 +35,7 @@ FRAME_COUNTS = [1, 2, 7, 20, 21, 24, 25, 29, 33, 40, 100]
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr" / "fixture"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors run faster on one thread, and a shared 2-core CI box stays responsive."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_models(seed: int = 0) -> FlashVSRModels:

@@ -18,6 +18,8 @@ FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr" / "
 FIXTURE_NAMES = {"dit": "dit.safetensors", "lq_proj": "lq_proj.safetensors",
                  "tcdecoder": "tcdecoder.safetensors", "prompt": "prompt.safetensors"}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def fixture_weights():

@@ -25,6 +25,8 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr"
 FP32 = {"rtol": 0.0, "atol": 1e-4}
 FP16_VIDEO = {"rtol": 1e-3, "atol": 1e-4}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def shapes_of(module: torch.nn.Module) -> dict[str, list[int]]:
     return {key: list(value.shape) for key, value in module.state_dict().items()}
@@ -194,7 +196,6 @@ def test_projector_rejects_wrong_frame_counts(models):
 def decoded(models, fixture_dir):
     """Per case: the stored denoised latents decoded whole (Tiny) and per chunk (Tiny-Long)."""
     results = {}
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for name in ("A", "C"):
         case = load_file(str(fixture_dir / f"case_{name}.safetensors"))
         video = lq_video(case)

@@ -18,6 +18,8 @@ from vsrkit.nodes.flashvsr import NODE_CLASS_MAPPINGS, FlashVSRLoader, FlashVSRU
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr" / "fixture"
 FILES = ("dit.safetensors", "lq_proj.safetensors", "tcdecoder.safetensors", "prompt.safetensors")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def vsrkit_home(tmp_path_factory):

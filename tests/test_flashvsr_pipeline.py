@@ -34,13 +34,7 @@ CASE_SETTINGS = {
 CACHED_WINDOWS = {"A": 3, "C": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors run faster on one thread, and a shared 2-core CI box stays responsive."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
