@@ -247,7 +247,9 @@ def test_decoder_states_are_independent(models):
         whole = [decoder.decode(latents[i], conds[i][:, :, :9], DecoderState()) for i in range(2)]
     for i in range(2):
         assert alone[i].shape[2] == 1
+        torch.testing.assert_close(mixed[i][0], alone[i], rtol=0, atol=1e-5)
         torch.testing.assert_close(torch.cat(mixed[i], 2), whole[i], rtol=0, atol=1e-5)
+        torch.testing.assert_close(whole[i][:, :, :1], alone[i], rtol=0, atol=1e-5)
     assert not torch.allclose(whole[0], whole[1])
 
 
