@@ -173,36 +173,40 @@ MEMORY_SCRIPT = textwrap.dedent("""
     from test_flashvsr_frames import tiny_models
     from vsrkit.engines.flashvsr.pipeline import FlashVSRPipeline, StreamSettings
     torch.set_num_threads(1)
-    frames, mode = int(sys.argv[1]), sys.argv[2]
     pipeline = FlashVSRPipeline.from_models(tiny_models(), attention_backend="sdpa")
-    def source():
+    def source(frames):
         for start in range(0, frames, 4):
             yield torch.rand(min(4, frames - start), 64, 64, 3)
-    count = 0
-    for chunk in pipeline.upscale(source(), 2, StreamSettings(mode=mode)):
-        count += chunk.shape[0]
-    assert count == frames
-    # VmHWM: this process image's peak resident set (ru_maxrss would include the forking parent's).
-    status = open("/proc/self/status").read()
-    print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+    for run in sys.argv[1:]:
+        frames, mode = int(run.split(":")[0]), run.split(":")[1]
+        count = 0
+        for chunk in pipeline.upscale(source(frames), 2, StreamSettings(mode=mode)):
+            count += chunk.shape[0]
+        assert count == frames
+        # VmHWM: this process image's peak resident set so far (ru_maxrss would include the forking parent's).
+        status = open("/proc/self/status").read()
+        print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 """)
 
 
-def peak_rss_kib(frames: int, mode: str) -> int:
+def peak_rss_kib(*runs: tuple[int, str]) -> list[int]:
+    """Peak RSS after each (frames, mode) run, one after the other in one fresh process.
+
+    The peak only rises, so run k's own growth beyond every earlier run shows as the rise
+    from entry k-1 to entry k; one process instead of one per run saves the torch imports.
+    """
     script = MEMORY_SCRIPT.format(tests=str(Path(__file__).resolve().parent))
-    result = subprocess.run([sys.executable, "-c", script, str(frames), mode], capture_output=True, text=True,
-                            check=True)
-    return int(result.stdout.split()[-1])
+    result = subprocess.run([sys.executable, "-c", script, *(f"{frames}:{mode}" for frames, mode in runs)],
+                            capture_output=True, text=True, check=True)
+    return [int(value) for value in result.stdout.split()[-len(runs):]]
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc for peak RSS")
 def test_tiny_long_peak_memory_does_not_grow_with_clip_length():
     """Peak RSS of a 32-frame and a 160-frame run at 128x128 output: Tiny-Long stays flat (the 160-frame
     output alone would be 31 MB), while Tiny, which keeps the clip, grows: the probe sees growth."""
-    short_long = peak_rss_kib(32, "tiny-long")
-    long_long = peak_rss_kib(160, "tiny-long")
+    short_long, long_long, long_tiny = peak_rss_kib((32, "tiny-long"), (160, "tiny-long"), (160, "tiny"))
     assert long_long - short_long < 16 * 1024, (short_long, long_long)
-    long_tiny = peak_rss_kib(160, "tiny")
     assert long_tiny - long_long > 64 * 1024, (long_long, long_tiny)
 
 
