@@ -62,14 +62,14 @@ class Param:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise InputError(f"{where} must be {self.describe()}; got {value!r} ({type(value).__name__})")
+        if not math.isfinite(float(value)):
+            raise InputError(f"{where} must be {self.describe()}; got {value!r}")
         if self.kind is int:
             if float(value) != int(value):
                 raise InputError(f"{where} must be {self.describe()}; got {value!r}, which is not whole")
             clean: int | float = int(value)
         else:
             clean = float(value)
-            if not math.isfinite(clean):
-                raise InputError(f"{where} must be {self.describe()}; got {value!r}")
         if (self.low is not None and clean < self.low) or (self.high is not None and clean > self.high):
             raise InputError(f"{where} must be {self.describe()}; got {value!r}")
         if self.odd and int(clean) % 2 == 0:
