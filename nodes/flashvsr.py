@@ -185,7 +185,8 @@ class FlashVSRUpscale:
                                                  "128); 0: automatic (tiles only above about 2.4 MP)."}),
                 "tile_overlap": ("INT", {"default": DEFAULT_OVERLAP, "min": 0, "max": 1024, "step": 16,
                                          "tooltip": "Overlap between tiles in pixels, blended with feathered "
-                                                    "weights."}),
+                                                    "weights; at most half the tile size (512 with "
+                                                    "automatic tiles)."}),
                 "color_fix": (list(COLOR_FIX_METHODS), {"default": "adain",
                                                         "tooltip": "Match each output frame's colours to the "
                                                                    "input: adain (default), wavelet, or none."}),

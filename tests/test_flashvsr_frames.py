@@ -231,6 +231,11 @@ def test_upscale_clip_rejects_bad_settings(models):
         upscale_clip(clip, models, tile_size=100)
     with pytest.raises(InputError, match="mode"):
         upscale_clip(clip, models, mode="full")
+    # A 1600x1600 output gets automatic 1024 px tiles: an overlap above 512 is refused up front, by name.
+    large = Clip.from_tensor(torch.zeros(1, 400, 400, 3), 24)
+    with pytest.raises(InputError, match="tile_overlap to at most 512"):
+        upscale_clip(large, models, tile_size=0, tile_overlap=768)
+    assert upscale_clip(large, models, tile_size=0, tile_overlap=512).info.width == 1600
 
 
 @pytest.mark.skipif(not (FIXTURE / "config.json").is_file(), reason="golden fixture ../shared/flashvsr absent")

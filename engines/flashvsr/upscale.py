@@ -79,9 +79,12 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
     if info.channels not in (3, 4):
         raise InputError(f"FlashVSR needs RGB or RGBA frames, got {info.channels} channels")
     out_h, out_w = info.height * scale, info.width * scale
+    tile = tile_size or auto_tile_size(out_h, out_w)
+    if tile and tile_overlap > tile // 2:
+        raise InputError(f"tile overlap {tile_overlap} px is more than half the automatic {tile} px tiles of a "
+                         f"{out_w}x{out_h} output; set tile_overlap to at most {tile // 2}, or choose tile_size")
     settings = StreamSettings(mode=mode, sparse_ratio=sparse_ratio, kv_ratio=kv_ratio, local_range=local_range,
-                              color_fix=color_fix, seed=seed, tile_overlap=tile_overlap,
-                              tile_size=tile_size or auto_tile_size(out_h, out_w))
+                              color_fix=color_fix, seed=seed, tile_overlap=tile_overlap, tile_size=tile)
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         pipeline = FlashVSRPipeline.from_models(models, attention_backend)
