@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,3 +41,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def chunked_clip():
+    """A maker of clips whose in-memory frames arrive in chunks of the given sizes (cycled), so
+    tests can put chunk boundaries anywhere: `chunked_clip(frames, [3, 1, 4], fps, **info)`."""
+    from vsrkit.engines.clip import Clip
+
+    def make(frames: torch.Tensor, sizes: list[int], fps: Any = 25, **info: Any) -> Clip:
+        template = Clip.from_tensor(frames, fps, **info)
+
+        def source() -> Iterator[torch.Tensor]:
+            start, turn = 0, 0
+            while start < frames.shape[0]:
+                size = sizes[turn % len(sizes)]
+                yield frames[start:start + size]
+                start += size
+                turn += 1
+
+        return Clip(template.info, source)
+
+    return make

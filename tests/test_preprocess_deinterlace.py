@@ -63,21 +63,6 @@ def weave(fields: torch.Tensor, order: str = "tff") -> torch.Tensor:
     return woven
 
 
-def chunked(frames: torch.Tensor, sizes: list[int], fps: Fraction = FPS, **info) -> Clip:
-    """A clip of `frames` delivered in chunks of the given sizes (cycled)."""
-    template = Clip.from_tensor(frames, fps, **info)
-
-    def source():
-        start, turn = 0, 0
-        while start < frames.shape[0]:
-            size = sizes[turn % len(sizes)]
-            yield frames[start:start + size]
-            start += size
-            turn += 1
-
-    return Clip(template.info, source)
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / float(((a - b) ** 2).mean()))
 
@@ -176,11 +161,11 @@ def test_auto_mode_passes_real_progressive_clip_through_bit_exact(footage):
 
 
 @pytest.mark.parametrize("rate", ["frame", "field"])
-def test_chunked_deinterlace_equals_whole_clip(rate):
+def test_chunked_deinterlace_equals_whole_clip(rate, chunked_clip):
     woven = weave(moving_fields(22), "tff")
-    whole = deinterlace_clip(chunked(woven, [11], field_order="tff"), rate=rate).to_tensor()
+    whole = deinterlace_clip(chunked_clip(woven, [11], FPS, field_order="tff"), rate=rate).to_tensor()
     for sizes in ([1], [3, 1, 4], [7]):
-        out = deinterlace_clip(chunked(woven, sizes, field_order="tff"), rate=rate)
+        out = deinterlace_clip(chunked_clip(woven, sizes, FPS, field_order="tff"), rate=rate)
         assert torch.equal(out.to_tensor(), whole), sizes
         assert max(chunk.shape[0] for chunk in out.chunks()) <= max(sizes)  # field rate: more chunks, not bigger
 

@@ -45,20 +45,6 @@ def noisy(frames: torch.Tensor, sigma: float, seed: int = 1) -> torch.Tensor:
     return (frames + sigma * torch.randn(frames.shape, generator=generator)).clamp(0, 1)
 
 
-def chunked(frames: torch.Tensor, sizes: list[int], fps: int = 25) -> Clip:
-    template = Clip.from_tensor(frames, fps)
-
-    def source():
-        start, turn = 0, 0
-        while start < frames.shape[0]:
-            size = sizes[turn % len(sizes)]
-            yield frames[start:start + size]
-            start += size
-            turn += 1
-
-    return Clip(template.info, source)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_medium_preset_raises_psnr_by_more_than_3db(method):
     clean = clean_clip()
@@ -109,14 +95,14 @@ def test_deblock_plus_denoise_does_not_lower_psnr_on_carphone(carphone, method, 
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_chunked_equals_whole_clip_for_every_method(method):
+def test_chunked_equals_whole_clip_for_every_method(method, chunked_clip):
     dirty = noisy(clean_clip(count=13, height=32, width=48), 0.03)
     options = {"s": 9} if method == "atadenoise" else None  # a wide window: state spans several chunks
-    whole = denoise_clip(chunked(dirty, [13]), method=method, options=options, deblock=True).to_tensor()
+    whole = denoise_clip(chunked_clip(dirty, [13]), method=method, options=options, deblock=True).to_tensor()
     assert whole.shape == dirty.shape
     assert not torch.equal(whole, dirty)
     for sizes in ([1], [3, 1, 4], [5]):
-        parts = denoise_clip(chunked(dirty, sizes), method=method, options=options, deblock=True).to_tensor()
+        parts = denoise_clip(chunked_clip(dirty, sizes), method=method, options=options, deblock=True).to_tensor()
         assert torch.equal(parts, whole), (method, sizes)
 
 
