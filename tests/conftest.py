@@ -15,9 +15,11 @@ FOOTAGE = SHARED / "footage"
 FLASHVSR_REF = SHARED / "flashvsr"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def footage() -> Path:
-    """The folder of real clips; tests that need it skip with a reason when it is absent."""
+    """The folder of real clips; tests that need it skip with a reason when it is absent.
+
+    Session-scoped so that module-scoped fixtures (decoded clips shared by several tests) can use it."""
     if not FOOTAGE.is_dir():
         pytest.skip(f"real footage folder {FOOTAGE} is absent (it sits beside the project as ../shared/footage)")
     return FOOTAGE

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,6 @@ from vsrkit.engines.preprocess import (
     normalize_field_order,
 )
 
-FOOTAGE = Path(__file__).resolve().parents[1].parent / "shared" / "footage"
 NTSC = "ntsc480i_tff_bt601_ac3.mkv"
 FPS = Fraction(30000, 1001)
 
@@ -68,13 +66,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def real_interlaced():
+def real_interlaced(footage):
     from vsrkit.engines.decode import open_clip
 
-    path = FOOTAGE / NTSC
-    if not path.is_file():
-        pytest.skip(f"real footage {path} is absent")
-    clip = open_clip(path, max_frames=24)
+    clip = open_clip(footage / NTSC, max_frames=24)
     return clip, clip.to_tensor()
 
 

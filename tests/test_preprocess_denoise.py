@@ -64,17 +64,12 @@ def test_presets_order_by_strength():
 
 
 @pytest.fixture(scope="module")
-def carphone():
+def carphone(footage):
     """The carphone clip's pristine and distorted (14 kb/s H.264) frames, all 120 of each."""
-    from pathlib import Path
-
     from vsrkit.engines.decode import open_clip
 
-    folder = Path(__file__).resolve().parents[1].parent / "shared" / "footage"
-    if not (folder / "carphone_qcif_distorted.mp4").is_file():
-        pytest.skip(f"real footage {folder} is absent")
-    distorted = open_clip(folder / "carphone_qcif_distorted.mp4")
-    pristine = open_clip(folder / "carphone_qcif_pristine.mp4").to_tensor()
+    distorted = open_clip(footage / "carphone_qcif_distorted.mp4")
+    pristine = open_clip(footage / "carphone_qcif_pristine.mp4").to_tensor()
     return pristine, distorted.to_tensor(), distorted.info
 
 
