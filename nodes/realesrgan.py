@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from .flashvsr import in_memory_clip, output_linked
 from .types import CATEGORY, CLIP, REALESRGAN_MODEL
 
 IMAGE_OUTPUT_LIMIT = 16 * 2**30
+GPU_WORKING_MEMORY = 2 * 2**30
 SCALE_CHOICES = ("auto", "1", "2", "3", "4")
 TILE_CHOICES = ("auto", "off", "128", "192", "256", "384", "512", "768", "1024")
 OVERLAP_CHOICES = ("auto", "0", "8", "16", "24", "32", "48", "64", "96")
@@ -76,6 +78,16 @@ class RealESRGANLoader:
         model = load_model(model_name, host.model_dirs("upscale_models"), denoise_strength=float(denoise_strength),
                            allow_download=bool(allow_download), progress=bar, allow_paths=False)
         return (model,)
+
+
+def _freeing_memory_first(clip: Clip, device: torch.device) -> Clip:
+    """`clip`, asking ComfyUI to unload other models before each pull (the clip is lazy)."""
+
+    def source() -> Iterator[torch.Tensor]:
+        host.free_memory(GPU_WORKING_MEMORY, device)
+        yield from clip.chunks()
+
+    return Clip(clip.info, source)
 
 
 def _choice(value: str, name: str, choices: tuple[str, ...]) -> str:
@@ -149,7 +161,7 @@ class RealESRGANUpscale:
             overlap=None if overlap == "auto" else int(overlap), precision=precision, device=target,
             progress_factory=host.progress)
         if target.type == "cuda":
-            host.free_memory(512 * 2**20, target)
+            upscaled = _freeing_memory_first(upscaled, target)
         if images is None and not output_linked(prompt, unique_id, 1):
             empty = torch.zeros((0, upscaled.info.height, upscaled.info.width, upscaled.info.channels))
             return (upscaled, empty)
