@@ -54,6 +54,9 @@ class CodecSpec:
     """(lowest, highest, default) quality value, or None when the codec has no crf."""
     presets: tuple[str, ...]
     default_preset: str | None
+    min_size: tuple[int, int] = (1, 1)
+    """Smaller frames are refused: libx265 corrupts memory on frames 33-48 pixels wide and
+    libsvtav1 hangs on some frames under 64 pixels high."""
 
 
 _X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -61,14 +64,14 @@ CODECS: dict[str, CodecSpec] = {
     "h264": CodecSpec("libx264", ("mp4", "mkv", "mov"), "yuv420p", "yuv420p", None, (0, 51, 18),
                       _X26X_PRESETS, "medium"),
     "h265": CodecSpec("libx265", ("mp4", "mkv", "mov"), "yuv420p", "yuv420p10le", None, (0, 51, 22),
-                      _X26X_PRESETS, "medium"),
+                      _X26X_PRESETS, "medium", min_size=(64, 16)),
     "vp9": CodecSpec("libvpx-vp9", ("webm", "mkv", "mp4"), "yuv420p", "yuv420p", "yuva420p", (0, 63, 32),
                      tuple(str(n) for n in range(9)), "4"),
     "prores": CodecSpec("prores_ks", ("mov", "mkv"), "yuv422p10le", "yuv422p10le", "yuva444p10le", None,
                         ("proxy", "lt", "standard", "hq", "4444", "4444xq"), "hq"),
     "ffv1": CodecSpec("ffv1", ("mkv", "avi"), "gbrp10le", "gbrp16le", "gbrap10le", None, (), None),
     "av1": CodecSpec("libsvtav1", ("mp4", "mkv", "webm"), "yuv420p", "yuv420p10le", None, (0, 63, 35),
-                     tuple(str(n) for n in range(14)), "8"),
+                     tuple(str(n) for n in range(14)), "8", min_size=(64, 64)),
     "png": CodecSpec("png", ("png",), "rgb24", "rgb48be", "rgba", None, (), None),
 }
 CODEC_ALIASES = {"x264": "h264", "avc": "h264", "libx264": "h264", "x265": "h265", "hevc": "h265",
@@ -155,7 +158,7 @@ def _pix_fmt(name: str, spec: CodecSpec, options: EncodeOptions, info: ClipInfo)
     return spec.deep_pix_fmt if info.bit_depth > 8 else spec.pix_fmt
 
 
-def _codec_options(name: str, spec: CodecSpec, options: EncodeOptions) -> dict[str, str]:
+def _codec_options(name: str, spec: CodecSpec, options: EncodeOptions, pix_fmt: str) -> dict[str, str]:
     if options.crf is not None:
         if spec.crf is None:
             raise InputError(f"crf does not apply to {name}; leave it empty")
@@ -177,6 +180,8 @@ def _codec_options(name: str, spec: CodecSpec, options: EncodeOptions) -> dict[s
     if name == "av1":
         return {"crf": str(crf), "preset": preset}
     if name == "prores":
+        if "444" in pix_fmt and not preset.startswith("4444"):
+            preset = "4444"  # 4:4:4 and alpha exist only in the 4444 profiles
         return {"profile": str(_PRORES_PROFILES[preset]), "vendor": "apl0"}
     if name == "ffv1":
         return {"level": "3", "slicecrc": "1"}
@@ -323,9 +328,12 @@ def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None
     if (width, height) != (info.width, info.height):
         log.info("%s needs even sizes: %s %dx%d to %dx%d", pix_fmt, options.odd_size, info.width, info.height,
                  width, height)
+    if width < spec.min_size[0] or height < spec.min_size[1]:
+        raise InputError(f"{name} cannot encode frames smaller than {spec.min_size[0]}x{spec.min_size[1]} "
+                         f"pixels (this clip is {width}x{height}); use h264 or another codec")
     color = output_color(info, options, width, height)
     pictures = _PictureWriter(pix_fmt, width, height, color)
-    codec_options = _codec_options(name, spec, options)
+    codec_options = _codec_options(name, spec, options, pix_fmt)
     if options.audio_codec and options.audio_codec not in ("auto", "copy", *AUDIO_CODECS):
         raise InputError(f"audio codec '{options.audio_codec}' is not supported; use auto, copy, "
                          f"{', '.join(AUDIO_CODECS)}")
