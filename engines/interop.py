@@ -8,6 +8,7 @@ never imports ComfyUI.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -86,7 +87,8 @@ def clip_from_core_video(video: Any, temp_folder: Path) -> Clip:
         return open_clip(source)
     if isinstance(source, io.BytesIO):
         temp_folder.mkdir(parents=True, exist_ok=True)
-        target = temp_folder / f"vsrkit-video-{id(source):x}.bin"
+        digest = hashlib.sha256(source.getbuffer()).hexdigest()[:16]
+        target = temp_folder / f"vsrkit-video-{digest}.bin"
         if not target.exists():
             staging = partial_path(target)
             source.seek(0)
