@@ -92,7 +92,7 @@ def open_clip(path: str | os.PathLike, *, skip_first: int = 0, max_frames: int =
     plan = _Plan(file=file, stream_index=video.index, start_time=video.start_time, resample=force_fps is not None,
                  timeline_fps=timeline_fps, timeline_count=timeline_count, skip_first=skip_first,
                  every_nth=every_nth, count=count, chunk=step, color=color, rotation=rotation,
-                 channels=channels)
+                 channels=channels, seekable=force_fps is not None or not video.vfr)
     return Clip(clip_info, lambda: _decode_chunks(plan))
 
 
@@ -215,19 +215,21 @@ def _numbered(frames: Iterator[av.VideoFrame], count: int, file: Path) -> Iterat
         produced += 1
 
 
+SEEK_AFTER_SECONDS = 4.0
+"""Skips shorter than this decode from the start; longer ones seek to a keyframe first."""
+
+
 def _decode_chunks(plan: _Plan) -> Iterator[torch.Tensor]:
     with open_container(plan.file) as container:
-        stream = container.streams[plan.stream_index]
-        stream.thread_type = "AUTO"
-        frames = _decoded_frames(container, stream)
+        frames, first_index = _frames_near_skip(container, plan)
         if plan.resample:
             timeline = _resampled(frames, plan.start_time, plan.timeline_fps, plan.timeline_count)
         else:
-            timeline = _numbered(frames, plan.timeline_count, plan.file)
+            timeline = _numbered(frames, plan.timeline_count - first_index, plan.file)
         converter = FrameConverter(plan.color, plan.rotation, plan.channels)
         batch: list[av.VideoFrame] = []
         kept = 0
-        for index, frame in enumerate(timeline):
+        for index, frame in enumerate(timeline, start=first_index):
             if index < plan.skip_first or (index - plan.skip_first) % plan.every_nth:
                 continue
             batch.append(frame)
@@ -241,6 +243,38 @@ def _decode_chunks(plan: _Plan) -> Iterator[torch.Tensor]:
                 return
         if batch:
             yield converter(batch)
+
+
+def _frames_near_skip(container: av.container.InputContainer, plan: _Plan) -> tuple[Iterator[av.VideoFrame], int]:
+    """Decoded frames and the timeline index of the first one.
+
+    A long skip seeks to the keyframe a second before the first wanted frame (a constant-rate
+    stream numbers frames by timestamp); if the demuxer lands past it, decoding restarts at 0.
+    In resampling mode frames are placed by timestamp anyway, so the index is 0.
+    """
+    stream = container.streams[plan.stream_index]
+    stream.thread_type = "AUTO"
+    target = float(plan.skip_first / plan.timeline_fps)
+    if not plan.seekable or target < SEEK_AFTER_SECONDS:
+        return _decoded_frames(container, stream), 0
+    seconds = plan.start_time + target - 1.0
+    container.seek(int(seconds / stream.time_base), stream=stream, backward=True)
+    frames = _decoded_frames(container, stream)
+    first = next(frames, None)
+    if first is not None and first.pts is not None:
+        time = float(first.pts * first.time_base)
+        index = math.floor((time - plan.start_time) * float(plan.timeline_fps) + 0.5)
+        if 0 <= index <= plan.skip_first:
+            log.debug("seeked %s to frame %d for skip_first=%d", plan.file, index, plan.skip_first)
+            return _prepend(first, frames), 0 if plan.resample else index
+    log.debug("seek in %s landed past frame %d; decoding from the start", plan.file, plan.skip_first)
+    container.seek(0, stream=stream, backward=True)
+    return _decoded_frames(container, stream), 0
+
+
+def _prepend(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+    yield first
+    yield from rest
 
 
 def _plane(plane, dtype: np.dtype) -> np.ndarray:

@@ -238,3 +238,14 @@ def test_real_clips_decode_with_their_true_frame_counts(footage, caplog, name, c
     if count <= 300:
         assert _decoded_count(path) == count
     assert 0.02 < float(torch.stack(frames).mean()) < 0.98
+
+
+@pytest.mark.parametrize("force_fps", [None, 30])
+def test_long_skip_seeks_and_still_lands_on_the_exact_frame(tmp_path, caplog, force_fps):
+    path = testsrc.write_video(tmp_path / "long.mp4", (testsrc.index_rgb(i, 16, 16) for i in range(300)), 30,
+                               options={"g": "12", "crf": "0"})
+    with caplog.at_level(logging.DEBUG, logger="vsrkit.engines.decode"):
+        clip = open_clip(path, skip_first=200, max_frames=5, force_fps=force_fps)
+        shown = [testsrc.index_of(f.numpy()) for f in _frames(clip)]
+    assert shown == [(200 + i) % 28 for i in range(5)]
+    assert "seeked" in caplog.text
