@@ -316,3 +316,28 @@ def test_an_unwritable_model_folder_still_gives_the_packaged_model(ncnn_models, 
     blocker.write_text("a file where the model folder should be")
     model = load_model("realesr-animevideov3-x3", [blocker / "upscale_models"], ncnn_dir=ncnn_models)
     assert model.scale == 3 and "converted in memory" in model.origin
+
+
+def test_original_esrgan_key_layout_of_core_upscale_models_is_renamed():
+    """spandrel (behind core's UPSCALE_MODEL) keeps RRDBNet weights under the original ESRGAN names
+    (checked against spandrel 0.4.2); they map onto the official ones."""
+    torch.manual_seed(2)
+    official = RRDBNet(scale=4, num_block=2, num_feat=8, num_grow_ch=4).state_dict()
+    old = {}
+    for key, value in official.items():
+        parts = key.split(".")
+        if parts[0] == "body":
+            old[f"model.1.sub.{parts[1]}.{parts[2].upper()}.{parts[3]}.0.{parts[4]}"] = value
+        else:
+            index = {"conv_first": "model.0", "conv_body": "model.1.sub.2", "conv_up1": "model.3",
+                     "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}[parts[0]]
+            old[f"{index}.{parts[1]}"] = value
+
+    class Descriptor:
+        def __init__(self, state):
+            self.model = torch.nn.Module()
+            self.model.state_dict = lambda: state
+
+    model = model_from_upscale_model(Descriptor(old))
+    assert (model.arch, model.net_scale) == ("RRDBNet", 4)
+    assert all(torch.equal(model.net.state_dict()[k], official[k]) for k in official)

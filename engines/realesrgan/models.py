@@ -230,8 +230,37 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return _unwrap(state, str(path)), {}
 
 
+def _from_old_esrgan_keys(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The original ESRGAN key layout (`model.0`, `model.1.sub.N.RDBk.convj.0`, ...), which
+    spandrel's descriptors (core's UPSCALE_MODEL) also use, renamed to BasicSR's official keys."""
+    renamed: dict[str, torch.Tensor] = {}
+    blocks = {int(k.split(".")[3]) for k in state if k.startswith("model.1.sub.") and ".RDB" in k}
+    body_conv = len(blocks)
+    tail = sorted({int(k.split(".")[1]) for k in state if k.startswith("model.") and k.split(".")[1] not in "01"
+                   and k.split(".")[1].isdigit()})
+    if len(tail) != 4:
+        raise InputError(f"{source}: an ESRGAN with {len(tail) - 2} upsampling stages; only the x4 layout "
+                         "(two stages, also used by x2/x1 with pixel-unshuffle) is supported")
+    names = dict(zip(tail, ["conv_up1", "conv_up2", "conv_hr", "conv_last"], strict=True))
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[:2] == ["model", "0"]:
+            renamed[f"conv_first.{parts[-1]}"] = value
+        elif parts[:3] == ["model", "1", "sub"] and int(parts[3]) == body_conv:
+            renamed[f"conv_body.{parts[-1]}"] = value
+        elif parts[:3] == ["model", "1", "sub"]:
+            renamed[f"body.{parts[3]}.{parts[4].lower()}.{parts[5]}.{parts[-1]}"] = value
+        elif parts[0] == "model" and parts[1].isdigit() and int(parts[1]) in names:
+            renamed[f"{names[int(parts[1])]}.{parts[-1]}"] = value
+        else:
+            raise InputError(f"{source}: unexpected ESRGAN tensor {key}")
+    return renamed
+
+
 def build_network(state: Mapping[str, torch.Tensor], source: str = "state dict") -> tuple[nn.Module, str, int]:
     """Detect the architecture and scale from the official keys; returns (network, arch, net_scale)."""
+    if "model.0.weight" in state and "model.1.sub.0.RDB1.conv1.0.weight" in state:
+        state = _from_old_esrgan_keys(state, source)
     keys = set(state)
     if {"conv_first.weight", "conv_body.weight", "conv_up1.weight", "conv_last.weight"} <= keys:
         if "conv_up3.weight" in keys:
