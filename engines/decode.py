@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 _PLANAR_YUV = re.compile(r"^(yuva?|yuvj)(444|422|420|440|411|410)p(9le|10le|12le|14le|16le)?$")
 _GRAY = re.compile(r"^gray(9le|10le|12le|14le|16le)?$")
+DECODE_CHUNK_BYTES = 32 * 1024 * 1024
+"""Float32 bytes per decoded chunk (two 720p frames, one 1080p frame). Larger chunks only raise
+peak memory and, above glibc's mmap threshold (32 MiB), pay fresh page faults for every chunk;
+stages that want more frames at once regroup them (`clip.rechunk`)."""
 FIELD_ORDER_NAMES = {"tt": "tff", "bt": "tff", "bb": "bff", "tb": "bff", "progressive": "progressive"}
 
 
@@ -76,7 +80,7 @@ def open_clip(path: str | os.PathLike, *, skip_first: int = 0, max_frames: int =
     rotation = video.rotation % 360
     width, height = (video.height, video.width) if rotation % 180 else (video.width, video.height)
     channels = 4 if video.has_alpha else 3
-    step = chunk_frames or chunk_frames_for(width, height, channels)
+    step = chunk_frames or chunk_frames_for(width, height, channels, DECODE_CHUNK_BYTES)
     if step < 1:
         raise InputError(f"chunk_frames must be 1 or more, got {chunk_frames}")
     start_seconds = video.start_time + float(skip_first / timeline_fps)

@@ -208,6 +208,10 @@ def output_color(info: ClipInfo, options: EncodeOptions, width: int, height: int
     return ColorInfo(matrix=matrix, range=color_range, primaries=primaries, transfer=transfer, tagged=True)
 
 
+CONVERT_BYTES = 24 * 1024 * 1024
+"""Float32 bytes of RGB converted to YUV at once."""
+
+
 class _PictureWriter:
     """RGB float chunks -> AVFrames in the target pixel format, with colour tags."""
 
@@ -234,6 +238,14 @@ class _PictureWriter:
         }
 
     def frames(self, chunk: torch.Tensor) -> list[av.VideoFrame]:
+        """Frames for a chunk, converted a few at a time so temporaries stay small whatever the chunk size."""
+        step = max(1, CONVERT_BYTES // max(1, chunk.shape[1] * chunk.shape[2] * chunk.shape[3] * 4))
+        out: list[av.VideoFrame] = []
+        for start in range(0, chunk.shape[0], step):
+            out.extend(self._convert(chunk[start:start + step]))
+        return out
+
+    def _convert(self, chunk: torch.Tensor) -> list[av.VideoFrame]:
         chunk = _fit_channels(chunk, 4 if self.alpha else 3)
         if self.pix_fmt in ("rgb24", "rgba", "rgb48be", "rgba64be"):
             return self._packed(chunk)

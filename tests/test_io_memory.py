@@ -22,7 +22,11 @@ clip = open_clip(source)
 if mode == "whole":
     clip = Clip.from_tensor(clip.to_tensor(), clip.info.fps, audio=clip.info.audio)
 save_clip(clip, target, EncodeOptions(preset="ultrafast"))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+try:  # this process's own high-water mark (ru_maxrss can carry the parent's RSS across fork + exec)
+    with open("/proc/self/status") as status:
+        print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")))
+except OSError:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
