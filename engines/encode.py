@@ -100,6 +100,8 @@ class EncodeOptions:
     color_range: str = "tv"
     """"tv" (limited, what players expect) or "pc" (full)."""
     threads: int = 0
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Container tags, e.g. ComfyUI's prompt and workflow as JSON (so the file can be dropped back in)."""
 
 
 def codec_spec(codec: str) -> tuple[str, CodecSpec]:
@@ -405,9 +407,13 @@ def _write_container(clip: Clip, temp: Path, final: Path, name: str, spec: Codec
     info = clip.info
     kind = _EXTENSIONS[final.suffix.lower().lstrip(".")]
     fps = Fraction(info.fps)
-    container_options = {"movflags": "+faststart"} if kind in ("mp4", "mov") else {}
+    container_options = {}
+    if kind in ("mp4", "mov"):
+        container_options["movflags"] = "+faststart+use_metadata_tags" if options.metadata else "+faststart"
     output = av.open(str(temp), mode="w", format={"mkv": "matroska"}.get(kind, kind),
                      options=container_options)
+    for key, value in options.metadata.items():
+        output.metadata[key] = value
     audio = None
     try:
         stream = output.add_stream(spec.encoder, rate=fps, options=codec_options)

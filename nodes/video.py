@@ -252,6 +252,16 @@ class ClipToVideo:
         return (video_from_file(str(path)),)
 
 
+def _workflow_tags(prompt, extra_pnginfo) -> dict[str, str]:
+    """ComfyUI's prompt and workflow as container tags, as core Save Video writes them."""
+    tags = {}
+    if prompt is not None:
+        tags["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        tags[key] = json.dumps(value)
+    return tags
+
+
 def _keep(chunks: Iterator) -> Iterator:
     yield from chunks
 
@@ -295,6 +305,7 @@ class SaveVideo:
                 "audio_override": ("AUDIO", {"tooltip": "Use this audio instead of the clip's own; it is "
                                                         "trimmed or padded to the video's length."}),
             },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     RETURN_TYPES = ("STRING",)
@@ -305,12 +316,13 @@ class SaveVideo:
     CATEGORY = _CATEGORY
 
     def save(self, clip: Clip, filename_prefix="vsrkit/video", codec="h264", crf=-1, preset="", pix_fmt="auto",
-             odd_size="pad", audio="auto", audio_override=None):
+             odd_size="pad", audio="auto", audio_override=None, prompt=None, extra_pnginfo=None):
         if audio_override is not None:
             clip = clip.then(_keep, audio=audio_track_from_comfy(audio_override))
         options = EncodeOptions(codec=codec, crf=None if int(crf) < 0 else int(crf), preset=preset.strip() or None,
                                 pix_fmt=None if pix_fmt == "auto" else pix_fmt, odd_size=odd_size,
-                                audio=audio != "none", audio_codec=None if audio in ("auto", "none") else audio)
+                                audio=audio != "none", audio_codec=None if audio in ("auto", "none") else audio,
+                                metadata=_workflow_tags(prompt, extra_pnginfo))
         target, subfolder = host.save_path(filename_prefix, _CONTAINERS.get(codec, "mp4"), clip.info.width,
                                            clip.info.height)
         with host.progress(clip.info.frame_count, "Save Video") as progress:

@@ -8,6 +8,7 @@ import json
 import os
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -95,6 +96,19 @@ def test_images_to_clip_then_save_with_counter_names_and_preview(comfy_dirs):
     saved = probe(first["result"][0])
     assert saved.video.frame_count == 6 and saved.audio.codec == "aac"
     assert sorted(p.name for p in (comfy_dirs / "vsrkit").iterdir()) == ["test_00001_.mp4", "test_00002_.mp4"]
+
+
+def test_save_video_embeds_the_workflow(comfy_dirs):
+    clip = ImagesToClip().convert(torch.rand(2, 16, 16, 3), 10)[0]
+    prompt = {"1": {"class_type": "vsrkitSaveVideo", "inputs": {}}}
+    workflow = {"nodes": [{"id": 1}]}
+    for codec in ("h264", "vp9"):
+        path = SaveVideo().save(clip, codec=codec, preset="8" if codec == "vp9" else "ultrafast", prompt=prompt,
+                                extra_pnginfo={"workflow": workflow})["result"][0]
+        with av.open(path) as container:
+            tags = {k.lower(): v for k, v in container.metadata.items()}
+        assert json.loads(tags["prompt"]) == prompt
+        assert json.loads(tags["workflow"]) == workflow
 
 
 def test_save_video_audio_override_and_none(comfy_dirs):
