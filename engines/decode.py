@@ -326,10 +326,9 @@ class FrameConverter:
         full = name.startswith("yuvj") or self.color.range == "pc"
         planes = [np.stack([_plane(f.planes[i], dtype) for f in frames]) for i in range(len(frames[0].planes))]
         if name.startswith("gray"):
-            neutral = np.full_like(planes[0][:, :1, :1], 2 ** (bits - 1))
             luma = planes[0]
-            return yuv_to_rgb(luma, np.broadcast_to(neutral, luma.shape), np.broadcast_to(neutral, luma.shape),
-                              bits=bits, matrix=self.color.matrix, full_range=full)
+            neutral = np.full(luma.shape, 2 ** (bits - 1), dtype=luma.dtype)
+            return yuv_to_rgb(luma, neutral, neutral, bits=bits, matrix=self.color.matrix, full_range=full)
         alpha = planes[3] if len(planes) > 3 else None
         return yuv_to_rgb(planes[0], planes[1], planes[2], bits=bits, matrix=self.color.matrix,
                           full_range=full, alpha=alpha)

@@ -249,3 +249,20 @@ def test_long_skip_seeks_and_still_lands_on_the_exact_frame(tmp_path, caplog, fo
         shown = [testsrc.index_of(f.numpy()) for f in _frames(clip)]
     assert shown == [(200 + i) % 28 for i in range(5)]
     assert "seeked" in caplog.text
+
+
+@pytest.mark.parametrize("pix_fmt,container", [("nv12", "nut"), ("yuyv422", "nut"), ("uyvy422", "avi"),
+                                               ("yuv411p", "nut"), ("rgb24", "nut"), ("bgra", "nut")])
+def test_packed_and_semi_planar_formats_decode_to_the_right_rgb(tmp_path, pix_fmt, container):
+    bars = [(191, 191, 191), (191, 191, 0), (0, 191, 191), (0, 191, 0), (191, 0, 191), (191, 0, 0), (0, 0, 191)]
+    image = np.repeat(np.array(bars, np.uint8)[None], 16, 0).repeat(16, 1)
+    path = testsrc.write_video(tmp_path / f"raw.{container}", [image], 25, codec="rawvideo", pix_fmt=pix_fmt,
+                               matrix="bt709", color_range="tv")
+    # raw video in these containers carries no colour tags: say what was written
+    clip = open_clip(path, color_matrix="bt709", color_range="limited")
+    assert clip.info.channels == (4 if pix_fmt == "bgra" else 3)
+    frame = clip.to_tensor()[0]
+    tolerance = 5 if pix_fmt == "yuv411p" else 3  # quarter-width chroma blurs more across bar edges
+    for index, colour in enumerate(bars):
+        got = frame[8, index * 16 + 8, :3] * 255
+        assert torch.allclose(got, torch.tensor(colour, dtype=torch.float32), atol=tolerance), (index, got)
