@@ -8,7 +8,7 @@ Methods, each job run in a fresh subprocess so its peak RSS (ru_maxrss) is its o
   core    what core Load Video -> Get Video Components -> Create Video -> Save Video does: every
           frame decoded to rgb24 and kept as a float32 [T, H, W, 3] batch, all audio decoded to one
           array, then each frame quantised back to uint8, converted to yuv420p by swscale and encoded,
-          and the audio encoded in one piece
+          and the audio encoded in one piece (skipped when the machine has not the memory it needs)
 
 Jobs: `transcode` (decode + encode to H.264/AAC in .mp4 with the same x264 crf and preset for
 both methods) and `decode` (frames to float32 only). frames/s counts the clip's frames over the
@@ -121,6 +121,23 @@ def run(method: str, job: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def core_bytes(args: argparse.Namespace) -> int:
+    """What the core way holds at its peak: the list of float32 frames and their stacked copy."""
+    from vsrkit.engines.probe import probe
+
+    video = probe(args.input).video
+    frames = min(video.frame_count, args.frames) if args.frames else video.frame_count
+    return 2 * frames * video.width * video.height * 3 * 4 + 2**30
+
+
+def available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:")) * 1024
+    except (OSError, StopIteration):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, default=FOOTAGE, help="video to transcode (default: 720p BBB)")
@@ -144,6 +161,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for job in args.jobs.split(","):
         for method in ("vsrkit", "core"):
+            if method == "core":
+                need, available = core_bytes(args), available_bytes()
+                if available is not None and need > available:
+                    print(f"| {job} | core | skipped: needs ~{need / 2**30:.1f} GiB, "
+                          f"{available / 2**30:.1f} GiB available | | | |", flush=True)
+                    continue
             results = []
             for _ in range(args.rounds):
                 results.append(run(method, job, args))
