@@ -78,10 +78,11 @@ def describe(info) -> str:
 
 def run_transcode(args: argparse.Namespace) -> int:
     from ..engines.decode import open_clip
-    from ..engines.encode import EncodeOptions, save_clip
+    from ..engines.encode import EncodeOptions, planned_output, save_clip
     from ..engines.progress import ConsoleProgress
 
     started = time.monotonic()
+    planned_output(args.output, args.codec)
     clip = open_clip(args.input, skip_first=args.start, max_frames=args.frames, every_nth=args.every_nth,
                      force_fps=args.fps)
     audio = args.audio.lower()

@@ -368,6 +368,14 @@ def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None
         raise
 
 
+def planned_output(path: str | os.PathLike, codec: str, overwrite: bool = False) -> Path:
+    """The file `save_clip` would write for `path` and `codec`; InputError if it cannot (taken, wrong container)."""
+    final = output_path_for(path, codec)
+    if final.exists() and not overwrite:
+        raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)")
+    return final
+
+
 def _check_destination(final: Path, clip: Clip, overwrite: bool) -> None:
     sources = {clip.info.source_path, clip.info.audio.path if clip.info.audio else None} - {None}
     resolved = final.resolve()
