@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -473,7 +472,3 @@ def _write_png_sequence(clip: Clip, folder: Path, pictures: _PictureWriter, widt
                 for packet in stream.encode(None):
                     image.mux(packet)
 
-
-def is_partial_name(name: str) -> bool:
-    """True for the temporary names save_clip uses (to clean up or ignore them)."""
-    return re.match(r"^\.vsrkit-partial-[0-9a-f]{8}-", name) is not None
