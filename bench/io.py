@@ -163,7 +163,7 @@ def main() -> None:
         for method in ("vsrkit", "core"):
             if method == "core":
                 need, available = core_bytes(args), available_bytes()
-                if available is not None and need > available:
+                if available is not None and need > 0.75 * available:
                     print(f"| {job} | core | skipped: needs ~{need / 2**30:.1f} GiB, "
                           f"{available / 2**30:.1f} GiB available | | | |", flush=True)
                     continue
