@@ -165,7 +165,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pth"
     with open(path, "wb") as handle:
-        pickle.dump({"params_ema": {"conv_first.weight": _RunsCode(marker)}}, handle)
+        pickle.dump({"params_ema": {"conv_first.weight": _RunsCode(marker)}}, handle, protocol=2)
     torch.save({"x": 1}, tmp_path / "sanity.pth")
     with pytest.raises(InputError, match="refused to load"):
         read_weights(path)
