@@ -166,7 +166,13 @@ def test_clip_streams_every_frame_in_bounded_chunks(animevideo):
     assert _levels(upscale_images(frames, animevideo[2]), out) <= 1
 
 
-def test_precision_choices(animevideo, real_frame):
+def test_precision_and_device_choices(animevideo, real_frame):
+    clip = Clip.from_tensor(torch.rand(1, 8, 8, 3), fps=1)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            upscale_clip(clip, animevideo[2], device="cuda")
+    with pytest.raises(InputError, match="fp16"):
+        upscale_clip(clip, animevideo[2], device="cpu", precision="fp16")
     with pytest.raises(InputError, match="fp16"):
         Upscaler(animevideo[2], device="cpu", precision="fp16")
     with pytest.raises(InputError, match="precision"):

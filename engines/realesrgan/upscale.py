@@ -38,7 +38,10 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
     out_h, out_w = output_size(info.height, info.width, target)
     if out_h < 1 or out_w < 1:
         raise InputError(f"scale {scale} makes {info.width}x{info.height} frames empty")
-    resolve_precision(precision, torch.device(device) if device else default_device())
+    target_device = torch.device(device) if device else default_device()
+    if target_device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {target_device} was asked for, but this PyTorch has no CUDA device; use cpu")
+    resolve_precision(precision, target_device)
     in_batch = max(1, min(8, chunk_frames_for(out_w, out_h, info.channels)))
     out_chunk = chunk_frames_for(out_w, out_h, info.channels)
 
