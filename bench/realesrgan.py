@@ -3,7 +3,7 @@
     python bench/realesrgan.py [--frames 3] [--repeats 3] [--threads 2] [--only NAME ...]
     python bench/realesrgan.py --gpu          # on a CUDA machine: 512x512 x2 and 854x480 x4, fp16
 
-Methods, each run in a fresh subprocess so its peak RSS is its own:
+Methods, each run in a fresh subprocess so its peak RSS (VmHWM) is its own:
   vsrkit  the streaming clip stage (`upscale_clip`), automatic tiles and precision
   core    what ComfyUI core's "Upscale Image (using Model)" does: a spandrel model in fp32,
           the whole batch moved to the device, 512-pixel tiles with 32 pixels of overlap and
@@ -71,6 +71,14 @@ def real_frames(count: int, width: int, height: int) -> np.ndarray:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM, which starts afresh at exec (ru_maxrss keeps the parent's)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
