@@ -2,7 +2,7 @@
 
     python bench/io.py [--input FILE] [--frames N] [--preset medium] [--crf 23] [--threads 2] [--rounds 1]
 
-Methods, each job run in a fresh subprocess so its peak RSS (ru_maxrss) is its own:
+Methods, each job run in a fresh subprocess so its peak RSS (VmHWM) is its own:
   vsrkit  `open_clip` -> `save_clip`: chunks of frames flow from the decoder to the encoder,
           YUV -> RGB float -> YUV with the stream's matrix, audio muxed as it goes
   core    what core Load Video -> Get Video Components -> Create Video -> Save Video does: every
