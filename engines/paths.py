@@ -13,6 +13,15 @@ from .errors import InputError
 TEMP_MARK = ".vsrkit-partial-"
 
 
+def user_data_dir() -> Path:
+    """Standalone home for models, outputs and caches: $VSRKIT_HOME, else ~/.cache/vsrkit."""
+    root = os.environ.get("VSRKIT_HOME")
+    if root:
+        return Path(root).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vsrkit"
+
+
 def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], *,
                    what: str = "file") -> Path:
     """`path` resolved (symlinks followed) if it lies inside one of `roots`, else InputError.

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..engines.paths import user_data_dir
 from ..engines.progress import Cancelled, ConsoleProgress, Progress
 
 
@@ -28,15 +29,6 @@ def _comfy(module: str) -> ModuleType | None:
 
 def in_comfyui() -> bool:
     return _comfy("folder_paths") is not None and _comfy("comfy.utils") is not None
-
-
-def user_data_dir() -> Path:
-    """Standalone home for models and outputs: $VSRKIT_HOME, else ~/.cache/vsrkit."""
-    root = os.environ.get("VSRKIT_HOME")
-    if root:
-        return Path(root).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vsrkit"
 
 
 class _ComfyProgress(Progress):

@@ -26,7 +26,6 @@ the weights.
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
+from ..paths import user_data_dir
 from .lq_proj import LQProjector, projector_class
 from .tcdecoder import COND_CHANNELS, TCDecoder
 from .wan_dit import WanDiT, dit_config_from_shapes
@@ -409,13 +409,7 @@ def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
 
 def default_model_dirs() -> list[Path]:
     """Standalone search path: ./models, then $VSRKIT_HOME/models (default ~/.cache/vsrkit/models)."""
-    home = os.environ.get("VSRKIT_HOME")
-    if home:
-        base = Path(home).expanduser()
-    else:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = Path(cache) / "vsrkit"
-    return [Path.cwd() / "models", base / "models"]
+    return [Path.cwd() / "models", user_data_dir() / "models"]
 
 
 __all__ = [
