@@ -15,6 +15,8 @@ def register(subparsers) -> None:
                                          description="Exact frame count, frame rate, colour, audio streams.")
     probe_parser.add_argument("file", type=Path, help="video file")
     probe_parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    probe_parser.add_argument("--interlacing", action="store_true",
+                              help="also run FFmpeg's idet on the first frames and report its verdict")
     probe_parser.set_defaults(func=run_probe)
 
     transcode = subparsers.add_parser("transcode", help="decode and re-encode a video with its audio",
@@ -43,7 +45,7 @@ def register(subparsers) -> None:
 def run_probe(args: argparse.Namespace) -> int:
     from ..engines.probe import probe
 
-    info = probe(args.file)
+    info = probe(args.file, interlacing=args.interlacing)
     if args.json:
         json.dump(info.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -68,6 +70,11 @@ def describe(info) -> str:
             f"{'' if color.tagged else ' (untagged: assumed)'}, field order {video.field_order}, SAR {video.sar}"
             f"{f', rotation {video.rotation}' if video.rotation else ''}"
         )
+        if video.interlacing:
+            idet = video.interlacing["idet"]
+            lines.append(f"    interlacing: metadata {video.interlacing['field_order']}, idet {idet['verdict']} "
+                         f"over {idet['frames']} frames (tff {idet['tff']}, bff {idet['bff']}, "
+                         f"progressive {idet['progressive']}, undetermined {idet['undetermined']})")
     for audio in info.audio_streams:
         lines.append(f"  audio #{audio.index}: {audio.codec} {audio.sample_rate} Hz {audio.channels} ch "
                      f"({audio.layout}), {audio.duration:.3f} s{f' [{audio.language}]' if audio.language else ''}")

@@ -52,3 +52,11 @@ def test_transcode_refuses_to_overwrite_and_bad_options(tmp_path, capsys):
     assert cli_main(["transcode", source, "-o", str(tmp_path / "b.mp4"), "--codec", "mpeg1", "--quiet"]) == 1
     assert "not supported" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "taken.mp4"]
+
+
+def test_probe_reports_interlacing_of_the_real_interlaced_clip(footage, capsys):
+    assert cli_main(["probe", "--interlacing", str(footage / "ntsc480i_tff_bt601_ac3.mkv")]) == 0
+    text = capsys.readouterr().out
+    assert "interlacing: metadata tff, idet tff" in text
+    assert cli_main(["probe", str(footage / "ntsc480i_tff_bt601_ac3.mkv")]) == 0
+    assert "idet" not in capsys.readouterr().out
