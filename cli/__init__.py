@@ -10,9 +10,9 @@ import sys
 
 from ..engines.errors import VsrkitError
 from ..engines.progress import Cancelled
-from . import import_ncnn, submit, upscale, video
+from . import import_ncnn, sample, submit, upscale, video
 
-_COMMAND_MODULES = (video, upscale, import_ncnn, submit)
+_COMMAND_MODULES = (video, upscale, import_ncnn, sample, submit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,10 +8,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    """Add `import-ncnn`, and `sample` (cli/sample.py) until it has its own place in cli/__init__.py."""
-    from . import sample
-
-    sample.register(subparsers)
+    """Add `import-ncnn`."""
     parser = subparsers.add_parser(
         "import-ncnn", help="convert an ncnn Real-ESRGAN model (.param + .bin) to safetensors",
         description="Convert a Real-ESRGAN model in ncnn format (RRDBNet or SRVGGNetCompact) to a safetensors "

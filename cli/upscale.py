@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None,
                         help="Real-ESRGAN model name or file (default: realesr-animevideov3 at --scale)")
     parser.add_argument("--model-dir", type=Path, default=None, help="FlashVSR checkpoint folder")
+    parser.add_argument("--flashvsr-version", choices=("v1", "v1.1"), default="v1.1",
+                        help="FlashVSR checkpoint version (default v1.1)")
     parser.add_argument("--scale", type=int, default=2, help="upscale factor (default 2)")
     parser.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: automatic)")
     parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")

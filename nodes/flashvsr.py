@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..engines.clip import Clip, chunk_frames_for
+from ..engines.clip import Clip
 from ..engines.errors import InputError
 from ..engines.flashvsr.colorfix import METHODS as COLOR_FIX_METHODS
 from ..engines.flashvsr.loader import (
@@ -23,6 +23,7 @@ from ..engines.flashvsr.pipeline import MODES
 from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, SCALES, auto_tile_size, check_settings, upscale_clip
 from ..engines.progress import Progress
 from . import host
+from .common import in_memory_clip, output_linked
 from .types import CATEGORY, CLIP, FLASHVSR_MODEL
 
 OFFLOAD_CHOICES = ("model management", "after each run")
@@ -142,19 +143,6 @@ def managed_clip(upscaled: Clip, model: FlashVSRModel, progress: _PassProgress, 
     return Clip(upscaled.info, source)
 
 
-def output_linked(prompt: Any, unique_id: Any, index: int) -> bool:
-    """Whether output `index` of node `unique_id` feeds any node of the API `prompt`."""
-    if not isinstance(prompt, dict) or unique_id is None:
-        return False
-    for node in prompt.values():
-        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
-        for value in inputs.values():
-            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(unique_id) \
-                    and value[1] == index:
-                return True
-    return False
-
-
 class FlashVSRUpscale:
     """One-step diffusion super-resolution of a clip or an IMAGE batch with FlashVSR Tiny."""
 
@@ -241,17 +229,6 @@ class FlashVSRUpscale:
                 "fewer frames"
             ) from exc
         return (in_memory_clip(result, frames), frames)
-
-
-def in_memory_clip(like: Clip, frames: torch.Tensor) -> Clip:
-    """A clip of already-computed frames that keeps `like`'s metadata (frame rate, audio, colour)."""
-    step = chunk_frames_for(like.info.width, like.info.height, like.info.channels)
-
-    def source() -> Iterator[torch.Tensor]:
-        for start in range(0, frames.shape[0], step):
-            yield frames[start:start + step]
-
-    return Clip(like.info.replace(frame_count=int(frames.shape[0])), source)
 
 
 NODE_CLASS_MAPPINGS = {

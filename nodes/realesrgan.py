@@ -17,7 +17,7 @@ from ..engines.realesrgan.models import (
 )
 from ..engines.realesrgan.upscale import upscale_clip
 from . import host
-from .flashvsr import in_memory_clip, output_linked
+from .common import in_memory_clip, output_linked
 from .types import CATEGORY, CLIP, REALESRGAN_MODEL
 
 IMAGE_OUTPUT_LIMIT = 16 * 2**30

@@ -241,7 +241,8 @@ def test_upscale_clip_rejects_bad_settings(models):
 @pytest.mark.skipif(not (FIXTURE / "config.json").is_file(), reason="golden fixture ../shared/flashvsr absent")
 def test_cli_entry_loads_from_model_dir_and_upscales():
     clip = Clip.from_tensor(torch.rand(3, 9, 11, 3), 25)
-    args = SimpleNamespace(model_dir=FIXTURE, scale=2, device="cpu", precision="fp32", tile=0, quiet=True)
+    args = SimpleNamespace(model_dir=FIXTURE, scale=2, device="cpu", precision="fp32", tile=0, quiet=True,
+                           flashvsr_version="v1.1")
     out = upscale_clip_cli(clip, args)
     assert (out.info.width, out.info.height, out.info.frame_count) == (22, 18, 3)
     assert out.to_tensor().shape == (3, 18, 22, 3)

@@ -13,7 +13,8 @@ from vsrkit.engines.clip import AudioTrack, Clip, ClipInfo
 from vsrkit.engines.errors import InputError, ModelNotFoundError
 from vsrkit.engines.progress import Progress
 from vsrkit.nodes import host
-from vsrkit.nodes.flashvsr import NODE_CLASS_MAPPINGS, FlashVSRLoader, FlashVSRUpscale, output_linked
+from vsrkit.nodes.common import output_linked
+from vsrkit.nodes.flashvsr import NODE_CLASS_MAPPINGS, FlashVSRLoader, FlashVSRUpscale
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr" / "fixture"
 FILES = ("dit.safetensors", "lq_proj.safetensors", "tcdecoder.safetensors", "prompt.safetensors")

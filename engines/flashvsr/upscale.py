@@ -116,7 +116,7 @@ def upscale_clip_cli(clip: Clip, args: Any) -> Clip:
 
     model_dir = getattr(args, "model_dir", None)
     folders = [model_dir] if model_dir else default_model_dirs()
-    models = load_flashvsr(folders, version=getattr(args, "flashvsr_version", None) or "v1.1",
+    models = load_flashvsr(folders, version=args.flashvsr_version,
                            dtype=getattr(args, "precision", None) or "auto", device=getattr(args, "device", None))
     tile = int(getattr(args, "tile", 0) or 0)
     tile = -(-tile // SIZE_MULTIPLE) * SIZE_MULTIPLE if tile > 0 else 0

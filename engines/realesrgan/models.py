@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
+from ..paths import user_data_dir
 from ..progress import Progress
 from .ncnn_import import import_ncnn, save_imported
 from .rrdbnet import RRDBNet
@@ -360,13 +361,7 @@ def model_from_upscale_model(descriptor: Any, name: str | None = None) -> RealES
 
 def standalone_model_dir() -> Path:
     """The user cache folder for upscale models outside ComfyUI ($VSRKIT_HOME or ~/.cache/vsrkit)."""
-    root = os.environ.get("VSRKIT_HOME")
-    if root:
-        base = Path(root).expanduser()
-    else:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = Path(cache) / "vsrkit"
-    return base / "models" / "upscale_models"
+    return user_data_dir() / "models" / "upscale_models"
 
 
 def package_models_dir() -> Path | None:
