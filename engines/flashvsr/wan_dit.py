@@ -121,7 +121,9 @@ class ChunkGeometry:
     first_frame: int
 
 
-class SelfAttention(nn.Module):
+class AttentionProjections(nn.Module):
+    """The q/k/v/o projections and q/k RMS norms that self and cross attention share (official keys)."""
+
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
         super().__init__()
         self.num_heads = num_heads
@@ -132,6 +134,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps=eps)
         self.norm_k = RMSNorm(dim, eps=eps)
 
+
+class SelfAttention(AttentionProjections):
     def forward(self, x: torch.Tensor, rope: Rope, grid: ChunkGeometry, cache: WindowKVCache | None,
                 sparse: SparseSettings, backend: str = "auto",
                 record: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, WindowKVCache]:
@@ -171,17 +175,7 @@ class CrossKV:
     embedded: torch.Tensor
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps=eps)
-        self.norm_k = RMSNorm(dim, eps=eps)
-
+class CrossAttention(AttentionProjections):
     def key_value(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.norm_k(self.k(context)), self.v(context)
 
