@@ -28,7 +28,7 @@ from vsrkit.engines.realesrgan.models import (
     read_weights,
     resolve_model_file,
 )
-from vsrkit.engines.realesrgan.ncnn_import import convert_ncnn, import_ncnn
+from vsrkit.engines.realesrgan.ncnn_import import convert_ncnn, import_ncnn, save_imported
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 
@@ -341,3 +341,15 @@ def test_original_esrgan_key_layout_of_core_upscale_models_is_renamed():
     model = model_from_upscale_model(Descriptor(old))
     assert (model.arch, model.net_scale) == ("RRDBNet", 4)
     assert all(torch.equal(model.net.state_dict()[k], official[k]) for k in official)
+
+
+def test_imported_model_is_written_whole_and_never_over_an_existing_file(ncnn_models, tmp_path):
+    imported = import_ncnn(ncnn_models / "realesr-animevideov3-x4.param", ncnn_models / "realesr-animevideov3-x4.bin")
+    out = tmp_path / "converted" / "animevideov3.safetensors"
+    save_imported(imported, out)
+    written = out.read_bytes()
+    with pytest.raises(InputError, match="already exists"):
+        save_imported(imported, out)
+    assert out.read_bytes() == written
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+    assert set(read_weights(out)[0]) == set(imported.state_dict)

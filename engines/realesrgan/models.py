@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
-from ..paths import user_data_dir
+from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
 from .ncnn_import import import_ncnn, save_imported
 from .rrdbnet import RRDBNet
@@ -398,7 +398,7 @@ def download_verified(url: str, dest: Path, sha256: str, size: int | None = None
                       progress: Progress | None = None, timeout: float = 30.0) -> Path:
     """Download `url` to `dest` through a temp file in the same folder; keep it only if its SHA-256 matches."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    temp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    temp = partial_path(dest)
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(temp, "wb") as out:
@@ -418,10 +418,9 @@ def download_verified(url: str, dest: Path, sha256: str, size: int | None = None
         if got != sha256.lower():
             raise InputError(f"downloaded {url} but its SHA-256 is {got}, expected {sha256}; the file was "
                              "discarded (a broken or tampered download)")
-        os.replace(temp, dest)
+        return publish(temp, dest, overwrite=True)
     finally:
-        temp.unlink(missing_ok=True)
-    return dest
+        discard(temp)
 
 
 class _LazyProgress(Progress):

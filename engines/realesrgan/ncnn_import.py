@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..paths import discard, partial_path, publish
 
 PARAM_MAGIC = "7767517"
 TAG_FP16 = 0x01306B47
@@ -239,13 +240,12 @@ def save_imported(model: ImportedModel, out_path: str | os.PathLike, overwrite: 
     if out_path.exists() and not overwrite:
         raise InputError(f"{out_path} already exists; choose another output name or delete it first")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = out_path.with_name(f".{out_path.name}.{os.getpid()}.part")
+    temp = partial_path(out_path)
     try:
         save_file({k: v.contiguous() for k, v in model.state_dict.items()}, str(temp), metadata=model.metadata())
-        os.replace(temp, out_path)
+        return publish(temp, out_path, overwrite=overwrite)
     finally:
-        temp.unlink(missing_ok=True)
-    return out_path
+        discard(temp)
 
 
 def convert_ncnn(param_path: str | os.PathLike, bin_path: str | os.PathLike, out_path: str | os.PathLike,
