@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..engines.errors import VsrkitError
+from ..engines.errors import InputError, VsrkitError
+from ..engines.paths import publish
 from ..engines.workflow import WorkflowError, is_api_format, is_ui_format, ui_to_api
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
@@ -193,16 +194,10 @@ def _claim_name(temp: Path, folder: Path, name: str) -> Path:
     """Give `temp` the name `name` in `folder`, or `stem (n).ext` when that is taken; never overwrite."""
     stem, suffix = Path(name).stem, Path(name).suffix
     for n in range(10000):
-        target = folder / (name if n == 0 else f"{stem} ({n}){suffix}")
         try:
-            os.link(temp, target)
-        except FileExistsError:
+            return publish(temp, folder / (name if n == 0 else f"{stem} ({n}){suffix}"))
+        except InputError:
             continue
-        except OSError:
-            if target.exists():
-                continue
-            os.rename(temp, target)
-        return target
     raise SubmitError(f"no free file name for {name} in {folder}")
 
 
