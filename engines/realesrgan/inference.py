@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
+from ..cpu_memory import keep_freed_memory
 from ..errors import InputError
 from .models import RealESRGANModel
 
@@ -205,7 +206,7 @@ class Upscaler:
 
     def __init__(self, model: RealESRGANModel, *, scale: float | None = None, device: str | torch.device | None = None,
                  precision: str = "auto", tile: int = 0, overlap: int | None = None, batch: int | None = None,
-                 budget_bytes: int | None = None):
+                 budget_bytes: int | None = None, cpu_kernels: bool = True):
         self.model = model
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = resolve_precision(precision, self.device)
@@ -217,7 +218,9 @@ class Upscaler:
         self.batch = batch
         self.budget_bytes = budget_bytes
         self.plan: TilePlan | None = None
-        self.net = model.prepared(self.device, self.dtype)
+        self.net = model.prepared(self.device, self.dtype, cpu_kernels)
+        # The tuned CPU network works in NCHW; the plain one is fastest channels-last.
+        self.tuned_cpu = model.uses_cpu_kernels(self.device, self.dtype, cpu_kernels)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return round(height * self.scale), round(width * self.scale)
@@ -247,7 +250,7 @@ class Upscaler:
         height, width = frames.shape[-2:]
         out_h, out_w = self.output_size(height, width)
         x = pad_to_multiple(frames.to(self.dtype), self.model.size_multiple)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous() if self.tuned_cpu else x.contiguous(memory_format=torch.channels_last)
         plan = self._plan(height, width, frames.shape[0])
         while True:
             try:
@@ -284,8 +287,9 @@ class Upscaler:
         """Upscale a stream of [B, H, W, C] batches; on CUDA the next batch's upload and the previous
         batch's download overlap the current batch's compute."""
         if self.device.type != "cuda":
-            for frames in batches:
-                yield self._finish(self._compute(frames.to(self.device)))
+            with keep_freed_memory():
+                for frames in batches:
+                    yield self._finish(self._compute(frames.to(self.device)))
             return
         copy_stream = torch.cuda.Stream(self.device)
         compute_stream = torch.cuda.current_stream(self.device)

@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import InputError, ModelNotFoundError
 from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
+from .cpu_kernels import tuned_network
 from .ncnn_import import import_ncnn, save_imported
 from .rrdbnet import RRDBNet
 from .srvgg import SRVGGNetCompact
@@ -153,18 +154,27 @@ class RealESRGANModel:
     def size_multiple(self) -> int:
         return getattr(self.net, "size_multiple", 1)
 
-    def prepared(self, device: torch.device, dtype: torch.dtype) -> nn.Module:
-        """The network on `device` in `dtype`, channels-last; a copy, so `self.net` stays fp32 on the CPU.
+    def uses_cpu_kernels(self, device: torch.device, dtype: torch.dtype, cpu_kernels: bool = True) -> bool:
+        return cpu_kernels and self.arch == "SRVGGNetCompact" and device.type == "cpu" and dtype == torch.float32
 
-        The last prepared copy is kept for the next run.
+    def prepared(self, device: torch.device, dtype: torch.dtype, cpu_kernels: bool = True) -> nn.Module:
+        """The network on `device` in `dtype`, ready to run; `self.net` stays fp32 on the CPU.
+
+        SRVGGNetCompact in fp32 on the CPU with `cpu_kernels` gives the `cpu_kernels.tuned_network`
+        variant (NCHW, fastest convolution per shape, sharing `self.net`'s weights); otherwise a
+        channels-last copy (on the CPU in fp32, `self.net` itself). The last one is kept for the next run.
         """
-        key = (str(device), dtype)
+        tuned = self.uses_cpu_kernels(device, dtype, cpu_kernels)
+        key = (str(device), dtype, tuned)
         cached = self.__dict__.get("_prepared")
         if cached is not None and cached[0] == key:
             return cached[1]
         self.__dict__.pop("_prepared", None)
-        net = self.net if (device.type == "cpu" and dtype == torch.float32) else copy.deepcopy(self.net)
-        net = net.to(device=device, dtype=dtype).to(memory_format=torch.channels_last).eval()
+        if tuned:
+            net = tuned_network(self.net.to(memory_format=torch.contiguous_format).eval())
+        else:
+            net = self.net if (device.type == "cpu" and dtype == torch.float32) else copy.deepcopy(self.net)
+            net = net.to(device=device, dtype=dtype).to(memory_format=torch.channels_last).eval()
         self.__dict__["_prepared"] = (key, net)
         return net
 

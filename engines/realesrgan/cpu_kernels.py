@@ -1,0 +1,180 @@
+"""Faster fp32 CPU execution of SRVGGNetCompact, with the same weights and results.
+
+Two things cost most on the CPU besides the arithmetic, and each has a remedy here:
+
+- oneDNN's direct 3x3 convolution is the only algorithm PyTorch picks for one frame, but the
+  NNPACK library inside PyTorch's CPU build has a Winograd F(6x6, 3x3) convolution that needs
+  fewer multiplications. Which one is faster depends on the layer's shape and the CPU (NNPACK's
+  x86 kernels stop at AVX2, oneDNN uses AVX-512 where there is one), so `TunedConv2d` times the
+  candidates once per shape on the real input, checks that they agree, and keeps the fastest.
+- PReLU with per-channel slopes allocates a full-size result; `ChannelPReLU` applies it in
+  place, one channel plane at a time, with the same arithmetic as `torch.nn.PReLU`.
+
+`tuned_network` builds this variant of a network; its parameters are the original's tensors.
+RRDBNet is left to oneDNN in channels-last: its dense blocks' convolutions (to 32 channels) are
+slower in NNPACK and in NCHW, which NNPACK needs, and measured no faster overall.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Candidate = Callable[[torch.Tensor], torch.Tensor]
+
+_choices: dict[tuple, str] = {}
+_choices_lock = threading.Lock()
+# NNPACK's workspace inside PyTorch is one global buffer: calls must not overlap.
+_nnpack_lock = threading.Lock()
+# Per-channel in-place activation only pays off on planes this large; smaller ones use F.prelu.
+MIN_PLANE_FOR_CHANNEL_LOOP = 16384
+# Timed runs per candidate when tuning (the best counts, which filters out other load).
+TUNING_RUNS = 3
+
+
+def nnpack_available() -> bool:
+    """True when this PyTorch build has NNPACK and it runs on this CPU (this also initialises it)."""
+    try:
+        return bool(torch.backends.nnpack.is_available())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def tuned_algorithms() -> dict[tuple, str]:
+    """The algorithm chosen for each convolution shape so far (for benchmarks and tests)."""
+    with _choices_lock:
+        return dict(_choices)
+
+
+def forget_tuning() -> None:
+    with _choices_lock:
+        _choices.clear()
+
+
+class TunedConv2d(nn.Module):
+    """A 3x3 (or any) convolution that runs whichever CPU algorithm is fastest for its input shape.
+
+    Shares `weight` and `bias` with the convolution it wraps. Input and output are NCHW.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.stride = conv.stride
+        self.padding = conv.padding
+        self.dilation = conv.dilation
+        self.groups = conv.groups
+        self._weight_nchw: torch.Tensor | None = None
+        self._weight_cl: torch.Tensor | None = None
+
+    def _weight(self) -> torch.Tensor:
+        if self._weight_nchw is None:
+            self._weight_nchw = self.weight.contiguous()
+        return self._weight_nchw
+
+    def _nnpack_ok(self) -> bool:
+        return (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+                and isinstance(self.padding, tuple) and self.bias is not None and nnpack_available())
+
+    def candidates(self) -> dict[str, Candidate]:
+        """The algorithms this layer can use, each taking and returning contiguous NCHW."""
+        options: dict[str, Candidate] = {"onednn": self._onednn}
+        options["onednn_channels_last"] = self._onednn_channels_last
+        if self._nnpack_ok():
+            options["nnpack"] = self._nnpack
+        return options
+
+    def _onednn(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self._weight(), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+    def _onednn_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        if self._weight_cl is None:
+            self._weight_cl = self.weight.contiguous(memory_format=torch.channels_last)
+        out = F.conv2d(x.contiguous(memory_format=torch.channels_last), self._weight_cl, self.bias, self.stride,
+                       self.padding, self.dilation, self.groups)
+        return out.contiguous()
+
+    def _nnpack(self, x: torch.Tensor) -> torch.Tensor:
+        with _nnpack_lock:
+            return torch._nnpack_spatial_convolution(x, self._weight(), self.bias, list(self.padding))
+
+    def shape_key(self, x: torch.Tensor) -> tuple:
+        return (tuple(x.shape), tuple(self.weight.shape), self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        key = self.shape_key(x)
+        with _choices_lock:
+            name = _choices.get(key)
+        options = self.candidates()
+        if name is None or name not in options:
+            name, out = self._tune(x, options)
+            with _choices_lock:
+                _choices[key] = name
+            return out
+        return options[name](x)
+
+    def _tune(self, x: torch.Tensor, options: dict[str, Candidate]) -> tuple[str, torch.Tensor]:
+        """Run every candidate on `x` once to warm up, then TUNING_RUNS times; keep the fastest
+        (by its best run) among those that agree with oneDNN."""
+        reference = options["onednn"](x)
+        tolerance = 1e-4 * float(reference.abs().max()) + 1e-5
+        best_name, best_time, best_out = "onednn", float("inf"), reference
+        for name, run in options.items():
+            try:
+                out = run(x)
+                seconds = float("inf")
+                for _ in range(TUNING_RUNS):
+                    started = time.perf_counter()
+                    out = run(x)
+                    seconds = min(seconds, time.perf_counter() - started)
+            except RuntimeError:
+                continue
+            if out.shape != reference.shape or float((out - reference).abs().max()) > tolerance:
+                continue
+            if seconds < best_time:
+                best_name, best_time, best_out = name, seconds, out
+        return best_name, best_out
+
+
+class ChannelPReLU(nn.Module):
+    """`torch.nn.PReLU` applied in place: x if x > 0 else slope[c] * x, without a full-size temporary."""
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        self.weight = prelu.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        if self.weight.numel() != channels or x.shape[2] * x.shape[3] < MIN_PLANE_FOR_CHANNEL_LOOP:
+            return F.prelu(x, self.weight)
+        x = x.contiguous()
+        for channel, slope in enumerate(self.weight.tolist()):
+            F.leaky_relu_(x[:, channel], slope)
+        return x
+
+
+def _swap(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d):
+            setattr(module, name, TunedConv2d(child))
+        elif isinstance(child, nn.PReLU):
+            setattr(module, name, ChannelPReLU(child))
+        else:
+            _swap(child)
+
+
+def tuned_network(net: nn.Module) -> nn.Module:
+    """A copy of `net` (fp32, CPU) using the modules above; it shares the original's parameters."""
+    shared = {id(tensor): tensor for tensor in list(net.parameters()) + list(net.buffers())}
+    tuned = copy.deepcopy(net, memo=shared)
+    _swap(tuned)
+    return tuned.eval()
