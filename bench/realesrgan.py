@@ -5,6 +5,8 @@
 
 Methods, each run in a fresh subprocess so its peak RSS (VmHWM) is its own:
   vsrkit  the streaming clip stage (`upscale_clip`), automatic tiles and precision
+  vsrkit-plain  the same without the CPU kernels and without keeping freed memory (opt-in with
+          `--methods vsrkit-plain ...`: what vsrkit did before `cpu_kernels.py`)
   core    what ComfyUI core's "Upscale Image (using Model)" does: a spandrel model in fp32,
           the whole batch moved to the device, 512-pixel tiles with 32 pixels of overlap and
           feathered blending, a full-size float32 batch returned; for x2 from the x4
@@ -85,20 +87,20 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------ workers (one per subprocess)
 
 
-def run_vsrkit(frames: np.ndarray, model_file: Path, device: str) -> tuple[float, np.ndarray]:
+def run_vsrkit(frames: np.ndarray, model_file: Path, device: str, cpu_kernels: bool = True) -> tuple[float, np.ndarray]:
     from vsrkit.engines.clip import Clip
     from vsrkit.engines.realesrgan.models import load_model_file
     from vsrkit.engines.realesrgan.upscale import upscale_clip
 
     model = load_model_file(model_file)
     warm = Clip.from_tensor(torch.from_numpy(frames[:1]).float() / 255, fps=24)
-    upscale_clip(warm, model, device=device).to_tensor()
+    upscale_clip(warm, model, device=device, cpu_kernels=cpu_kernels).to_tensor()
     if device == "cuda":
         torch.cuda.synchronize()
     clip = Clip.from_tensor(torch.from_numpy(frames).float() / 255, fps=24)
     started = time.perf_counter()
     first = None
-    for chunk in upscale_clip(clip, model, device=device).chunks():
+    for chunk in upscale_clip(clip, model, device=device, cpu_kernels=cpu_kernels).chunks():
         if first is None:
             first = (chunk[0] * 255).round().to(torch.uint8).numpy()
     elapsed = time.perf_counter() - started
@@ -188,8 +190,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     frames = np.load(args.frames_file)
     rss_before = peak_rss_mb()
-    if args.worker == "vsrkit":
-        elapsed, first = run_vsrkit(frames, Path(args.model_file), args.device)
+    if args.worker in ("vsrkit", "vsrkit-plain"):
+        elapsed, first = run_vsrkit(frames, Path(args.model_file), args.device, args.worker == "vsrkit")
     elif args.worker == "core":
         elapsed, first = run_core(frames, Path(args.model_file), args.device, args.output_scale)
     else:
@@ -267,7 +269,10 @@ def main() -> None:
                                str(out_file), "--threads", str(args.threads), "--device", device]
                     if method == "core" and "-x2" in model_name:
                         command += ["--output-scale", "0.5"]
-                    result = subprocess.run(command, capture_output=True, text=True)
+                    env = dict(os.environ)
+                    if method == "vsrkit-plain":
+                        env["VSRKIT_KEEP_FREED_MEMORY"] = "0"
+                    result = subprocess.run(command, capture_output=True, text=True, env=env)
                     if result.returncode != 0:
                         lines = result.stderr.strip().splitlines()
                         skipped[method] = lines[-1] if lines else "failed"
@@ -276,11 +281,11 @@ def main() -> None:
                     firsts[method] = np.load(out_file)
             for method in methods:
                 if method in skipped:
-                    print(f"{method:7s} skipped: {skipped[method]}")
+                    print(f"{method:12s} skipped: {skipped[method]}")
                     continue
                 rates = sorted(r["frames"] / r["seconds"] for r in runs[method])
                 peak = max(r["peak_rss_mb"] for r in runs[method])
-                print(f"{method:7s} {statistics.median(rates):7.3f} frames/s median of {len(rates)} runs "
+                print(f"{method:12s} {statistics.median(rates):7.3f} frames/s median of {len(rates)} runs "
                       f"(min {rates[0]:.3f}, max {rates[-1]:.3f}), peak RSS {peak:.0f} MB")
             if "vsrkit" in firsts:
                 for other in ("core", "ncnn"):

@@ -24,8 +24,12 @@ def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
 def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = None, tile: int = 0,
                  overlap: int | None = None, precision: str = "auto", device: str | torch.device | None = None,
                  batch: int | None = None, progress: Progress | None = None,
-                 progress_factory: Callable[[int | None, str], Progress] | None = None) -> Clip:
+                 progress_factory: Callable[[int | None, str], Progress] | None = None,
+                 cpu_kernels: bool = True) -> Clip:
     """A lazy clip upscaled by `model`; `scale` (default: the model's) resizes the model's output.
+
+    `cpu_kernels=False` runs fp32 CPU inference with PyTorch's default algorithms only (see
+    `cpu_kernels.py`).
 
     The network is moved to the device when the clip is pulled, not before. Frames go through it
     in batches; output chunks are regrouped so each stays within the clip's chunk memory budget
@@ -47,7 +51,7 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         upscaler = Upscaler(model, scale=target, device=device, precision=precision, tile=tile, overlap=overlap,
-                            batch=batch)
+                            batch=batch, cpu_kernels=cpu_kernels)
         bar = progress_factory(info.frame_count or None, "Real-ESRGAN") if progress_factory else progress
 
         def batches() -> Iterator[torch.Tensor]:
