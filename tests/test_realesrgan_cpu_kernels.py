@@ -126,6 +126,15 @@ def test_tuned_network_shares_weights_and_gives_the_same_output(act):
         assert _relative_error(tuned(x), net(x)) < 1e-5
 
 
+def test_without_nnpack_the_plain_channels_last_network_is_used(monkeypatch):
+    monkeypatch.setattr("vsrkit.engines.realesrgan.models.nnpack_available", lambda: False)
+    model = RealESRGANModel(_small_srvgg(), "SRVGGNetCompact", 2, "small")
+    upscaler = Upscaler(model, device="cpu")
+    assert upscaler.tuned_cpu is False
+    assert not any(isinstance(m, TunedConv2d) for m in upscaler.net.modules())
+
+
+@pytest.mark.skipif(not cpu_kernels.nnpack_available(), reason="this PyTorch build has no NNPACK")
 def test_upscaler_cpu_kernels_on_and_off_agree_within_one_level():
     net = _small_srvgg(upscale=4)
     frames = torch.rand(2, 37, 53, 3)

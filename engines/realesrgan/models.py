@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import InputError, ModelNotFoundError
 from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
-from .cpu_kernels import tuned_network
+from .cpu_kernels import nnpack_available, tuned_network
 from .ncnn_import import import_ncnn, save_imported
 from .rrdbnet import RRDBNet
 from .srvgg import SRVGGNetCompact
@@ -155,7 +155,10 @@ class RealESRGANModel:
         return getattr(self.net, "size_multiple", 1)
 
     def uses_cpu_kernels(self, device: torch.device, dtype: torch.dtype, cpu_kernels: bool = True) -> bool:
-        return cpu_kernels and self.arch == "SRVGGNetCompact" and device.type == "cpu" and dtype == torch.float32
+        """Whether `prepared` gives the tuned CPU network: without NNPACK it would only be oneDNN in
+        NCHW, slower than the channels-last default."""
+        return (cpu_kernels and self.arch == "SRVGGNetCompact" and device.type == "cpu" and dtype == torch.float32
+                and nnpack_available())
 
     def prepared(self, device: torch.device, dtype: torch.dtype, cpu_kernels: bool = True) -> nn.Module:
         """The network on `device` in `dtype`, ready to run; `self.net` stays fp32 on the CPU.
