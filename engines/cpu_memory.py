@@ -8,9 +8,10 @@ development CPU that doubled the time of a Real-ESRGAN frame at that size. Insid
 on leaving, the settings return to what glibc's adaptive policy converges to after large frees
 (mmap above 32 MiB, trim above 64 MiB) and the free memory goes back to the system.
 
-Elsewhere (macOS, Windows, musl) it does nothing. Nested and concurrent uses are counted: the
-settings return when the last one leaves. Environment variable `VSRKIT_KEEP_FREED_MEMORY=0`
-turns it off.
+Elsewhere (macOS, Windows, musl) it does nothing, and it leaves alone a process whose malloc
+was tuned through the environment (`MALLOC_*_` variables or `GLIBC_TUNABLES`). Nested and
+concurrent uses are counted: the settings return when the last one leaves. Environment variable
+`VSRKIT_KEEP_FREED_MEMORY=0` turns it off.
 """
 
 from __future__ import annotations
@@ -52,9 +53,18 @@ def _glibc() -> ctypes.CDLL | None:
     return _libc
 
 
+USER_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_",
+                        "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+
+
 def supported() -> bool:
-    """True where the policy can be changed (Linux with glibc) and it is not turned off."""
-    return os.environ.get("VSRKIT_KEEP_FREED_MEMORY", "1") != "0" and _glibc() is not None
+    """True where the policy can be changed (Linux with glibc), it is not turned off, and the user
+    has not set malloc's policy through the environment."""
+    if os.environ.get("VSRKIT_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    if any(os.environ.get(name) for name in USER_MALLOC_SETTINGS):
+        return False
+    return _glibc() is not None
 
 
 @contextlib.contextmanager

@@ -163,7 +163,9 @@ glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 
 
 @glibc_only
-def test_keep_freed_memory_reuses_large_blocks_and_restores_on_exit():
+def test_keep_freed_memory_reuses_large_blocks_and_restores_on_exit(monkeypatch):
+    for name in ("VSRKIT_KEEP_FREED_MEMORY", *cpu_memory.USER_MALLOC_SETTINGS):
+        monkeypatch.delenv(name, raising=False)
     pages = 96 * 2**20 // 4096
     _faults_for_fresh_tensor()
     assert _faults_for_fresh_tensor() > pages // 2, "outside, each large tensor is fresh memory"
@@ -179,8 +181,10 @@ def test_keep_freed_memory_reuses_large_blocks_and_restores_on_exit():
     assert _faults_for_fresh_tensor() > pages // 2, "after the last use the default policy is back"
 
 
-def test_keep_freed_memory_can_be_turned_off(monkeypatch):
-    monkeypatch.setenv("VSRKIT_KEEP_FREED_MEMORY", "0")
+@pytest.mark.parametrize("name,value", [("VSRKIT_KEEP_FREED_MEMORY", "0"), ("MALLOC_MMAP_THRESHOLD_", "65536"),
+                                        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")])
+def test_keep_freed_memory_is_off_when_disabled_or_malloc_is_tuned_by_the_user(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
     with cpu_memory.keep_freed_memory() as applied:
         assert applied is False
 
