@@ -77,6 +77,15 @@ def test_a_chosen_algorithm_that_fails_later_falls_back_to_onednn():
     assert cpu_kernels.tuned_algorithms()[key] == "onednn"
 
 
+def test_nearly_equal_sizes_share_one_measurement():
+    layer = TunedConv2d(nn.Conv2d(8, 8, 3, 1, 1))
+    same = [torch.rand(1, 8, 64, 64), torch.rand(1, 8, 62, 66), torch.rand(1, 8, 70, 60)]
+    assert len({layer.shape_key(x) for x in same}) == 1
+    assert layer.shape_key(torch.rand(1, 8, 128, 128)) != layer.shape_key(same[0])
+    assert layer.shape_key(torch.rand(2, 8, 64, 64)) != layer.shape_key(same[0])
+    assert TunedConv2d(nn.Conv2d(8, 16, 3, 1, 1)).shape_key(same[0]) != layer.shape_key(same[0])
+
+
 def test_tuning_never_picks_a_candidate_that_disagrees():
     torch.manual_seed(1)
     conv = nn.Conv2d(16, 16, 3, 1, 1)

@@ -18,6 +18,7 @@ slower in NNPACK and in NCHW, which NNPACK needs, and measured no faster overall
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -98,7 +99,11 @@ class TunedConv2d(nn.Module):
             return torch._nnpack_spatial_convolution(x, self._weight(), self.bias, list(self.padding))
 
     def shape_key(self, x: torch.Tensor) -> tuple:
-        return (tuple(x.shape), tuple(self.weight.shape), self.stride, self.padding, self.dilation, self.groups)
+        """What the choice depends on: the layer, the batch and the frame area to within a factor of
+        sqrt(2), so tiles and frames of nearly the same size share one measurement."""
+        batch, _, height, width = x.shape
+        area_class = round(2 * math.log2(max(1, height * width)))
+        return (batch, area_class, tuple(self.weight.shape), self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
