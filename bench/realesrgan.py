@@ -197,8 +197,13 @@ def worker(args: argparse.Namespace) -> None:
     else:
         elapsed, first = run_ncnn(frames, Path(args.param), args.threads)
     np.save(args.out_file, first)
-    json.dump({"seconds": elapsed, "frames": int(frames.shape[0]), "peak_rss_mb": peak_rss_mb(),
-               "rss_before_mb": rss_before}, sys.stdout)
+    report = {"seconds": elapsed, "frames": int(frames.shape[0]), "peak_rss_mb": peak_rss_mb(),
+              "rss_before_mb": rss_before}
+    if args.worker == "vsrkit":
+        from vsrkit.engines.realesrgan.cpu_kernels import tuned_algorithms
+
+        report["algorithms"] = sorted({f"{key[2][1]}->{key[2][0]}: {name}" for key, name in tuned_algorithms().items()})
+    json.dump(report, sys.stdout)
 
 
 # ------------------------------------------------------------------ driver
@@ -287,6 +292,8 @@ def main() -> None:
                 peak = max(r["peak_rss_mb"] for r in runs[method])
                 print(f"{method:12s} {statistics.median(rates):7.3f} frames/s median of {len(rates)} runs "
                       f"(min {rates[0]:.3f}, max {rates[-1]:.3f}), peak RSS {peak:.0f} MB")
+            if runs.get("vsrkit") and runs["vsrkit"][-1].get("algorithms"):
+                print("vsrkit convolutions:", ", ".join(runs["vsrkit"][-1]["algorithms"]))
             if "vsrkit" in firsts:
                 for other in ("core", "ncnn"):
                     if other in firsts:

@@ -53,11 +53,6 @@ def tuned_algorithms() -> dict[tuple, str]:
         return dict(_choices)
 
 
-def forget_tuning() -> None:
-    with _choices_lock:
-        _choices.clear()
-
-
 class TunedConv2d(nn.Module):
     """A 3x3 (or any) convolution that runs whichever CPU algorithm is fastest for its input shape.
 
