@@ -36,6 +36,7 @@ from .filters import (
 from .progress import Progress
 
 DETECT_FRAMES = 60
+DETECT_FRAMES_RANGE = Param("detect_frames", int, 2, 100000)
 """Frames idet looks at when the stream does not say whether it is interlaced."""
 
 DEINTERLACE_MODES = ("auto", "on", "off")
@@ -136,7 +137,7 @@ def _luma_frames(clip: Clip, limit: int) -> Iterator[av.VideoFrame]:
 
 def detect_interlacing(clip: Clip, frames: int = DETECT_FRAMES) -> InterlaceVerdict:
     """idet over the first `frames` frames of a clip (a separate, short pass over its source)."""
-    frames = Param("detect_frames", int, 2, 100000).check(frames, "deinterlace")
+    frames = DETECT_FRAMES_RANGE.check(frames, "deinterlace")
     time_base = Fraction(1) / clip.info.fps if clip.info.fps else Fraction(1, 25)
     return detect_interlacing_frames(_luma_frames(clip, frames), time_base)
 
@@ -148,7 +149,7 @@ def interlace_report(path: str | Path, frames: int = DETECT_FRAMES, stream_index
     `stream_index` is the container's stream index (default: the first video stream). Frames
     go to idet as decoded (native pixel format, no RGB round trip). Used by `probe`.
     """
-    frames = Param("detect_frames", int, 2, 100000).check(frames, "interlace report")
+    frames = DETECT_FRAMES_RANGE.check(frames, "interlace report")
     with av.open(str(path)) as container:
         videos = [s for s in container.streams.video if stream_index is None or s.index == stream_index]
         if not videos:
@@ -186,7 +187,7 @@ def deinterlace_clip(clip: Clip, mode: str = "auto", method: str = "bwdif", rate
     method = _choice("method", DEINTERLACE_METHODS, method, "deinterlace")
     rate = _choice("rate", DEINTERLACE_RATES, rate, "deinterlace")
     parity = _choice("parity", PARITIES, parity, "deinterlace")
-    detect_frames = Param("detect_frames", int, 2, 100000).check(detect_frames, "deinterlace")
+    detect_frames = DETECT_FRAMES_RANGE.check(detect_frames, "deinterlace")
     if mode == "off":
         return clip
 
@@ -289,10 +290,6 @@ def denoise_steps(preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD, 
     if not isinstance(deblock, bool):
         raise InputError(f"denoise parameter 'deblock' must be true or false; got {deblock!r}")
     chosen = DENOISE_METHODS[method]
-    if not available(chosen.filter):
-        raise InputError(
-            f"denoise method {method!r} is not in this FFmpeg build (PyAV's LGPL wheels leave out GPL "
-            f"filters such as hqdn3d); pick one of {', '.join(denoise_methods_available())}")
     steps: list[FilterStep] = []
     if deblock:
         block = Param("deblock_block", int, 4, 512).check(deblock_block, "denoise")
@@ -303,6 +300,10 @@ def denoise_steps(preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD, 
             raise InputError("denoise preset 'none' turns denoising off, so 'strength' and filter options "
                              "have no effect; pick light, medium or strong")
         return steps
+    if not available(chosen.filter):
+        raise InputError(
+            f"denoise method {method!r} is not in this FFmpeg build (PyAV's LGPL wheels leave out GPL "
+            f"filters such as hqdn3d); pick one of {', '.join(denoise_methods_available())}")
     values = dict(chosen.presets[preset])
     if strength is not None:
         spec = FILTER_PARAMS[chosen.filter][chosen.strength_options[0]]

@@ -143,6 +143,9 @@ def test_hqdn3d_only_where_the_build_has_it():
         assert "hqdn3d" not in METHODS
         with pytest.raises(InputError, match="hqdn3d.*not in this FFmpeg build"):
             denoise_steps("medium", "hqdn3d")
+    # With the preset "none" the method never runs, so its absence must not stop a deblock-only pass.
+    steps = denoise_steps("none", "hqdn3d", deblock=True)
+    assert [step.filter for step in steps] == ["deblock"]
 
 
 @pytest.mark.parametrize(("kwargs", "expected"), [
