@@ -174,6 +174,42 @@ def test_code_running_pickles_are_refused(tmp_path, fixture_weights):
     assert not marker.exists()
 
 
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
+               b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 8589934592\n")
+
+
+@pytest.mark.parametrize("name", ["LQ_proj_in.ckpt", "diffusion_pytorch_model_streaming_dmd.safetensors"])
+def test_a_git_lfs_pointer_is_named_as_such(tmp_path, fixture_weights, name):
+    folder = write_official_layout(tmp_path / "m", fixture_weights)
+    (folder / name).write_bytes(LFS_POINTER)
+    with pytest.raises(InputError) as caught:
+        load_flashvsr(folder, version="v1.1", dtype="fp32", device="cpu")
+    message = str(caught.value)
+    assert f"{name} in {folder} is a Git LFS pointer" in message and "fetch the real file" in message
+    assert "refusing" not in message and "code" not in message
+
+
+@pytest.mark.parametrize("content", [b"<!DOCTYPE html><html>404 Not Found</html>", b"", b"\x80\x02garbage" * 8])
+def test_a_file_that_is_no_checkpoint_is_not_called_unsafe(tmp_path, fixture_weights, content):
+    folder = write_official_layout(tmp_path / "m", fixture_weights)
+    (folder / "TCDecoder.ckpt").write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        load_flashvsr(folder, version="v1.1", dtype="fp32", device="cpu")
+    message = str(caught.value)
+    assert f"TCDecoder.ckpt in {folder}" in message
+    assert "not a PyTorch checkpoint" in message or "not a readable PyTorch checkpoint" in message
+    assert "truncated" in message
+    assert "refusing" not in message and "run code" not in message
+
+
+def test_a_truncated_pickle_checkpoint_is_called_truncated(tmp_path, fixture_weights):
+    folder = write_official_layout(tmp_path / "m", fixture_weights)
+    data = (folder / "LQ_proj_in.ckpt").read_bytes()
+    (folder / "LQ_proj_in.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"LQ_proj_in\.ckpt in .* not a readable PyTorch checkpoint \(truncated"):
+        load_flashvsr(folder, version="v1.1", dtype="fp32", device="cpu")
+
+
 def test_a_torn_file_gets_a_clear_error(tmp_path, fixture_weights):
     folder = write_official_layout(tmp_path / "m", fixture_weights)
     data = (folder / "diffusion_pytorch_model_streaming_dmd.safetensors").read_bytes()

@@ -8,8 +8,9 @@ A model folder (`models/FlashVSR` for v1, `models/FlashVSR-v1.1` for v1.1) holds
     posi_prompt.pth                                     the fixed prompt context (a bare tensor)
 
 or the same contents as safetensors named `dit`, `lq_proj`, `tcdecoder` and `prompt`
-(the golden fixture's layout). Pickles are read with `torch.load(weights_only=True,
-mmap=True)`, which refuses anything that would run code.
+(the golden fixture's layout). Pickles are read with `torch.load(weights_only=True)`
+(`engines.weights`), which refuses anything that would run code; a Git LFS pointer or a
+file that is no checkpoint is named as such.
 
 Every size is read off the checkpoints' shapes (DiT width, depth, FFN, text and
 frequency widths; projector widths; decoder channels), so small checkpoints in the
@@ -26,7 +27,6 @@ the weights.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +37,7 @@ from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
 from ..paths import user_data_dir
+from ..weights import load_pickle, open_safetensors
 from .lq_proj import LQProjector, projector_class
 from .tcdecoder import COND_CHANNELS, TCDecoder
 from .wan_dit import WanDiT, dit_config_from_shapes
@@ -272,17 +273,11 @@ def open_checkpoint(path: Path) -> Iterator[CheckpointReader]:
     """Open a safetensors file or a weights-only torch pickle without reading every tensor up front."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as exc:
-            raise InputError(f"{path.name} in {path.parent} is not a readable safetensors file: {exc}") from exc
-        with handle as f:
+        with open_safetensors(path) as f:
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
             yield CheckpointReader(shapes, f.get_tensor)
         return
-    content = _torch_load(path)
+    content = load_pickle(path, mmap=True)
     if isinstance(content, torch.Tensor):
         content = {"context": content}
     if not isinstance(content, Mapping):
@@ -297,34 +292,6 @@ def open_checkpoint(path: Path) -> Iterator[CheckpointReader]:
         return tensors.pop(key)
 
     yield CheckpointReader(shapes, take)
-
-
-def _torch_load(path: Path) -> Any:
-    attempts = ({"mmap": True}, {})
-    for number, extra in enumerate(attempts):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, **extra)
-        except pickle.UnpicklingError as exc:
-            raise InputError(
-                f"refusing to load {path.name} in {path.parent}: it is not a plain weights file "
-                f"({_unsafe_reason(exc)}; a weights-only load stops at anything that could run code). "
-                "Use the official checkpoint or a safetensors copy."
-            ) from exc
-        except Exception as exc:
-            legacy_format = "mmap" in str(exc) or "zip" in str(exc)
-            if number + 1 < len(attempts) and legacy_format:
-                continue
-            raise InputError(f"{path.name} in {path.parent} is not a readable torch checkpoint: {exc}") from exc
-    raise AssertionError("unreachable")
-
-
-def _unsafe_reason(exc: Exception) -> str:
-    """The line of torch's weights-only refusal that names what the file wanted to run."""
-    for line in str(exc).splitlines():
-        lowered = line.lower()
-        if "unsupported global" in lowered or "unsupported operand" in lowered or "blocked" in lowered:
-            return line.strip().removeprefix("WeightsUnpickler error:").strip().rstrip(".")
-    return "it references code"
 
 
 def _infer(path: Path, shapes: Mapping[str, Sequence[int]], component: str,

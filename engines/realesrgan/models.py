@@ -21,7 +21,6 @@ import hashlib
 import http.client
 import importlib.util
 import os
-import pickle
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import nn
 from ..errors import InputError, ModelNotFoundError
 from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
+from ..weights import UnsafeWeightsError, load_pickle, open_safetensors
 from .cpu_kernels import nnpack_available, tuned_network
 from .ncnn_import import import_ncnn, save_imported
 from .rrdbnet import RRDBNet
@@ -222,25 +222,18 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if not path.is_file():
         raise ModelNotFoundError(f"model file {path} does not exist")
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                metadata = handle.metadata() or {}
-                state = {key: handle.get_tensor(key) for key in handle.keys()}
-        except Exception as exc:
-            raise InputError(f"cannot read {path} as safetensors: {exc}") from exc
+        with open_safetensors(path) as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
         return _unwrap(state, str(path)), metadata
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        state = load_pickle(path)
+    except UnsafeWeightsError as exc:
         raise InputError(
             f"refused to load {path}: it is a pickle that asks to run code or build objects other than "
-            f"tensors ({str(exc).splitlines()[0][:200]}). Only weights-only checkpoints are loaded; "
+            f"tensors ({exc.reason[:200]}). Only weights-only checkpoints are loaded; "
             "use a .safetensors file or one from a source you trust converted to safetensors"
         ) from exc
-    except Exception as exc:
-        raise InputError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
     return _unwrap(state, str(path)), {}
 
 
