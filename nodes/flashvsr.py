@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,11 +17,12 @@ from ..engines.flashvsr.loader import (
     VERSION_FOLDERS,
     VERSIONS,
     FlashVSRModels,
+    check_version,
     load_flashvsr,
     resolve_dtype,
 )
 from ..engines.flashvsr.pipeline import MODES
-from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, SCALES, auto_tile_size, check_settings, upscale_clip
+from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, SCALES, auto_tile_size, upscale_clip
 from ..engines.progress import Progress
 from . import host
 from .common import in_memory_clip, output_linked
@@ -43,11 +45,22 @@ class FlashVSRModel:
     offload_after_run: bool
 
 
+def model_folders(version: str) -> list[Path]:
+    """Where the loader looks for `version`: v1 in ComfyUI's FlashVSR folders; v1.1 in its
+    FlashVSR-v1.1 folders, then in a FlashVSR-v1.1 subfolder of the FlashVSR folders. v1.1 never
+    reads a FlashVSR folder itself: v1's files have the same names and shapes."""
+    if version == "v1":
+        return host.model_dirs(VERSION_FOLDERS["v1"])
+    return [*host.model_dirs(VERSION_FOLDERS[version]),
+            *(folder / VERSION_FOLDERS[version] for folder in host.model_dirs(VERSION_FOLDERS["v1"]))]
+
+
 class FlashVSRLoader:
     """Loads FlashVSR Tiny (v1 or v1.1) from ComfyUI's models/FlashVSR or models/FlashVSR-v1.1 folder."""
 
     DESCRIPTION = ("Loads the FlashVSR Tiny checkpoints (DiT, LQ projector, TCDecoder, prompt embedding) "
-                   "from models/FlashVSR-v1.1 (v1.1) or models/FlashVSR (v1). Connect it to FlashVSR Upscale.")
+                   "from models/FlashVSR-v1.1 or models/FlashVSR/FlashVSR-v1.1 (v1.1), or models/FlashVSR (v1). "
+                   "Connect it to FlashVSR Upscale.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -55,7 +68,8 @@ class FlashVSRLoader:
             "required": {
                 "version": (list(VERSIONS), {"default": "v1.1",
                                              "tooltip": "v1.1 (recommended, steadier across chunks) reads "
-                                                        "models/FlashVSR-v1.1; v1 reads models/FlashVSR. "
+                                                        "models/FlashVSR-v1.1 (or models/FlashVSR/FlashVSR-v1.1); "
+                                                        "v1 reads models/FlashVSR. "
                                                         "Both need diffusion_pytorch_model_streaming_dmd"
                                                         ".safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt and "
                                                         "posi_prompt.pth."}),
@@ -84,11 +98,10 @@ class FlashVSRLoader:
              offload: str = "model management"):
         if offload not in OFFLOAD_CHOICES:
             raise InputError(f"offload must be one of {OFFLOAD_CHOICES}, got {offload!r}")
-        if version not in VERSIONS:
-            raise InputError(f"FlashVSR version must be one of {VERSIONS}, got {version!r}")
+        check_version(version)
         target = host.torch_device() if device == "auto" else torch.device(device)
         dtype = resolve_dtype(precision, target)
-        folders = [*host.model_dirs(VERSION_FOLDERS[version]), *host.model_dirs("FlashVSR")]
+        folders = model_folders(version)
         # Inside ComfyUI weights wait on the CPU and the model manager moves them when needed.
         initial = torch.device("cpu") if host.in_comfyui() else target
         models = load_flashvsr(folders, version=version, dtype=dtype, device=initial)
@@ -207,8 +220,6 @@ class FlashVSRUpscale:
         if (clip is None) == (images is None):
             raise InputError("FlashVSR Upscale needs exactly one input: connect either clip or images")
         scale, local_range, tile_size, tile_overlap = int(scale), int(local_range), int(tile_size), int(tile_overlap)
-        check_settings(scale, mode, float(sparse_ratio), float(kv_ratio), local_range, color_fix, tile_size,
-                       tile_overlap)
         source = clip if clip is not None else Clip.from_tensor(images, fps=24)
         progress = _PassProgress(source.info.frame_count or None, "FlashVSR")
         upscaled = upscale_clip(source, flashvsr_model.models, scale=scale, mode=mode,

@@ -81,6 +81,33 @@ def test_official_names_and_formats_load_like_the_fixture(tmp_path, fixture_weig
     assert torch.equal(v11.prompt, fixture_weights["prompt"]["context"].float())
 
 
+def test_v1_files_are_never_read_as_v1_1(tmp_path, fixture_weights):
+    models = tmp_path / "models"
+    write_fixture_copy(models / "FlashVSR", fixture_weights)
+    roots = [models, models / "FlashVSR"]
+    with pytest.raises(ModelNotFoundError) as caught:
+        find_model_files(roots, "v1.1")
+    message = str(caught.value)
+    assert str(models / "FlashVSR-v1.1") in message and str(models / "FlashVSR" / "FlashVSR-v1.1") in message
+    assert f"Not read for v1.1: {models / 'FlashVSR'}" in message
+    assert find_model_files(roots, "v1")["dit"] == models / "FlashVSR" / "dit.safetensors"
+
+
+def test_v1_1_files_are_never_read_as_v1(tmp_path, fixture_weights):
+    folder = write_fixture_copy(tmp_path / "models" / "FlashVSR-v1.1", fixture_weights)
+    for roots in (folder, tmp_path / "models", [tmp_path / "models", folder]):
+        with pytest.raises(ModelNotFoundError, match="FlashVSR v1 model files not found"):
+            find_model_files(roots, "v1")
+    assert find_model_files(folder, "v1.1")["lq_proj"] == folder / "lq_proj.safetensors"
+
+
+def test_v1_1_in_a_subfolder_of_the_v1_folder_is_found(tmp_path, fixture_weights):
+    v1 = write_fixture_copy(tmp_path / "FlashVSR", fixture_weights)
+    v11 = write_fixture_copy(v1 / "FlashVSR-v1.1", fixture_weights)
+    assert find_model_files(v1, "v1.1")["dit"] == v11 / "dit.safetensors"
+    assert find_model_files(v1, "v1")["dit"] == v1 / "dit.safetensors"
+
+
 @pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16),
                                                   ("fp32", torch.float32)])
 def test_weights_are_cast_to_the_requested_precision(tmp_path, fixture_weights, precision, dtype):

@@ -96,6 +96,29 @@ def test_loader_names_the_folders_it_searched(env):
     assert "LQ_proj_in.ckpt" in message
 
 
+def test_loader_never_reads_v1_files_as_v1_1(tmp_path, monkeypatch):
+    if not (FIXTURE / "dit.safetensors").is_file():
+        pytest.skip(f"golden fixture absent in {FIXTURE}")
+    monkeypatch.setenv("VSRKIT_HOME", str(tmp_path))
+    v1 = tmp_path / "models" / "FlashVSR"
+    v1.mkdir(parents=True)
+    for name in FILES:
+        shutil.copy(FIXTURE / name, v1 / name)
+    with pytest.raises(ModelNotFoundError) as caught:
+        FlashVSRLoader().load(version="v1.1", precision="fp32", device="cpu")
+    message = str(caught.value)
+    assert str(tmp_path / "models" / "FlashVSR-v1.1") in message
+    assert str(v1 / "FlashVSR-v1.1") in message
+    # v1.1 files in a FlashVSR-v1.1 subfolder of models/FlashVSR are found, and v1 still reads its own.
+    (v1 / "FlashVSR-v1.1").mkdir()
+    for name in FILES:
+        shutil.copy(FIXTURE / name, v1 / "FlashVSR-v1.1" / name)
+    (v11,) = FlashVSRLoader().load(version="v1.1", precision="fp32", device="cpu")
+    assert v11.models.files["dit"] == v1 / "FlashVSR-v1.1" / "dit.safetensors"
+    (v1_model,) = FlashVSRLoader().load(version="v1", precision="fp32", device="cpu")
+    assert v1_model.models.files["dit"] == v1 / "dit.safetensors"
+
+
 def test_upscale_images_gives_every_frame_at_exact_size(model):
     images = frames_of(3, 18, 22)
     clip, out = FlashVSRUpscale().upscale(model, scale=4, images=images, seed=7)

@@ -120,16 +120,31 @@ def resolve_dtype(precision: str | torch.dtype, device: torch.device) -> torch.d
 
 
 def candidate_folders(model_dir: str | Path, version: str) -> list[Path]:
-    """Where a version's files may be: the folder itself, then its `FlashVSR[-v1.1]` subfolder."""
+    """Where a version's files may be: the folder itself, then its `FlashVSR[-v1.1]` subfolder.
+
+    A folder named after the other version (`FlashVSR` when v1.1 is asked for, `FlashVSR-v1.1`
+    for v1) is never a candidate: both versions' files have the same names, keys and shapes,
+    so reading v1 weights as v1.1 (or the reverse) would load silently and upscale wrongly.
+    """
     root = Path(model_dir).expanduser()
+    if root.name.casefold() == VERSION_FOLDERS[version].casefold():
+        return [root]
+    if _names_other_version(root, version):
+        return [root / VERSION_FOLDERS[version]]
     return [root, root / VERSION_FOLDERS[version]]
+
+
+def _names_other_version(folder: Path, version: str) -> bool:
+    return any(folder.name.casefold() == name.casefold() for v, name in VERSION_FOLDERS.items() if v != version)
 
 
 def find_model_files(model_dirs: str | Path | Sequence[str | Path], version: str = "v1.1") -> dict[str, Path]:
     """The four files of `version`, all from one folder; `ModelNotFoundError` says what is missing where.
 
-    `model_dirs` is a folder or a list of folders; each is searched as is and through
-    its `FlashVSR` / `FlashVSR-v1.1` subfolder. The first folder that has the DiT wins.
+    `model_dirs` is a folder or a list of folders; each is searched as is and through its
+    `FlashVSR` (v1) or `FlashVSR-v1.1` (v1.1) subfolder, skipping folders named after the
+    other version (`candidate_folders`). The first folder, in that order, that holds all four
+    files wins; when none does, the error names the folder with the most of them.
     """
     check_version(version)
     roots = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
@@ -158,8 +173,11 @@ def find_model_files(model_dirs: str | Path | Sequence[str | Path], version: str
         )
     searched = ", ".join(str(f) for f in folders)
     expected = "; ".join(f"{COMPONENT_NAMES[c]}: {' or '.join(names)}" for c, names in COMPONENT_FILES.items())
+    skipped = [str(Path(root).expanduser()) for root in roots if _names_other_version(Path(root), version)]
+    note = (f" Not read for {version}: {', '.join(skipped)} (named after the other version, whose files "
+            "look the same).") if skipped else ""
     raise ModelNotFoundError(
-        f"FlashVSR {version} model files not found. Searched: {searched}. Expected in one folder "
+        f"FlashVSR {version} model files not found. Searched: {searched}.{note} Expected in one folder "
         f"(named {VERSION_FOLDERS[version]}): {expected}; {DOWNLOAD_HINT}"
     )
 
