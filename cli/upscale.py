@@ -7,8 +7,11 @@ engine -> save_clip, pulled chunk by chunk.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+from ..engines.progress import ConsoleProgress
 
 
 def register(subparsers) -> None:
@@ -34,21 +37,65 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+class MegabyteProgress(ConsoleProgress):
+    """A console bar fed with bytes (model downloads), shown in MB."""
+
+    def __init__(self, total: int | None, desc: str, quiet: bool = False):
+        super().__init__(None if total is None else max(1, total // 2**20), desc, unit="MB", quiet=quiet)
+        self._bytes = 0
+
+    def advance(self, n: int = 1) -> None:
+        self._bytes += n
+        self.done = self._bytes // 2**20
+        self._report()
+
+    def set_total(self, total: int | None) -> None:
+        super().set_total(None if total is None else max(1, total // 2**20))
+
+
+def realesrgan_stage(clip, args: argparse.Namespace):
+    """Resolve the model (default realesr-animevideov3 at --scale), say which one and where it came
+    from, and return the lazily upscaled clip."""
+    import torch
+
+    from ..engines.errors import InputError
+    from ..engines.realesrgan.inference import default_device
+    from ..engines.realesrgan.models import DEFAULT_MODEL_FOR_SCALE, load_model, standalone_model_dir
+    from ..engines.realesrgan.upscale import upscale_clip
+
+    name = args.model
+    if not name:
+        if args.scale not in DEFAULT_MODEL_FOR_SCALE:
+            raise InputError(f"--scale {args.scale}: the default model realesr-animevideov3 comes in x2, x3 and x4; "
+                             "choose one of those or pass --model")
+        name = DEFAULT_MODEL_FOR_SCALE[args.scale]
+
+    def console(total: int | None, desc: str, unit: str):
+        if unit == "bytes":
+            return MegabyteProgress(total, desc, quiet=args.quiet)
+        return ConsoleProgress(total, desc, unit=unit, quiet=args.quiet)
+
+    model = load_model(name, [standalone_model_dir()], progress=console)
+    if not args.quiet:
+        print(f"model: {model.describe()}\n  source: {model.origin}", file=sys.stderr)
+    if str(args.device or default_device().type).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engines.decode import open_clip
-    from ..engines.encode import EncodeOptions, save_clip
+    from ..engines.encode import EncodeOptions, planned_output, save_clip
     from ..engines.preprocess import deinterlace_clip, denoise_clip
-    from ..engines.progress import ConsoleProgress
 
     started = time.monotonic()
+    planned_output(args.output, args.codec)
     clip = open_clip(args.input)
     clip = deinterlace_clip(clip, mode=args.deinterlace)
     if args.denoise != "none":
         clip = denoise_clip(clip, preset=args.denoise)
     if args.engine == "realesrgan":
-        from ..engines.realesrgan.upscale import upscale_clip_cli
-
-        clip = upscale_clip_cli(clip, args)
+        clip = realesrgan_stage(clip, args)
     else:
         from ..engines.flashvsr.upscale import upscale_clip_cli
 

@@ -91,6 +91,9 @@ def test_quiet_prints_only_the_summary_and_existing_outputs_are_kept(tmp_path, o
     again = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "4", "--quiet", env=offline_home)
     assert again.returncode == 1 and out.stat().st_mtime_ns == stamp
     assert "exists" in again.stderr
+    # The taken output is refused before any model is looked up (or downloaded).
+    early = vsrkit("upscale", str(tiny), "-o", str(out), "--model", "no-such-model", "--quiet", env=offline_home)
+    assert early.returncode == 1 and "exists" in early.stderr and "no-such-model" not in early.stderr
 
 
 def test_import_ncnn_command_writes_official_keys(tmp_path):

@@ -15,7 +15,7 @@ from vsrkit.engines.realesrgan.inference import Upscaler, plan_tiles
 from vsrkit.engines.realesrgan.models import RealESRGANModel, load_model_file, package_models_dir
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
-from vsrkit.engines.realesrgan.upscale import upscale_clip, upscale_images
+from vsrkit.engines.realesrgan.upscale import upscale_clip
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_clip_streams_every_frame_in_bounded_chunks(animevideo):
     per_frame = torch.cat([Upscaler(animevideo[2], device="cpu").upscale(f[None]) for f in frames])
     assert out.shape == (7, 30, 38, 3)
     assert _levels(out, per_frame) <= 1
-    assert _levels(upscale_images(frames, animevideo[2]), out) <= 1
+    assert _levels(upscale_clip(Clip.from_tensor(frames, fps=1), animevideo[2]).to_tensor(), out) <= 1
 
 
 def test_precision_and_device_choices(animevideo, real_frame):

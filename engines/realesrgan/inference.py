@@ -31,8 +31,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError))
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Exact output size: each side times `scale`, rounded (so x2, x3, x4 give exactly k x the input)."""
+    return round(height * scale), round(width * scale)
 
 
 def default_device() -> torch.device:
@@ -40,7 +45,7 @@ def default_device() -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' is fp16 on CUDA (bf16 where fp16 is unavailable), fp32 elsewhere."""
+    """'auto' is fp16 on CUDA, fp32 elsewhere."""
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -223,7 +228,7 @@ class Upscaler:
         self.tuned_cpu = model.uses_cpu_kernels(self.device, self.dtype, cpu_kernels)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        return round(height * self.scale), round(width * self.scale)
+        return output_size(height, width, self.scale)
 
     def _plan(self, height: int, width: int, frames: int) -> TilePlan:
         if self.plan is None:
