@@ -11,7 +11,7 @@ import torch
 
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError
-from vsrkit.engines.realesrgan.inference import Upscaler, plan_tiles
+from vsrkit.engines.realesrgan.inference import Upscaler, bytes_per_input_pixel, plan_tiles
 from vsrkit.engines.realesrgan.models import RealESRGANModel, load_model_file, package_models_dir
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
@@ -183,3 +183,13 @@ def test_precision_and_device_choices(animevideo, real_frame):
     bf16 = Upscaler(animevideo[2], device="cpu", precision="bf16").upscale(small)
     assert animevideo[2].net.body[0].weight.dtype == torch.float32
     assert float((bf16 - fp32).abs().mean()) < 2 / 255
+
+
+def test_memory_estimate_follows_the_rrdbnet_width():
+    """Community ESRGAN models come in other widths; the tile plan must use the real one."""
+    narrow = RealESRGANModel(RRDBNet(num_feat=32, num_block=1, num_grow_ch=16), "RRDBNet", 4, "narrow")
+    standard = RealESRGANModel(RRDBNet(num_feat=64, num_block=1, num_grow_ch=16), "RRDBNet", 4, "standard")
+    narrow_bytes = bytes_per_input_pixel(narrow, torch.float32)
+    assert narrow_bytes < bytes_per_input_pixel(standard, torch.float32)
+    assert narrow_bytes == bytes_per_input_pixel(
+        RealESRGANModel(RRDBNet(num_feat=32, num_block=2, num_grow_ch=32), "RRDBNet", 4, "deeper"), torch.float32)
