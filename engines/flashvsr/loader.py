@@ -88,13 +88,10 @@ class FlashVSRModels(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return self.dit.patch_embedding.weight.dtype
+        return self.dit.dtype
 
     def current_device(self) -> torch.device:
-        return self.dit.patch_embedding.weight.device
-
-    def weight_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters())
+        return self.dit.device
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

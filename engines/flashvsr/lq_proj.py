@@ -99,8 +99,6 @@ class LQProjector(nn.Module):
     (spatial tiles); calls without a state use the module's own.
     """
 
-    variant = ""
-
     def __init__(self, in_dim: int = 3, out_dim: int = 1536, hidden_dim1: int = 2048,
                  hidden_dim2: int = 3072, layer_num: int = 1):
         super().__init__()
@@ -172,8 +170,6 @@ class LQProjector(nn.Module):
 class CausalLQProjector(LQProjector):
     """v1.1 (`Causal_LQ4x_Proj`): each convolution sees the previous call's last two frames."""
 
-    variant = "v1.1"
-
     def _warm_up(self, x: torch.Tensor, state: ProjectorState) -> None:
         hidden = self._first_stage(x, None)
         state.cache1 = x[:, :, -CACHE_FRAMES:].clone()
@@ -189,8 +185,6 @@ class CausalLQProjector(LQProjector):
 
 class BufferLQProjector(LQProjector):
     """v1 (`Buffer_LQ4x_Proj`): each 4-frame group is padded with its own last two frames."""
-
-    variant = "v1"
 
     def _warm_up(self, x: torch.Tensor, state: ProjectorState) -> None:
         """Nothing carries over between v1 groups, so frame 0's warm-up group has no effect."""

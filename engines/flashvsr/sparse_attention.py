@@ -142,9 +142,6 @@ class WindowKVCache:
     def slices(self) -> int:
         return self.k.shape[0] // self.windows_per_slice
 
-    def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
-
 
 def extend_cache(cache: WindowKVCache | None, k_windows: torch.Tensor, v_windows: torch.Tensor,
                  windows_per_slice: int, kv_len: int) -> WindowKVCache:

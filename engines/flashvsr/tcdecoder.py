@@ -152,10 +152,6 @@ class TCDecoder(nn.Module):
         """Channels of the DiT latent (the input minus the LQ condition): 16."""
         return self.latent_channels - self.cond_channels
 
-    @property
-    def space_factor(self) -> int:
-        return 2 ** sum(isinstance(layer, Upsample) for layer in self.decoder)
-
     def reset(self) -> None:
         """Forget the module's own stream: the next `decode` call starts a new clip."""
         self.state = DecoderState()

@@ -113,12 +113,11 @@ class RMSNorm(nn.Module):
 
 @dataclasses.dataclass
 class ChunkGeometry:
-    """Token grid of one chunk and where it sits in time."""
+    """Token grid of one chunk."""
 
     frames: int
     token_h: int
     token_w: int
-    first_frame: int
 
 
 class AttentionProjections(nn.Module):
@@ -322,7 +321,7 @@ class WanDiT(nn.Module):
         check_token_grid(token_h, token_w)
         if frames % WINDOW[0]:
             raise ValueError(f"a chunk needs an even number of latent frames, got {frames}")
-        geometry = ChunkGeometry(frames, token_h, token_w, first_frame)
+        geometry = ChunkGeometry(frames, token_h, token_w)
         rope = Rope.build(self.head_dim, first_frame, frames, token_h, token_w, x.device, x.dtype)
         caches = list(caches) if caches is not None else [None] * len(self.blocks)
         lq_tokens = list(lq_tokens) if lq_tokens is not None else []
