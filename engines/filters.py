@@ -222,12 +222,16 @@ def _add_filter(graph: av.filter.Graph, step: FilterStep) -> av.filter.context.F
     return graph.add(step.filter, ":".join(f"{key}={value}" for key, value in options.items()))
 
 
+def time_base_for(fps: Fraction | None) -> Fraction:
+    """The filter graph's time base: one frame, or 1/25 s when the rate is unknown."""
+    return Fraction(1) / fps if fps else Fraction(1, 25)
+
+
 class FilterRunner:
     """One live filter graph: push frames in, get filtered frames out, flush at the end."""
 
     def __init__(self, steps: Sequence[FilterStep], width: int, height: int, pix_fmt: str,
                  time_base: Fraction):
-        self.pix_fmt = pix_fmt
         self.time_base = time_base
         self._graph = av.filter.Graph()
         node = self._graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=time_base)
@@ -283,7 +287,7 @@ def _to_ints(frames: torch.Tensor, layout: PixelLayout) -> np.ndarray:
     return np.rint(values, out=values).astype(layout.dtype)
 
 
-def _from_frame(frame: av.VideoFrame, expected: str, layout: PixelLayout) -> np.ndarray:
+def _from_frame(frame: av.VideoFrame, expected: str) -> np.ndarray:
     if frame.format.name != expected:
         raise RuntimeError(f"filter graph returned {frame.format.name}, expected {expected}")
     return frame.to_ndarray()
@@ -307,7 +311,7 @@ def filter_chunks(chunks: Iterable[torch.Tensor], steps: Sequence[FilterStep], *
     does not double the chunk size downstream stages receive.
     """
     layout = layout_for(list(steps) + list(alpha_steps or []))
-    time_base = Fraction(1) / fps if fps else Fraction(1, 25)
+    time_base = time_base_for(fps)
     rgb_runner = FilterRunner(steps, width, height, layout.rgb, time_base)
     alpha_runner: FilterRunner | None = None
     rgb_out: list[np.ndarray] = []
@@ -339,7 +343,7 @@ def filter_chunks(chunks: Iterable[torch.Tensor], steps: Sequence[FilterStep], *
         ints = _to_ints(chunk, layout)
         for index, frame in enumerate(ints):
             rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[..., :3]), format=layout.rgb)
-            rgb_out.extend(_from_frame(f, layout.rgb, layout) for f in rgb_runner.push(rgb))
+            rgb_out.extend(_from_frame(f, layout.rgb) for f in rgb_runner.push(rgb))
             if not has_alpha:
                 continue
             if alpha_steps is None:
@@ -348,11 +352,11 @@ def filter_chunks(chunks: Iterable[torch.Tensor], steps: Sequence[FilterStep], *
             if alpha_runner is None:
                 alpha_runner = FilterRunner(alpha_steps, width, height, layout.alpha, time_base)
             alpha = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[..., 3]), format=layout.alpha)
-            alpha_out.extend(_from_frame(f, layout.alpha, layout) for f in alpha_runner.push(alpha))
+            alpha_out.extend(_from_frame(f, layout.alpha) for f in alpha_runner.push(alpha))
         yield from ready()
         if progress is not None:
             progress.advance(int(chunk.shape[0]))
-    rgb_out.extend(_from_frame(f, layout.rgb, layout) for f in rgb_runner.flush())
+    rgb_out.extend(_from_frame(f, layout.rgb) for f in rgb_runner.flush())
     if alpha_runner is not None:
-        alpha_out.extend(_from_frame(f, layout.alpha, layout) for f in alpha_runner.flush())
+        alpha_out.extend(_from_frame(f, layout.alpha) for f in alpha_runner.flush())
     yield from ready()

@@ -32,6 +32,7 @@ from .filters import (
     filter_chunks,
     make_step,
     run_on_frames,
+    time_base_for,
 )
 from .progress import Progress
 
@@ -138,7 +139,7 @@ def _luma_frames(clip: Clip, limit: int) -> Iterator[av.VideoFrame]:
 def detect_interlacing(clip: Clip, frames: int = DETECT_FRAMES) -> InterlaceVerdict:
     """idet over the first `frames` frames of a clip (a separate, short pass over its source)."""
     frames = DETECT_FRAMES_RANGE.check(frames, "deinterlace")
-    time_base = Fraction(1) / clip.info.fps if clip.info.fps else Fraction(1, 25)
+    time_base = time_base_for(clip.info.fps)
     return detect_interlacing_frames(_luma_frames(clip, frames), time_base)
 
 
@@ -159,7 +160,7 @@ def interlace_report(path: str | Path, frames: int = DETECT_FRAMES, stream_index
         names = {0: "unknown", 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
         raw = stream.codec_context.field_order
         metadata = normalize_field_order(names.get(int(raw), raw) if isinstance(raw, int) else raw)
-        time_base = Fraction(1) / stream.average_rate if stream.average_rate else Fraction(1, 25)
+        time_base = time_base_for(stream.average_rate)
         decoded = itertools.islice(container.decode(stream), frames)
         verdict = detect_interlacing_frames(decoded, time_base)
     return {"field_order": metadata, "idet": verdict.to_dict()}
