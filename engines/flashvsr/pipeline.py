@@ -29,14 +29,13 @@ import torch.nn.functional as F
 from ..progress import Progress
 from .colorfix import METHODS as COLOR_FIX_METHODS
 from .colorfix import color_fix as apply_color_fix
-from .lq_proj import LQProjector, ProjectorState
+from .lq_proj import FRAMES_PER_LATENT, LQProjector, ProjectorState
 from .sparse_attention import SparseSettings, WindowKVCache
 from .tcdecoder import DecoderState, TCDecoder
 from .wan_dit import WanDiT
 
 FIRST_CHUNK_LATENTS = 6
 NEXT_CHUNK_LATENTS = 2
-FRAMES_PER_LATENT = 4
 LOOKAHEAD_FRAMES = 4
 MIN_PADDED_FRAMES = 25
 SIZE_MULTIPLE = 128
@@ -171,13 +170,14 @@ def plan_tiles(height: int, width: int, tile_size: int = 0, overlap: int = 128) 
             for y in _axis_tiles(height, tile_h, overlap) for x in _axis_tiles(width, tile_w, overlap)]
 
 
-def _axis_feather(start: int, size: int, others: list[int], tile: int) -> torch.Tensor:
-    """Weights along one axis: 1 inside, linear ramps across the overlaps with neighbouring tiles."""
+def _axis_feather(start: int, size: int, others: list[int]) -> torch.Tensor:
+    """Weights along one axis: 1 inside, linear ramps across the overlaps with the neighbouring
+    tiles starting at `others` (all tiles along an axis are `size` long)."""
     weight = torch.ones(size, dtype=torch.float64)
     position = torch.arange(start, start + size, dtype=torch.float64) + 0.5
     for other in others:
-        if other < start < other + tile:
-            ramp = (position - start) / (other + tile - start)
+        if other < start < other + size:
+            ramp = (position - start) / (other + size - start)
             weight = torch.minimum(weight, ramp.clamp(0, 1))
         elif start < other < start + size:
             ramp = (start + size - position) / (start + size - other)
@@ -189,8 +189,8 @@ def feather_weights(tile: Tile, tiles: list[Tile]) -> torch.Tensor:
     """[height, width] blend weights of `tile` among `tiles`; they sum to 1 over the frame."""
     rows = sorted({t.y0 for t in tiles})
     cols = sorted({t.x0 for t in tiles})
-    wy = _axis_feather(tile.y0, tile.height, [r for r in rows if r != tile.y0], tile.height)
-    wx = _axis_feather(tile.x0, tile.width, [c for c in cols if c != tile.x0], tile.width)
+    wy = _axis_feather(tile.y0, tile.height, [r for r in rows if r != tile.y0])
+    wx = _axis_feather(tile.x0, tile.width, [c for c in cols if c != tile.x0])
     return (wy[:, None] * wx[None, :]).float()
 
 
