@@ -58,6 +58,8 @@ def _core(job: str, source: str, target: str, frames: int, preset: str, crf: int
                 break
         batch = torch.stack(images)
         del images
+        if job == "decode":
+            return batch.shape[0]
         rate = Fraction(container.streams.video[0].average_rate)
         audio = None
         if container.streams.audio:
@@ -65,8 +67,6 @@ def _core(job: str, source: str, target: str, frames: int, preset: str, crf: int
             stream = container.streams.audio[0]
             pieces = [f.to_ndarray() for packet in container.demux(stream) for f in packet.decode()]
             audio = (torch.from_numpy(np.concatenate(pieces, axis=1))[None], stream.sample_rate)
-    if job == "decode":
-        return batch.shape[0]
     with av.open(target, mode="w") as output:
         video = output.add_stream("libx264", rate=Fraction(round(rate * 1000), 1000),
                                   options={"crf": str(crf), "preset": preset})
