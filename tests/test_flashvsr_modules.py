@@ -66,7 +66,10 @@ def lq_video(case: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_official_dit_matches_manifest(manifest):
     shapes = manifest["diffusion_pytorch_model_streaming_dmd.safetensors"]
     config = dit_config_from_shapes(shapes, _heads(shapes, None))
-    assert (config["dim"], config["num_heads"], config["num_layers"], config["ffn_dim"]) == (1536, 12, 30, 8960)
+    assert config == {"dim": 1536, "in_dim": 16, "ffn_dim": 8960, "out_dim": 16, "text_dim": 4096, "freq_dim": 256,
+                      "patch_size": (1, 2, 2), "num_heads": 12, "num_layers": 30}
+    # Without a head count, dit_config_from_shapes infers Wan's dim / 128 itself.
+    assert dit_config_from_shapes(shapes) == config
     with torch.device("meta"):
         built = WanDiT(**config)
         default = WanDiT()
@@ -116,15 +119,6 @@ def test_fixture_loads_strictly_with_sizes_from_shapes(models, fixture_dir):
     assert not torch.equal(models.tcdecoder.decoder[3].weight, torch.nn.init.dirac_(torch.empty(32, 32, 3, 3)))
     prompt = load_file(str(fixture_dir / "prompt.safetensors"))["context"]
     assert torch.equal(models.prompt, prompt.float())
-
-
-def test_prompt_embedding_and_cross_kv_match_fixture(models, fixture_dir):
-    debug = load_file(str(fixture_dir / "case_A_debug.safetensors"))
-    kv = models.dit.embed_prompt(models.prompt)
-    torch.testing.assert_close(kv.embedded, debug["text_context_embedded"], **FP32)
-    for block in range(len(models.dit.blocks)):
-        torch.testing.assert_close(kv.k[block], debug[f"cross_attn_cache_k.block{block}"], **FP32)
-        torch.testing.assert_close(kv.v[block], debug[f"cross_attn_cache_v.block{block}"], **FP32)
 
 
 # ---------------------------------------------------------------- LQ projector

@@ -240,15 +240,28 @@ def test_real_clips_decode_with_their_true_frame_counts(footage, caplog, name, c
     assert 0.02 < float(torch.stack(frames).mean()) < 0.98
 
 
+def _unique_index_rgb(index: int) -> np.ndarray:
+    """A 16x16 frame showing `index` whole: index % 28 in the top half, index // 28 in the bottom half."""
+    return np.concatenate([testsrc.index_rgb(index % 28, 16, 8), testsrc.index_rgb(index // 28, 16, 8)])
+
+
+def _unique_index_of(frame: torch.Tensor) -> int:
+    return testsrc.index_of(frame[:8].numpy()) + 28 * testsrc.index_of(frame[8:].numpy())
+
+
 @pytest.mark.parametrize("force_fps", [None, 30])
 def test_long_skip_seeks_and_still_lands_on_the_exact_frame(tmp_path, caplog, force_fps):
-    path = testsrc.write_video(tmp_path / "long.mp4", (testsrc.index_rgb(i, 16, 16) for i in range(300)), 30,
+    path = testsrc.write_video(tmp_path / "long.mp4", (_unique_index_rgb(i) for i in range(300)), 30,
                                options={"g": "12", "crf": "0"})
     with caplog.at_level(logging.DEBUG, logger="vsrkit.engines.decode"):
         clip = open_clip(path, skip_first=200, max_frames=5, force_fps=force_fps)
-        shown = [testsrc.index_of(f.numpy()) for f in _frames(clip)]
-    assert shown == [(200 + i) % 28 for i in range(5)]
+        seeked = clip.to_tensor()
     assert "seeked" in caplog.text
+    assert [_unique_index_of(f) for f in seeked] == [200, 201, 202, 203, 204]
+    # The same frames as decoding the whole (lossless) file from the start with the same settings.
+    linear = open_clip(path, force_fps=force_fps).to_tensor()
+    assert linear.shape[0] == 300 and [_unique_index_of(f) for f in linear] == list(range(300))
+    assert torch.equal(seeked, linear[200:205])
 
 
 @pytest.mark.parametrize("pix_fmt,container", [("nv12", "nut"), ("yuyv422", "nut"), ("uyvy422", "avi"),

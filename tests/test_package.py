@@ -1,7 +1,22 @@
 """The pack's skeleton: importable by pip name, mappings well formed, no ComfyUI import."""
 
+from __future__ import annotations
+
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+import vsrkit
+
+PACKAGE = "vsrkit"
+PACKAGE_ROOT = Path(vsrkit.__file__).resolve().parent
+# ComfyUI's top-level modules (and the host's `nodes`), which engines must never import.
+COMFY_MODULES = frozenset({"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server",
+                           "execution", "latent_preview", "node_helpers", "nodes"})
+NODES_PACKAGE = f"{PACKAGE}.nodes"
 
 
 def test_node_mappings_are_consistent():
@@ -20,13 +35,117 @@ def test_node_mappings_are_consistent():
                 assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
 
 
+def _forbidden(module: str) -> bool:
+    """Whether absolute module `module` is ComfyUI's or the pack's own nodes package."""
+    return module.split(".")[0] in COMFY_MODULES or module == NODES_PACKAGE or module.startswith(NODES_PACKAGE + ".")
+
+
+def _resolve(package: str, level: int, module: str | None) -> str | None:
+    """The absolute name `from <level dots><module>` means inside `package` (None: above the top)."""
+    parts = package.split(".")
+    if level > len(parts):
+        return None
+    base = parts[: len(parts) - (level - 1)]
+    return ".".join(base + ([module] if module else []))
+
+
+def _imported_names(node: ast.AST, package: str) -> list[str]:
+    """Absolute module names an import statement or import call may load (empty when it is neither)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        if node.level == 0:
+            base = node.module or ""
+        else:
+            base = _resolve(package, node.level, node.module)
+            if base is None:
+                return [f"{'.' * node.level}{node.module or ''} (beyond the top-level package)"]
+        # `from X import y` may load the submodule X.y as well as X itself.
+        return [base] + [f"{base}.{alias.name}" if base else alias.name for alias in node.names]
+    if isinstance(node, ast.Call) and node.args:
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+        first = node.args[0]
+        if name in ("import_module", "__import__") and isinstance(first, ast.Constant) and isinstance(first.value, str):
+            text = first.value
+            if text.startswith("."):
+                level = len(text) - len(text.lstrip("."))
+                resolved = _resolve(package, level, text.lstrip(".") or None)
+                return [resolved if resolved is not None else f"{text} (beyond the top-level package)"]
+            return [text]
+    return []
+
+
+def comfy_imports(path: Path, package: str) -> list[str]:
+    """`file:line: ...` for each import in `path` (a module of `package`) of ComfyUI or of the pack's
+    nodes: import statements anywhere (guarded or not), relative imports, importlib.import_module
+    and __import__ with a literal name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        bad = [m for m in _imported_names(node, package) if _forbidden(m) or m.endswith("top-level package)")]
+        if bad:
+            found.append(f"{path}:{node.lineno}: imports {bad[0]}")
+    return sorted(found, key=lambda line: int(line[len(f"{path}:"):].split(":")[0]))
+
+
+def _package_of(path: Path) -> str:
+    """The package a file of the pack belongs to, as Python sets __package__ for it."""
+    return ".".join([PACKAGE, *path.resolve().parent.relative_to(PACKAGE_ROOT).parts])
+
+
+def test_engine_sources_never_import_comfyui_or_the_nodes():
+    files = sorted((PACKAGE_ROOT / "engines").rglob("*.py"))
+    assert len(files) > 20 and PACKAGE_ROOT / "engines" / "realesrgan" / "models.py" in files
+    found = [line for path in files for line in comfy_imports(path, _package_of(path))]
+    assert not found, "engines must stay ComfyUI-free:\n" + "\n".join(found)
+
+
+ENGINES = f"{PACKAGE}.engines"
+REALESRGAN = f"{PACKAGE}.engines.realesrgan"
+
+
+@pytest.mark.parametrize("package,source,bad_lines", [
+    (ENGINES, "from ..nodes import host\n", [1]),
+    (REALESRGAN, "from ...nodes.realesrgan import RealESRGANLoader\n", [1]),
+    (REALESRGAN, "from ... import nodes\n", [1]),
+    (ENGINES, "from vsrkit.nodes import host\nfrom vsrkit import nodes\n", [1, 2]),
+    (ENGINES, "import vsrkit.nodes.host as h\n", [1]),
+    (ENGINES, "try:\n    import folder_paths\nexcept ImportError:\n    folder_paths = None\n", [2]),
+    (ENGINES, "from ..nodes import host\ntry:\n    import folder_paths\nexcept ImportError:\n    pass\n", [1, 3]),
+    (REALESRGAN, "def f():\n    from comfy.model_management import get_torch_device\n", [2]),
+    (ENGINES, "import os, comfy_api.latest\nfrom comfy_extras import nodes_upscale_model\n", [1, 2]),
+    (ENGINES, "import server\nimport execution\nimport latent_preview\nimport node_helpers\nimport nodes\n",
+     [1, 2, 3, 4, 5]),
+    (ENGINES, "from comfy_execution.graph import ExecutionBlocker\n", [1]),
+    (ENGINES, "import importlib\nmodel_management = importlib.import_module('comfy.model_management')\n", [2]),
+    (ENGINES, "from importlib import import_module\nx = import_module('folder_paths')\n", [2]),
+    (ENGINES, "x = __import__('nodes')\n", [1]),
+    (REALESRGAN, "import importlib\nx = importlib.import_module('...nodes.host', __package__)\n", [2]),
+    (ENGINES, "from ... import anything\n", [1]),
+    # allowed: the engines' own modules, look-alike names, names the scan cannot read
+    (REALESRGAN, "from ..errors import InputError\nfrom .srvgg import SRVGGNetCompact\n", []),
+    (REALESRGAN, "from ..nodes import x\n", []),  # vsrkit.engines.nodes, not the pack's nodes
+    (ENGINES, "from .. import engines\nimport comfyui_like\nimport nodes_helper\nimport serverless\n", []),
+    (ENGINES, "import importlib\nname = 'x'\nimportlib.import_module(name)\nimportlib.util.find_spec('os')\n", []),
+])
+def test_comfy_import_scan_catches_violations(tmp_path, package, source, bad_lines):
+    """The scan itself, on a stand-in module probe.py of `package`: it names the file and each bad line."""
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    found = comfy_imports(path, package)
+    assert all(line.startswith(f"{path}:") for line in found), found
+    assert [int(line[len(f"{path}:"):].split(":")[0]) for line in found] == bad_lines, found
+
+
 def test_engines_never_import_comfyui():
+    """Importing every engine module loads no ComfyUI module (vsrkit's own nodes come with the package)."""
     code = (
         "import sys, vsrkit.engines, pkgutil, importlib\n"
         "import vsrkit.engines as e\n"
         "for m in pkgutil.walk_packages(e.__path__, 'vsrkit.engines.'):\n"
         "    importlib.import_module(m.name)\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'comfy_api', 'nodes')]\n"
+        f"bad = [m for m in sys.modules if m.split('.')[0] in {sorted(COMFY_MODULES)!r}]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

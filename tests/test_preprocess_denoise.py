@@ -189,15 +189,27 @@ def test_options_reach_ffmpeg_only_as_formatted_numbers_and_fixed_constants():
 
 def test_nodes_run_on_clips_and_image_batches():
     dirty = noisy(clean_clip(count=5, height=32, width=48), 0.03)
-    (clip,) = NODE_CLASS_MAPPINGS["vsrkitDenoise"]().denoise(Clip.from_tensor(dirty, 25), method="fftdnoiz",
-                                                             preset="medium", strength=0.0, deblock=True,
-                                                             deblock_strength=0.5)
-    expected = denoise_clip(Clip.from_tensor(dirty, 25), preset="medium", deblock=True).to_tensor()
-    assert torch.equal(clip.to_tensor(), expected)
-    (images,) = NODE_CLASS_MAPPINGS["vsrkitDenoiseImages"]().denoise(dirty, method="nlmeans", preset="light",
-                                                                     strength=3.0, deblock=False,
-                                                                     deblock_strength=0.5)
-    assert torch.equal(images, denoise_images(dirty, method="nlmeans", strength=3.0))
+    for name in ("vsrkitDenoise", "vsrkitDenoiseImages"):
+        spec = NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["required"]
+        assert "atadenoise" in spec["method"][0] and "strong" in spec["preset"][0]
+        defaults = {key: spec[key][1]["default"] for key in ("method", "preset", "deblock_strength")}
+        assert defaults == {"method": "fftdnoiz", "preset": "medium", "deblock_strength": 0.5}
+    # Settings away from the defaults; each variant puts one back, so a node dropping it gives other frames.
+    cases = [
+        ({"method": "atadenoise", "preset": "strong", "strength": 0.0, "deblock": True, "deblock_strength": 0.8},
+         {"method": "fftdnoiz", "preset": "medium", "deblock": False, "deblock_strength": 0.5}),
+        ({"method": "nlmeans", "preset": "light", "strength": 3.0, "deblock": False, "deblock_strength": 0.5},
+         {"strength": None}),
+    ]
+    for settings, variants in cases:
+        engine = {**settings, "strength": settings["strength"] or None}  # node strength 0: use the preset
+        expected = denoise_images(dirty, **engine)
+        for key, default in variants.items():
+            assert not torch.equal(denoise_images(dirty, **{**engine, key: default}), expected), (settings, key)
+        (clip,) = NODE_CLASS_MAPPINGS["vsrkitDenoise"]().denoise(Clip.from_tensor(dirty, 25), **settings)
+        assert torch.equal(clip.to_tensor(), denoise_clip(Clip.from_tensor(dirty, 25), **engine).to_tensor())
+        (images,) = NODE_CLASS_MAPPINGS["vsrkitDenoiseImages"]().denoise(dirty, **settings)
+        assert torch.equal(images, expected)
     woven = torch.rand(4, 16, 16, 3)
     node = NODE_CLASS_MAPPINGS["vsrkitDeinterlace"]()
     progressive = Clip.from_tensor(woven, 25)

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError, ModelNotFoundError
-from vsrkit.engines.realesrgan.models import package_models_dir
+from vsrkit.engines.realesrgan.models import load_model, package_models_dir
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 from vsrkit.nodes.realesrgan import NODE_CLASS_MAPPINGS, RealESRGANLoader, RealESRGANUpscale
 
@@ -50,8 +50,16 @@ def test_loader_refuses_paths_and_reports_missing_models(home, monkeypatch):
     with pytest.raises(ModelNotFoundError) as error:
         RealESRGANLoader().load("RealESRGAN_x4plus")
     assert str(home) in str(error.value) and "RealESRGAN_x4plus.pth" in str(error.value)
-    with pytest.raises(ModelNotFoundError):
-        RealESRGANLoader().load("../../outside.safetensors")
+    # A valid model file outside the model folder (home is <tmp>/home/models/upscale_models).
+    home.mkdir(parents=True)
+    outside = home.parents[2] / "outside.safetensors"
+    save_file(SRVGGNetCompact(num_conv=2, upscale=2).state_dict(), str(outside))
+    assert load_model(str(outside), []).arch == "SRVGGNetCompact"  # loadable when paths are allowed
+    escape = "../../../outside.safetensors"
+    assert (home / escape).resolve() == outside.resolve()
+    for name in (str(outside), escape):
+        with pytest.raises(ModelNotFoundError):
+            RealESRGANLoader().load(name)
 
 
 def _model(home):
