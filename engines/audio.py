@@ -133,13 +133,17 @@ class _CopyWriter(AudioWriter):
         self.output = output
         self.start = track.start_seconds
         self.input = av.open(track.path)
-        source = self.input.streams[track.stream_index]
-        self.stream = output.add_stream_from_template(source)
-        self.time_base = source.time_base
-        self.offset = round(Fraction(self.start).limit_denominator(1_000_000) / self.time_base)
-        if self.start > 1.0:
-            self.input.seek(int(max(0.0, self.start - 1.0) / self.time_base), stream=source, backward=True)
-        self.packets = (p for p in self.input.demux(source) if p.size and p.pts is not None)
+        try:
+            source = self.input.streams[track.stream_index]
+            self.stream = output.add_stream_from_template(source)
+            self.time_base = source.time_base
+            self.offset = round(Fraction(self.start).limit_denominator(1_000_000) / self.time_base)
+            if self.start > 1.0:
+                self.input.seek(int(max(0.0, self.start - 1.0) / self.time_base), stream=source, backward=True)
+            self.packets = (p for p in self.input.demux(source) if p.size and p.pts is not None)
+        except BaseException:
+            self.close()
+            raise
         self.pending = None
         self.done = False
         log.info("copying %s audio from %s", info.codec, track.path)
@@ -222,6 +226,10 @@ class _EncodeWriter(AudioWriter):
             self.output.mux(packet)
         self.close()
 
+    def close(self) -> None:
+        """Close the sample source (and with it the audio file it decodes, if any)."""
+        self.source.close()
+
     def _write(self, target: int) -> None:
         while self.written < target:
             need = target - self.written
@@ -247,29 +255,37 @@ class _EncodeWriter(AudioWriter):
 def _aligned_samples(track: AudioTrack, rate: int, layout: str) -> Iterator[np.ndarray]:
     """Float32 [C, n] blocks whose first sample is at the clip's start, then silence forever."""
     channels = av.AudioLayout(layout).nb_channels
-    if track.path:
-        frames, first_time = _file_frames(track, rate, layout)
-    else:
-        frames, first_time = _waveform_frames(track, rate, layout), 0.0
-    lead = round((first_time - track.start_seconds) * rate)
-    skip = -lead if lead < 0 else 0
-    if lead > 0:
-        yield np.zeros((channels, lead), dtype=np.float32)
-    for block in frames:
-        if skip:
-            dropped = min(skip, block.shape[1])
-            block = block[:, dropped:]
-            skip -= dropped
-        if block.shape[1]:
-            yield block
-    silence = np.zeros((channels, 4096), dtype=np.float32)
-    while True:
-        yield silence
+    container = av.open(track.path) if track.path else None
+    try:  # close() on this generator (or its end) closes the file
+        if container is not None:
+            frames, first_time = _file_frames(container, track, rate, layout)
+        else:
+            frames, first_time = _waveform_frames(track, rate, layout), 0.0
+        lead = round((first_time - track.start_seconds) * rate)
+        skip = -lead if lead < 0 else 0
+        if lead > 0:
+            yield np.zeros((channels, lead), dtype=np.float32)
+        for block in frames:
+            if skip:
+                dropped = min(skip, block.shape[1])
+                block = block[:, dropped:]
+                skip -= dropped
+            if block.shape[1]:
+                yield block
+        if container is not None:
+            container.close()
+            container = None
+        silence = np.zeros((channels, 4096), dtype=np.float32)
+        while True:
+            yield silence
+    finally:
+        if container is not None:
+            container.close()
 
 
-def _file_frames(track: AudioTrack, rate: int, layout: str) -> tuple[Iterator[np.ndarray], float]:
-    """Decoded, resampled blocks from the file, and the time of the first one."""
-    container = av.open(track.path)
+def _file_frames(container: av.container.InputContainer, track: AudioTrack, rate: int,
+                 layout: str) -> tuple[Iterator[np.ndarray], float]:
+    """Decoded, resampled blocks from the open file, and the time of the first one (the caller closes it)."""
     stream = container.streams[track.stream_index]
     if track.start_seconds > 1.0:
         container.seek(int(max(0.0, track.start_seconds - 1.0) / stream.time_base), stream=stream, backward=True)
@@ -277,20 +293,16 @@ def _file_frames(track: AudioTrack, rate: int, layout: str) -> tuple[Iterator[np
     decoded = _decode_audio(container, stream)
     first = next(decoded, None)
     if first is None:
-        container.close()
         return iter(()), track.start_seconds
     first_time = float(first.pts * first.time_base) if first.pts is not None else 0.0
 
     def blocks() -> Iterator[np.ndarray]:
-        try:
-            for frame in _chain(first, decoded):
-                frame.pts = None
-                for out in resampler.resample(frame):
-                    yield out.to_ndarray().astype(np.float32, copy=False)
-            for out in resampler.resample(None):
+        for frame in _chain(first, decoded):
+            frame.pts = None
+            for out in resampler.resample(frame):
                 yield out.to_ndarray().astype(np.float32, copy=False)
-        finally:
-            container.close()
+        for out in resampler.resample(None):
+            yield out.to_ndarray().astype(np.float32, copy=False)
 
     return blocks(), first_time
 
@@ -354,12 +366,16 @@ def load_waveform(track: AudioTrack, duration: float) -> tuple[torch.Tensor, int
     total = round(duration * rate)
     blocks = []
     held = 0
-    for block in _aligned_samples(track, rate, layout):
-        take = block[:, :total - held]
-        blocks.append(take)
-        held += take.shape[1]
-        if held >= total:
-            break
+    source = _aligned_samples(track, rate, layout)
+    try:
+        for block in source:
+            take = block[:, :total - held]
+            blocks.append(take)
+            held += take.shape[1]
+            if held >= total:
+                break
+    finally:
+        source.close()
     channels = av.AudioLayout(layout).nb_channels
     samples = np.concatenate(blocks, axis=1) if blocks else np.zeros((channels, 0), dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(samples)), rate

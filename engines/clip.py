@@ -53,7 +53,6 @@ class AudioTrack:
     path: str | None = None
     stream_index: int = 0
     start_seconds: float = 0.0
-    duration_seconds: float | None = None
     waveform: torch.Tensor | None = None
     sample_rate: int | None = None
     codec: str | None = None
@@ -151,10 +150,20 @@ class Clip:
                 f"above the limit of {max_bytes / 2**30:.2f} GiB; raise the limit (max_gib), "
                 "take fewer frames, or keep the video as a streaming clip"
             )
-        parts = list(self.chunks())
-        if not parts:
-            return torch.zeros((0, self.info.height, self.info.width, self.info.channels))
-        return torch.cat(parts, dim=0)
+        shape = (self.info.height, self.info.width, self.info.channels)
+        claimed = self.info.frame_count
+        out = torch.empty((claimed, *shape), dtype=torch.float32)  # filled in place: no second copy
+        pos = 0
+        for chunk in self.chunks():
+            if tuple(chunk.shape[1:]) != shape:
+                raise ValueError(f"the clip delivered a chunk of shape {tuple(chunk.shape)}; its info says "
+                                 f"frames of {shape} (height, width, channels)")
+            if pos + chunk.shape[0] > claimed:
+                raise ValueError(f"the clip delivered more than the {claimed} frames its info claims; "
+                                 "the stage that made it reports a wrong frame_count")
+            out[pos:pos + chunk.shape[0]] = chunk
+            pos += chunk.shape[0]
+        return out[:pos]
 
 
 def to_fraction(fps: Fraction | float | int | str) -> Fraction:

@@ -35,12 +35,13 @@ import torch
 from .clip import AudioTrack, Clip, ClipInfo, ColorInfo, chunk_frames_for, to_fraction
 from .colors import SUPPORTED_MATRICES, canonical, yuv_to_rgb
 from .errors import InputError
-from .probe import MediaInfo, VideoStreamInfo, check_readable, open_container, probe
+from .probe import MediaInfo, VideoStreamInfo, check_readable, open_container, pix_fmt_traits, probe
 
 log = logging.getLogger(__name__)
 
 _PLANAR_YUV = re.compile(r"^(yuva?|yuvj)(444|422|420|440|411|410)p(9le|10le|12le|14le|16le)?$")
 _GRAY = re.compile(r"^gray(9le|10le|12le|14le|16le)?$")
+_GRAY_ALPHA = re.compile(r"^ya(8|16le|16be)$")
 DECODE_CHUNK_BYTES = 32 * 1024 * 1024
 """Float32 bytes per decoded chunk (two 720p frames, one 1080p frame). Larger chunks only raise
 peak memory and, above glibc's mmap threshold (32 MiB), pay fresh page faults for every chunk;
@@ -86,7 +87,7 @@ def open_clip(path: str | os.PathLike, *, skip_first: int = 0, max_frames: int =
     start_seconds = video.start_time + float(skip_first / timeline_fps)
     clip_info = ClipInfo(
         width=width, height=height, fps=out_fps, frame_count=count, channels=channels,
-        bit_depth=video.bit_depth, color=color, audio=_audio_track(info, start_seconds, count / out_fps),
+        bit_depth=video.bit_depth, color=color, audio=_audio_track(info, start_seconds),
         source_path=str(file), sar=video.sar if not rotation % 180 else 1 / video.sar,
         field_order=FIELD_ORDER_NAMES.get(video.field_order, "unknown"),
         extra={"vfr": video.vfr, "codec": video.codec, "pix_fmt": video.pix_fmt,
@@ -129,13 +130,12 @@ def _color_override(color: ColorInfo, matrix: str | None, color_range: str | Non
     return dataclasses.replace(color, tagged=True, **changes)
 
 
-def _audio_track(info: MediaInfo, start_seconds: float, duration: float) -> AudioTrack | None:
+def _audio_track(info: MediaInfo, start_seconds: float) -> AudioTrack | None:
     audio = info.audio
     if audio is None:
         return None
     return AudioTrack(path=info.path, stream_index=audio.index, start_seconds=start_seconds,
-                      duration_seconds=float(duration), sample_rate=audio.sample_rate, codec=audio.codec,
-                      channels=audio.channels)
+                      sample_rate=audio.sample_rate, codec=audio.codec, channels=audio.channels)
 
 
 class _Plan:
@@ -288,6 +288,13 @@ def _plane(plane, dtype: np.dtype) -> np.ndarray:
     return rows[:, :plane.width]
 
 
+def _packed_plane(plane, dtype: np.dtype, width: int, components: int) -> np.ndarray:
+    """A packed plane as [H, W, components] codes, without its line padding."""
+    itemsize = np.dtype(dtype).itemsize
+    rows = np.frombuffer(plane, dtype=dtype).reshape(plane.height, plane.line_size // itemsize)
+    return rows[:, :width * components].reshape(plane.height, width, components)
+
+
 class FrameConverter:
     """Decoded AVFrames -> float32 [T, H, W, C] with the clip's matrix, range and rotation."""
 
@@ -313,6 +320,8 @@ class FrameConverter:
         name = frames[0].format.name
         if _PLANAR_YUV.match(name) or _GRAY.match(name):
             return self._from_yuv_planes(frames, name)
+        if _GRAY_ALPHA.match(name):
+            return self._from_gray_alpha(frames, name)
         fmt = frames[0].format
         if fmt.is_rgb or fmt.has_palette or "bayer" in name:
             return self._from_rgb(frames)
@@ -323,7 +332,7 @@ class FrameConverter:
         deep = name.endswith("le")
         bits = int(re.search(r"(\d+)le$", name).group(1)) if deep else 8
         dtype = np.dtype("<u2") if deep else np.uint8
-        full = name.startswith("yuvj") or self.color.range == "pc"
+        full = self.color.range == "pc"  # probe reports "pc" for untagged yuvj streams; a user override wins
         planes = [np.stack([_plane(f.planes[i], dtype) for f in frames]) for i in range(len(frames[0].planes))]
         if name.startswith("gray"):
             luma = planes[0]
@@ -333,11 +342,22 @@ class FrameConverter:
         return yuv_to_rgb(planes[0], planes[1], planes[2], bits=bits, matrix=self.color.matrix,
                           full_range=full, alpha=alpha)
 
+    def _from_gray_alpha(self, frames: list[av.VideoFrame], name: str) -> torch.Tensor:
+        """Packed gray + alpha (`ya8`, `ya16`): luma through the clip's range like gray, alpha kept."""
+        if name == "ya16be":
+            frames = [f.reformat(format="ya16le") for f in frames]
+        bits = 16 if name.startswith("ya16") else 8
+        dtype = np.dtype("<u2") if bits > 8 else np.dtype(np.uint8)
+        pairs = np.stack([_packed_plane(f.planes[0], dtype, f.width, 2) for f in frames])
+        luma, alpha = pairs[..., 0], pairs[..., 1]
+        neutral = np.full(luma.shape, 2 ** (bits - 1), dtype=luma.dtype)
+        return yuv_to_rgb(luma, neutral, neutral, bits=bits, matrix=self.color.matrix,
+                          full_range=self.color.range == "pc", alpha=alpha)
+
     def _from_rgb(self, frames: list[av.VideoFrame]) -> torch.Tensor:
         fmt = frames[0].format
-        bits = max((c.bits for c in fmt.components), default=8)
-        alpha = fmt.name.startswith(("rgba", "bgra", "argb", "abgr", "gbrap", "ya", "rgba64", "bgra64")) or (
-            fmt.has_palette)
+        bits, alpha = pix_fmt_traits(fmt.name)
+        alpha = alpha or fmt.has_palette
         if bits > 8:
             target, scale = ("rgba64le" if alpha else "rgb48le"), 65535.0
         else:
@@ -356,11 +376,12 @@ def _fit_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 def _planar_equivalent(frame: av.VideoFrame) -> str:
     """The planar YUV format with the same subsampling and depth, to read planes directly."""
     fmt = frame.format
-    bits = max((c.bits for c in fmt.components), default=8)
+    bits, has_alpha = pix_fmt_traits(fmt.name)
     chroma = [c for c in fmt.components if c.is_chroma]
-    has_alpha = len(fmt.components) == 4
-    if not chroma:
+    if not chroma and not has_alpha:
         return "gray" if bits <= 8 else "gray16le"
+    if not chroma:
+        return "yuva444p" if bits <= 8 else "yuva444p16le"
     width_ratio = frame.width / max(1, fmt.chroma_width(frame.width))
     height_ratio = frame.height / max(1, fmt.chroma_height(frame.height))
     sub = {(1, 1): "444", (2, 1): "422", (2, 2): "420", (1, 2): "440", (4, 1): "411", (4, 4): "410"}.get(

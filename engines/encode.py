@@ -37,6 +37,7 @@ from .colors import (
 )
 from .errors import InputError
 from .paths import discard, partial_path, publish
+from .probe import pix_fmt_traits
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -222,9 +223,8 @@ class _PictureWriter:
         self.height = height
         self.color = color
         fmt = av.VideoFormat(pix_fmt)
-        self.bits = max(c.bits for c in fmt.components)
+        self.bits, self.alpha = pix_fmt_traits(pix_fmt)
         self.rgb = fmt.is_rgb
-        self.alpha = pix_fmt.startswith(("yuva", "gbrap", "rgba", "bgra", "ya"))
         self.full_range = pix_fmt.startswith("yuvj") or color.range == "pc" or self.rgb
         chroma_width = fmt.chroma_width(width) if not self.rgb else width
         chroma_height = fmt.chroma_height(height) if not self.rgb else height
@@ -419,10 +419,10 @@ def _write_container(clip: Clip, temp: Path, final: Path, name: str, spec: Codec
         container_options["movflags"] = "+faststart+use_metadata_tags" if options.metadata else "+faststart"
     output = av.open(str(temp), mode="w", format={"mkv": "matroska"}.get(kind, kind),
                      options=container_options)
-    for key, value in options.metadata.items():
-        output.metadata[key] = value
     audio = None
     try:
+        for key, value in options.metadata.items():
+            output.metadata[key] = value
         stream = output.add_stream(spec.encoder, rate=fps, options=codec_options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         context = stream.codec_context

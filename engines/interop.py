@@ -23,7 +23,7 @@ from .clip import AudioTrack, Clip, to_fraction
 from .decode import open_clip
 from .encode import EncodeOptions, save_clip
 from .errors import InputError
-from .paths import partial_path
+from .paths import discard, numbered_output, partial_path
 from .progress import Progress
 
 
@@ -45,8 +45,7 @@ def audio_track_from_comfy(audio: dict[str, Any] | None) -> AudioTrack | None:
     if waveform.ndim != 2 or rate <= 0:
         raise InputError(f"AUDIO waveform must be [batch, channels, samples] with a positive sample rate, "
                          f"got shape {tuple(waveform.shape)} at {rate} Hz")
-    return AudioTrack(waveform=waveform, sample_rate=rate, channels=int(waveform.shape[0]),
-                      duration_seconds=waveform.shape[1] / rate)
+    return AudioTrack(waveform=waveform, sample_rate=rate, channels=int(waveform.shape[0]))
 
 
 def audio_to_comfy(clip: Clip) -> dict[str, Any] | None:
@@ -91,10 +90,14 @@ def clip_from_core_video(video: Any, temp_folder: Path) -> Clip:
         target = temp_folder / f"vsrkit-video-{digest}.bin"
         if not target.exists():
             staging = partial_path(target)
-            source.seek(0)
-            with open(staging, "wb") as handle:
-                shutil.copyfileobj(source, handle)
-            os.replace(staging, target)
+            try:
+                source.seek(0)
+                with open(staging, "wb") as handle:
+                    shutil.copyfileobj(source, handle)
+                os.replace(staging, target)
+            except BaseException:
+                discard(staging)
+                raise
         return open_clip(target)
     if not hasattr(video, "get_components"):
         raise InputError(f"expected a core VIDEO, got {type(video).__name__}")
@@ -105,9 +108,5 @@ def clip_from_core_video(video: Any, temp_folder: Path) -> Clip:
 
 def clip_to_core_video_file(clip: Clip, temp_folder: Path, crf: int, progress: Progress | None = None) -> Path:
     """Encode the clip (streaming) to an H.264 file in `temp_folder`, for a core VideoFromFile."""
-    temp_folder.mkdir(parents=True, exist_ok=True)
-    index = 0
-    while (temp_folder / f"vsrkit-clip-{index:05}.mp4").exists():
-        index += 1
-    return save_clip(clip, temp_folder / f"vsrkit-clip-{index:05}.mp4",
-                     EncodeOptions(codec="h264", crf=crf, preset="fast"), progress=progress)
+    target, _ = numbered_output(temp_folder, "vsrkit-clip", "mp4")
+    return save_clip(clip, target, EncodeOptions(codec="h264", crf=crf, preset="fast"), progress=progress)

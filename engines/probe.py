@@ -262,14 +262,18 @@ def _scan_packets(container: av.container.InputContainer, videos: list, audios: 
     return stats
 
 
-def _bit_depth(pix_fmt: str) -> tuple[int, bool]:
+def pix_fmt_traits(pix_fmt: str) -> tuple[int, bool]:
+    """(bits per component, has an alpha channel) of an FFmpeg pixel format; (8, False) if unknown.
+
+    Read from the format's component descriptors, so packed and gray formats with alpha
+    (`ya8`, `ya16le`, `argb`, ...) count as alpha like the planar `yuva*` / `gbrap*` ones.
+    """
     try:
         fmt = av.VideoFormat(pix_fmt)
     except (ValueError, av.error.FFmpegError):
         return 8, False
     bits = max((c.bits for c in fmt.components), default=8)
-    has_alpha = any(getattr(c, "is_alpha", False) for c in fmt.components) or pix_fmt.startswith(
-        ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya"))
+    has_alpha = any(bool(c.is_alpha) for c in fmt.components)
     return bits, has_alpha
 
 
@@ -309,7 +313,7 @@ def _video_info(file: Path, stream, stats: _PacketStats, container_duration: flo
         duration = _seconds(stream.duration, stream.time_base) or (count / float(fps) if count else container_duration)
     color, rotation = _first_frame_color(file, stream)
     pix_fmt = codec_context.pix_fmt or "unknown"
-    bits, has_alpha = _bit_depth(pix_fmt)
+    bits, has_alpha = pix_fmt_traits(pix_fmt)
     return VideoStreamInfo(
         index=stream.index,
         codec=codec_context.name,

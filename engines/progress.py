@@ -103,7 +103,3 @@ def format_seconds(seconds: float) -> str:
 
 
 ProgressFactory = Callable[[int | None, str], Progress]
-
-
-def silent(total: int | None = None, desc: str = "") -> Progress:
-    return Progress(total, desc)

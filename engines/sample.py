@@ -49,7 +49,7 @@ def sample_clip(width: int = 160, height: int = 96, frames: int = 48, fps: int =
     samples = torch.arange(int(duration * SAMPLE_RATE)) / SAMPLE_RATE
     tone = 0.2 * torch.sin(2 * math.pi * 440 * samples)
     waveform = torch.stack([tone, 0.2 * torch.sin(2 * math.pi * 660 * samples)])
-    audio = AudioTrack(waveform=waveform, sample_rate=SAMPLE_RATE, duration_seconds=duration, channels=2)
+    audio = AudioTrack(waveform=waveform, sample_rate=SAMPLE_RATE, channels=2)
     info = ClipInfo(width=width, height=height, fps=Fraction(fps), frame_count=frames, audio=audio)
     step = chunk_frames_for(width, height)
 

@@ -16,7 +16,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from .colors import MATRIX_CODES, PRIMARIES_CODES, RANGE_CODES, TRANSFER_CODES, canonical
+from .colors import MATRIX_CODES, MATRIX_NAMES, PRIMARIES_CODES, RANGE_CODES, TRANSFER_CODES, canonical
 
 
 def pattern_rgb(index: int, width: int, height: int) -> np.ndarray:
@@ -131,7 +131,7 @@ def _frame(image, pix_fmt: str, tags: dict[str, int]) -> av.VideoFrame:
         source = "rgba" if image.shape[-1] == 4 else "rgb24"
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=source)
         if pix_fmt != source:
-            matrix = {v: k for k, v in MATRIX_CODES.items()}.get(tags.get("colorspace", 1), "bt709")
+            matrix = MATRIX_NAMES.get(tags.get("colorspace", 1), "bt709")
             full = tags.get("color_range") == RANGE_CODES["pc"]
             frame = frame.reformat(format=pix_fmt, src_color_range="JPEG",
                                    dst_colorspace=_SWS_MATRIX.get(matrix, 1),
