@@ -194,22 +194,32 @@ def feather_weights(tile: Tile, tiles: list[Tile]) -> torch.Tensor:
     return (wy[:, None] * wx[None, :]).float()
 
 
+def tile_weights(tiles: list[Tile], device: torch.device) -> dict[Tile, torch.Tensor]:
+    """Each tile's `feather_weights` on `device`, for `TileBlender`s of every chunk to share."""
+    return {tile: feather_weights(tile, tiles).to(device) for tile in tiles}
+
+
 class TileBlender:
-    """Accumulates tiles' frames [T, C, h, w] into whole frames with feathered weights."""
+    """Accumulates tiles' frames [T, C, h, w] into whole frames with feathered weights.
+
+    `weights` (from `tile_weights`) lets the blenders of successive chunks share the
+    weights; without it they are computed here.
+    """
 
     def __init__(self, tiles: list[Tile], frames: int, channels: int, height: int, width: int,
-                 device: torch.device):
+                 device: torch.device, weights: dict[Tile, torch.Tensor] | None = None):
         self.tiles = tiles
         self.single = len(tiles) == 1
         self.sum = None if self.single else torch.zeros(frames, channels, height, width, device=device)
         self.norm = None if self.single else torch.zeros(height, width, device=device)
+        self.weights = weights if weights is not None or self.single else tile_weights(tiles, device)
         self.result: torch.Tensor | None = None
 
     def add(self, tile: Tile, frames: torch.Tensor) -> None:
         if self.single:
             self.result = frames.float()
             return
-        weight = feather_weights(tile, self.tiles).to(frames.device)
+        weight = self.weights[tile].to(frames.device)
         rows = slice(tile.y0, tile.y0 + tile.height)
         cols = slice(tile.x0, tile.x0 + tile.width)
         self.sum[:, :, rows, cols] += frames.float() * weight
@@ -468,6 +478,7 @@ class FlashVSRPipeline:
         parking = self.park_tiles if self.park_tiles is not None else self.device.type != "cpu"
         park = torch.device("cpu") if len(tiles) > 1 and parking else None
         streams = [_TileStream(tile, self._sparse_for(tile, settings), park) for tile in tiles]
+        weights = tile_weights(tiles, self.device) if len(tiles) > 1 else None
         tiny = settings.mode == "tiny"
         content = content_size or (padded_h, padded_w)
         kept_lq: list[torch.Tensor] = []
@@ -484,7 +495,7 @@ class FlashVSRPipeline:
             warm_up = window.get(0, 1) if index == 0 else None
             cond = window.get(plan.output_start, plan.output_stop)
             noise_chunk = noise(plan.latent_start, plan.latent_count, padded_h // 8, padded_w // 8)
-            blender = None if tiny else self._blender(tiles, cond)
+            blender = None if tiny else self._blender(tiles, cond, weights)
             for number, stream in enumerate(streams):
                 stream.unpark(self.device)
                 self._denoise(stream, plan, lq, warm_up, noise_chunk, trace if number == 0 else None)
@@ -504,7 +515,7 @@ class FlashVSRPipeline:
         if tiny and kept_lq:
             cond = torch.cat(kept_lq, dim=0)
             kept_lq.clear()
-            blender = self._blender(tiles, cond)
+            blender = self._blender(tiles, cond, weights)
             for stream in streams:
                 stream.unpark(self.device)
                 self._decode(stream, cond, blender)
@@ -549,8 +560,10 @@ class FlashVSRPipeline:
         stream.latents.append(denoised)
         return denoised
 
-    def _blender(self, tiles: list[Tile], cond: torch.Tensor) -> TileBlender:
-        return TileBlender(tiles, cond.shape[0], 3, int(cond.shape[-2]), int(cond.shape[-1]), self.device)
+    def _blender(self, tiles: list[Tile], cond: torch.Tensor,
+                 weights: dict[Tile, torch.Tensor] | None) -> TileBlender:
+        return TileBlender(tiles, cond.shape[0], 3, int(cond.shape[-2]), int(cond.shape[-1]), self.device,
+                           weights)
 
     def _decode(self, stream: _TileStream, cond: torch.Tensor, blender: TileBlender) -> None:
         """Decode a tile's pending latents with its LQ frames as condition into the blend."""

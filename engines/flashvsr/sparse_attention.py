@@ -96,6 +96,14 @@ def local_block_mask(grid_h: int, grid_w: int, local_range: int,
     return row_ok & col_ok
 
 
+def tile_local_mask(local_mask: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
+    """One time slice's local mask [n, n] repeated over n_q query and n_k key windows."""
+    per_slice = local_mask.shape[0]
+    if n_q % per_slice or n_k % per_slice:
+        raise ValueError(f"{n_q} query and {n_k} key windows are not whole time slices of {per_slice}")
+    return local_mask.repeat(n_q // per_slice, n_k // per_slice)
+
+
 def draft_block_mask(q_pooled: torch.Tensor, k_pooled: torch.Tensor, num_heads: int, q_slices: int,
                      topk: int, local_mask: torch.Tensor) -> torch.Tensor:
     """The block mask [heads, n_q, n_k] (bool) from window-mean queries and keys.
@@ -105,15 +113,19 @@ def draft_block_mask(q_pooled: torch.Tensor, k_pooled: torch.Tensor, num_heads: 
     slices) as -inf, softmax over key blocks; then per head and query time slice the
     probabilities of all its rows are ranked together and those strictly above the
     (k+1)-th largest are kept, k = min(candidates - 1, topk).
+
+    local_mask: `local_block_mask` of one time slice [n, n], or already tiled to [n_q, n_k]
+    (`tile_local_mask`, which the DiT does once per chunk for all its blocks).
     """
     n_q, dim = q_pooled.shape
     n_k = k_pooled.shape[0]
     head_dim = dim // num_heads
-    per_slice = local_mask.shape[0]
     q = q_pooled.float().reshape(n_q, num_heads, head_dim).transpose(0, 1)
     k = k_pooled.float().reshape(n_k, num_heads, head_dim).transpose(0, 1)
     scores = torch.matmul(q, k.transpose(1, 2)) / math.sqrt(head_dim)
-    allowed = local_mask.to(scores.device).repeat(n_q // per_slice, n_k // per_slice)
+    if tuple(local_mask.shape) != (n_q, n_k):
+        local_mask = tile_local_mask(local_mask, n_q, n_k)
+    allowed = local_mask.to(scores.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     groups = probs.reshape(num_heads * q_slices, -1)

@@ -29,6 +29,7 @@ from .sparse_attention import (
     from_windows,
     local_block_mask,
     pooled,
+    tile_local_mask,
     to_windows,
 )
 
@@ -113,11 +114,13 @@ class RMSNorm(nn.Module):
 
 @dataclasses.dataclass
 class ChunkGeometry:
-    """Token grid of one chunk."""
+    """Token grid of one chunk, and its local window mask tiled to [query windows, key windows]
+    (the same in every block, so `forward_chunk` builds it once per chunk)."""
 
     frames: int
     token_h: int
     token_w: int
+    local_mask: torch.Tensor
 
 
 class AttentionProjections(nn.Module):
@@ -150,8 +153,11 @@ class SelfAttention(AttentionProjections):
         if cache is not None:
             k_w = torch.cat([cache.k, k_w], dim=0)
             v_w = torch.cat([cache.v, v_w], dim=0)
-        local = local_block_mask(token_h // WINDOW[1], token_w // WINDOW[2], sparse.local_range, device=x.device)
-        mask = draft_block_mask(pooled(q_w), pooled(k_w), self.num_heads, frames // WINDOW[0], sparse.topk, local)
+        if tuple(grid.local_mask.shape) != (q_w.shape[0], k_w.shape[0]):
+            raise ValueError(f"local mask {tuple(grid.local_mask.shape)} does not fit {q_w.shape[0]} query and "
+                             f"{k_w.shape[0]} key windows: every block's cache must hold the same time slices")
+        mask = draft_block_mask(pooled(q_w), pooled(k_w), self.num_heads, frames // WINDOW[0], sparse.topk,
+                                grid.local_mask)
         if record is not None:
             record["blockmask"] = mask[None].to(torch.uint8).cpu()
         head_dim = dim // self.num_heads
@@ -321,9 +327,13 @@ class WanDiT(nn.Module):
         check_token_grid(token_h, token_w)
         if frames % WINDOW[0]:
             raise ValueError(f"a chunk needs an even number of latent frames, got {frames}")
-        geometry = ChunkGeometry(frames, token_h, token_w)
-        rope = Rope.build(self.head_dim, first_frame, frames, token_h, token_w, x.device, x.dtype)
         caches = list(caches) if caches is not None else [None] * len(self.blocks)
+        grid_h, grid_w = token_h // WINDOW[1], token_w // WINDOW[2]
+        query_windows = grid_h * grid_w * (frames // WINDOW[0])
+        key_windows = query_windows + (caches[0].k.shape[0] if caches[0] is not None else 0)
+        local = local_block_mask(grid_h, grid_w, sparse.local_range, device=x.device)
+        geometry = ChunkGeometry(frames, token_h, token_w, tile_local_mask(local, query_windows, key_windows))
+        rope = Rope.build(self.head_dim, first_frame, frames, token_h, token_w, x.device, x.dtype)
         lq_tokens = list(lq_tokens) if lq_tokens is not None else []
         for index, block in enumerate(self.blocks):
             if index < len(lq_tokens):
