@@ -9,8 +9,9 @@ fixing a clip chunk by chunk gives the same result as fixing it whole.
 * Wavelet: keep the output's high frequencies and take the LQ frame's low
   frequencies, split with 5 levels of a dilated 3x3 binomial blur.
 
-Tensors are videos [B, C, T, H, W] or frame batches [N, C, H, W] in -1..1; the result
-is clamped to -1..1 and computed in float32.
+Tensors are videos [B, C, T, H, W] or frame batches [N, C, H, W] in -1..1. Both methods
+compute in float32 and clamp their result to -1..1; "none" returns the input as it is,
+unclamped (the pipeline clamps when it converts to 0..1 pixels).
 """
 
 from __future__ import annotations

@@ -457,9 +457,10 @@ class FlashVSRPipeline:
                progress: Progress | None = None, trace: Trace | None = None) -> Iterator[torch.Tensor]:
         """Run the model on LQ frames [T, 3, H, W] in -1..1 already at the output size.
 
-        H and W must be multiples of 128 (pad first). The output [T, 3, h, w] in -1..1 is
-        cropped to `content_size` (h, w) (default: all of H x W) before the colour fix,
-        and holds exactly as many frames as came in. `noise` defaults to `SeededNoise(seed)`.
+        H and W must be multiples of 128 (pad first). The output [T, 3, h, w] is cropped
+        to `content_size` (h, w) (default: all of H x W) before the colour fix, and holds
+        exactly as many frames as came in; it is in -1..1 after a colour fix, and in the
+        decoder's range (soft-clamped to about +-3) with colour fix "none". `noise` defaults to `SeededNoise(seed)`.
         `trace`, when given, receives per-chunk intermediates under the golden fixture's names
         (first tile only).
         """
