@@ -3,24 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
 from ..engines.clip import Clip, chunk_frames_for
+from ..engines.errors import InputError
+from . import host
+
+IMAGE_OUTPUT_LIMIT = 16 * 2**30
 
 
-def output_linked(prompt: Any, unique_id: Any, index: int) -> bool:
-    """Whether output `index` of node `unique_id` feeds any node of the API `prompt`."""
-    if not isinstance(prompt, dict) or unique_id is None:
-        return False
-    for node in prompt.values():
-        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
-        for value in inputs.values():
-            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(unique_id) \
-                    and value[1] == index:
-                return True
-    return False
+def device_choices() -> list[str]:
+    return ["auto", "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
+
+
+def resolve_device(device: str) -> torch.device:
+    """A node's `device` input: 'auto' is ComfyUI's device (the standalone default outside it)."""
+    return host.torch_device() if device == "auto" else torch.device(device)
+
+
+def upscale_outputs(result: Clip, images_input: bool, node: str) -> tuple[Clip, torch.Tensor]:
+    """An upscale node's (clip, images) outputs.
+
+    The IMAGE output is filled only when the input was an IMAGE batch. ComfyUI caches a node by
+    its inputs, not by what its outputs feed, so filling it "only when connected" would hand a
+    stale empty batch to an output connected after the first run; a clip goes to IMAGE through
+    Clip to Images, with its own memory limit.
+    """
+    info = result.info
+    if not images_input:
+        return result, torch.zeros((0, info.height, info.width, info.channels))
+    try:
+        frames = result.to_tensor(max_bytes=IMAGE_OUTPUT_LIMIT)
+    except MemoryError as exc:
+        raise InputError(
+            f"the upscaled frames as an IMAGE batch would exceed {IMAGE_OUTPUT_LIMIT // 2**30} GiB: feed {node} a "
+            "clip and use its clip output (e.g. into Save Video), or take fewer frames") from exc
+    return in_memory_clip(result, frames), frames
 
 
 def in_memory_clip(like: Clip, frames: torch.Tensor) -> Clip:

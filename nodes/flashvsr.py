@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -25,15 +24,10 @@ from ..engines.flashvsr.pipeline import MODES
 from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, SCALES, auto_tile_size, upscale_clip
 from ..engines.progress import Progress
 from . import host
-from .common import in_memory_clip, output_linked
+from .common import device_choices, resolve_device, upscale_outputs
 from .types import CATEGORY, CLIP, FLASHVSR_MODEL
 
 OFFLOAD_CHOICES = ("model management", "after each run")
-IMAGE_OUTPUT_LIMIT = 16 * 2**30
-
-
-def device_choices() -> list[str]:
-    return ["auto", "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
 
 
 @dataclasses.dataclass
@@ -99,7 +93,7 @@ class FlashVSRLoader:
         if offload not in OFFLOAD_CHOICES:
             raise InputError(f"offload must be one of {OFFLOAD_CHOICES}, got {offload!r}")
         check_version(version)
-        target = host.torch_device() if device == "auto" else torch.device(device)
+        target = resolve_device(device)
         dtype = resolve_dtype(precision, target)
         folders = model_folders(version)
         # Inside ComfyUI weights wait on the CPU and the model manager moves them when needed.
@@ -199,15 +193,14 @@ class FlashVSRUpscale:
                 "images": ("IMAGE", {"tooltip": "An IMAGE batch to upscale, frames in order (connect this or "
                                                 "clip)."}),
             },
-            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     RETURN_TYPES = (CLIP, "IMAGE")
     RETURN_NAMES = ("clip", "images")
     OUTPUT_TOOLTIPS = (
         "The upscaled clip, computed chunk by chunk when pulled (e.g. by Save Video).",
-        "The upscaled frames as an IMAGE batch. With a clip input it is computed only when connected, "
-        "and holds the whole clip in RAM; otherwise it is empty.",
+        "The upscaled frames as an IMAGE batch when the input is an IMAGE batch; empty for a clip input "
+        "(use Clip to Images on the clip output).",
     )
     FUNCTION = "upscale"
     CATEGORY = f"{CATEGORY}/upscale"
@@ -215,8 +208,7 @@ class FlashVSRUpscale:
     def upscale(self, flashvsr_model: FlashVSRModel, scale: int = 4, mode: str = "tiny-long",
                 sparse_ratio: float = 2.0, kv_ratio: float = 3.0, local_range: int = 11, tile_size: int = 0,
                 tile_overlap: int = DEFAULT_OVERLAP, color_fix: str = "adain", seed: int = 0,
-                clip: Clip | None = None, images: torch.Tensor | None = None, prompt: Any = None,
-                unique_id: Any = None):
+                clip: Clip | None = None, images: torch.Tensor | None = None):
         if (clip is None) == (images is None):
             raise InputError("FlashVSR Upscale needs exactly one input: connect either clip or images")
         scale, local_range, tile_size, tile_overlap = int(scale), int(local_range), int(tile_size), int(tile_overlap)
@@ -228,19 +220,7 @@ class FlashVSRUpscale:
                                 tile_size=tile_size, tile_overlap=tile_overlap, progress=progress)
         memory = working_memory(upscaled.info.height, upscaled.info.width, tile_size)
         result = managed_clip(upscaled, flashvsr_model, progress, memory)
-        if images is None and not output_linked(prompt, unique_id, 1):
-            empty = torch.zeros((0, result.info.height, result.info.width, result.info.channels))
-            return (result, empty)
-        try:
-            frames = result.to_tensor(max_bytes=IMAGE_OUTPUT_LIMIT)
-        except MemoryError as exc:
-            raise InputError(
-                f"the upscaled frames as an IMAGE batch would exceed {IMAGE_OUTPUT_LIMIT // 2**30} GiB: "
-                "feed FlashVSR Upscale a clip and use its clip output (e.g. into Save Video), or take "
-                "fewer frames"
-            ) from exc
-        return (in_memory_clip(result, frames), frames)
-
+        return upscale_outputs(result, images is not None, "FlashVSR Upscale")
 
 NODE_CLASS_MAPPINGS = {
     "vsrkitFlashVSRLoader": FlashVSRLoader,

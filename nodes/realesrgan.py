@@ -17,10 +17,9 @@ from ..engines.realesrgan.models import (
 )
 from ..engines.realesrgan.upscale import upscale_clip
 from . import host
-from .common import in_memory_clip, output_linked
+from .common import device_choices, resolve_device, upscale_outputs
 from .types import CATEGORY, CLIP, REALESRGAN_MODEL
 
-IMAGE_OUTPUT_LIMIT = 16 * 2**30
 GPU_WORKING_MEMORY = 2 * 2**30
 SCALE_CHOICES = ("auto", "1", "2", "3", "4")
 TILE_CHOICES = ("auto", "off", "128", "192", "256", "384", "512", "768", "1024")
@@ -33,10 +32,6 @@ def model_choices() -> list[str]:
     official = official_names()
     files = [name for name in host.model_files("upscale_models") if name not in official]
     return official + files
-
-
-def device_choices() -> list[str]:
-    return ["auto", "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
 
 
 class RealESRGANLoader:
@@ -129,22 +124,21 @@ class RealESRGANUpscale:
                 "clip": (CLIP, {"tooltip": "A streaming clip to upscale (connect this or images)."}),
                 "images": ("IMAGE", {"tooltip": "An IMAGE batch to upscale (connect this or clip)."}),
             },
-            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     RETURN_TYPES = (CLIP, "IMAGE")
     RETURN_NAMES = ("clip", "images")
     OUTPUT_TOOLTIPS = (
         "The upscaled clip, computed chunk by chunk when pulled (e.g. by Save Video).",
-        "The upscaled frames as an IMAGE batch. With a clip input it is computed only when connected and "
-        "holds the whole clip in RAM; otherwise it is empty.",
+        "The upscaled frames as an IMAGE batch when the input is an IMAGE batch; empty for a clip input "
+        "(use Clip to Images on the clip output).",
     )
     FUNCTION = "upscale"
     CATEGORY = f"{CATEGORY}/upscale"
 
     def upscale(self, model: Any, scale: str = "auto", tile: str = "auto", overlap: str = "auto",
                 precision: str = "auto", device: str = "auto", clip: Clip | None = None,
-                images: torch.Tensor | None = None, prompt: Any = None, unique_id: Any = None):
+                images: torch.Tensor | None = None):
         if (clip is None) == (images is None):
             raise InputError("Real-ESRGAN Upscale needs exactly one input: connect either clip or images")
         if not isinstance(model, RealESRGANModel):
@@ -153,7 +147,7 @@ class RealESRGANUpscale:
         tile = _choice(tile, "tile", TILE_CHOICES)
         overlap = _choice(overlap, "overlap", OVERLAP_CHOICES)
         precision = _choice(precision, "precision", PRECISION_CHOICES)
-        target = host.torch_device() if device == "auto" else torch.device(device)
+        target = resolve_device(device)
         source = clip if clip is not None else Clip.from_tensor(images, fps=24)
         upscaled = upscale_clip(
             source, model, scale=None if scale == "auto" else float(scale),
@@ -162,12 +156,7 @@ class RealESRGANUpscale:
             progress_factory=host.progress)
         if target.type == "cuda":
             upscaled = _freeing_memory_first(upscaled, target)
-        if images is None and not output_linked(prompt, unique_id, 1):
-            empty = torch.zeros((0, upscaled.info.height, upscaled.info.width, upscaled.info.channels))
-            return (upscaled, empty)
-        frames = upscaled.to_tensor(max_bytes=IMAGE_OUTPUT_LIMIT)
-        return (in_memory_clip(upscaled, frames), frames)
-
+        return upscale_outputs(upscaled, images is not None, "Real-ESRGAN Upscale")
 
 NODE_CLASS_MAPPINGS = {
     "vsrkitRealESRGANLoader": RealESRGANLoader,

@@ -13,7 +13,6 @@ from vsrkit.engines.clip import AudioTrack, Clip, ClipInfo
 from vsrkit.engines.errors import InputError, ModelNotFoundError
 from vsrkit.engines.progress import Progress
 from vsrkit.nodes import host
-from vsrkit.nodes.common import output_linked
 from vsrkit.nodes.flashvsr import NODE_CLASS_MAPPINGS, FlashVSRLoader, FlashVSRUpscale
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr" / "fixture"
@@ -155,21 +154,16 @@ def test_upscale_clip_is_lazy_and_matches_the_images_path(model, monkeypatch):
     torch.testing.assert_close(streamed, from_images, rtol=0, atol=1e-6)
 
 
-def test_images_output_is_filled_for_a_clip_when_connected(model):
+def test_images_output_depends_only_on_the_input_kind(model):
+    """ComfyUI caches a node by its inputs: the outputs must not depend on what they feed."""
+    assert "hidden" not in FlashVSRUpscale.INPUT_TYPES()
     counting = CountingClip(frames_of(2, 16, 16))
-    prompt = {"5": {"class_type": "vsrkitFlashVSRUpscale", "inputs": {}},
-              "9": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}}}
-    clip, images = FlashVSRUpscale().upscale(model, scale=2, clip=counting.clip, prompt=prompt, unique_id="5")
+    clip, images = FlashVSRUpscale().upscale(model, scale=2, clip=counting.clip)
+    assert images.shape == (0, 32, 32, 3) and counting.pulled == 0
+    frames = frames_of(2, 16, 16)
+    clip, images = FlashVSRUpscale().upscale(model, scale=2, images=frames)
     assert images.shape == (2, 32, 32, 3)
-    pulled = counting.pulled
     torch.testing.assert_close(clip.to_tensor(), images, rtol=0, atol=0)
-    assert counting.pulled == pulled  # the clip output reuses the computed frames
-
-
-def test_output_linked_reads_the_api_prompt():
-    prompt = {"1": {"inputs": {"clip": ["3", 0]}}, "2": {"inputs": {"images": ["3", 1], "x": 5}}}
-    assert output_linked(prompt, "3", 0) and output_linked(prompt, 3, 1)
-    assert not output_linked(prompt, "4", 1) and not output_linked(None, "3", 1)
 
 
 def test_offload_after_each_run(env):
