@@ -25,6 +25,31 @@ Stage = Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]]
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
 MAX_CHUNK_FRAMES = 64
 
+FIELD_ORDERS = {0: "unknown", 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
+"""FFmpeg's field order codes (AVFieldOrder) and names: the first letter is the field coded
+first, the second the one shown first (tt and bt show the top field first)."""
+_FIELD_ORDER_ALIASES = {
+    "tff": "tff", "tt": "tff", "bt": "tff", "top": "tff",
+    "bff": "bff", "bb": "bff", "tb": "bff", "bottom": "bff",
+    "progressive": "progressive",
+}
+
+
+def field_order_name(value: Any) -> str:
+    """FFmpeg's name for a field order code (2 -> 'tt'); a name is returned as is, anything else 'unknown'."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return FIELD_ORDERS.get(value, "unknown")
+    return "unknown"
+
+
+def normalize_field_order(value: Any) -> str:
+    """'tff', 'bff', 'progressive' or 'unknown' from FFmpeg's names (tt/bb/tb/bt) or ours."""
+    if isinstance(value, str):
+        return _FIELD_ORDER_ALIASES.get(value.strip().lower(), "unknown")
+    return "unknown"
+
 
 @dataclasses.dataclass(frozen=True)
 class ColorInfo:

@@ -32,7 +32,7 @@ import av
 import numpy as np
 import torch
 
-from .clip import AudioTrack, Clip, ClipInfo, ColorInfo, chunk_frames_for, to_fraction
+from .clip import AudioTrack, Clip, ClipInfo, ColorInfo, chunk_frames_for, normalize_field_order, to_fraction
 from .colors import SUPPORTED_MATRICES, canonical, yuv_to_rgb
 from .errors import InputError
 from .probe import MediaInfo, VideoStreamInfo, check_readable, open_container, pix_fmt_traits, probe
@@ -46,7 +46,6 @@ DECODE_CHUNK_BYTES = 32 * 1024 * 1024
 """Float32 bytes per decoded chunk (two 720p frames, one 1080p frame). Larger chunks only raise
 peak memory and, above glibc's mmap threshold (32 MiB), pay fresh page faults for every chunk;
 stages that want more frames at once regroup them (`clip.rechunk`)."""
-FIELD_ORDER_NAMES = {"tt": "tff", "bt": "tff", "bb": "bff", "tb": "bff", "progressive": "progressive"}
 
 
 def open_clip(path: str | os.PathLike, *, skip_first: int = 0, max_frames: int = 0, every_nth: int = 1,
@@ -89,7 +88,7 @@ def open_clip(path: str | os.PathLike, *, skip_first: int = 0, max_frames: int =
         width=width, height=height, fps=out_fps, frame_count=count, channels=channels,
         bit_depth=video.bit_depth, color=color, audio=_audio_track(info, start_seconds),
         source_path=str(file), sar=video.sar if not rotation % 180 else 1 / video.sar,
-        field_order=FIELD_ORDER_NAMES.get(video.field_order, "unknown"),
+        field_order=normalize_field_order(video.field_order),
         extra={"vfr": video.vfr, "codec": video.codec, "pix_fmt": video.pix_fmt,
                "source_frame_count": video.frame_count, "source_fps": video.fps,
                "forced_fps": force_fps is not None, "rotation": rotation},

@@ -22,7 +22,7 @@ from typing import Any
 import av
 import torch
 
-from .clip import Clip
+from .clip import Clip, field_order_name, normalize_field_order
 from .errors import InputError
 from .filters import (
     FILTER_PARAMS,
@@ -45,22 +45,8 @@ DEINTERLACE_METHODS = ("bwdif", "yadif")
 DEINTERLACE_RATES = ("frame", "field")
 PARITIES = ("auto", "tff", "bff")
 
-_FIELD_ORDER_ALIASES = {
-    "tff": "tff", "tt": "tff", "bt": "tff", "top": "tff",
-    "bff": "bff", "bb": "bff", "tb": "bff", "bottom": "bff",
-    "progressive": "progressive",
-}
-
-
 def _choice(name: str, options: tuple[str, ...], value: Any, owner: str) -> str:
     return Param(name, str, choices={o: i for i, o in enumerate(options)}).check(value, owner)
-
-
-def normalize_field_order(value: Any) -> str:
-    """'tff', 'bff', 'progressive' or 'unknown' from FFmpeg's names (tt/bb/tb/bt) or ours."""
-    if isinstance(value, str):
-        return _FIELD_ORDER_ALIASES.get(value.strip().lower(), "unknown")
-    return "unknown"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,9 +143,7 @@ def interlace_report(path: str | Path, frames: int = DETECT_FRAMES, stream_index
             raise InputError(f"'{path}' has no video stream" + ("" if stream_index is None else
                                                                  f" with index {stream_index}"))
         stream = videos[0]
-        names = {0: "unknown", 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
-        raw = stream.codec_context.field_order
-        metadata = normalize_field_order(names.get(int(raw), raw) if isinstance(raw, int) else raw)
+        metadata = normalize_field_order(field_order_name(stream.codec_context.field_order))
         time_base = time_base_for(stream.average_rate)
         decoded = itertools.islice(container.decode(stream), frames)
         verdict = detect_interlacing_frames(decoded, time_base)

@@ -21,12 +21,10 @@ from typing import Any
 import av
 import numpy as np
 
-from .clip import ColorInfo, to_fraction
+from .clip import ColorInfo, field_order_name, to_fraction
 from .colors import color_from_codes
 from .errors import InputError
 from .preprocess import interlace_report
-
-FIELD_ORDERS = {0: "unknown", 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "bt"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +331,7 @@ def _video_info(file: Path, stream, stats: _PacketStats, container_duration: flo
         color=color if color is not None else color_from_codes(
             codec_context.colorspace, codec_context.color_range, codec_context.color_primaries,
             codec_context.color_trc, codec_context.width, codec_context.height, pix_fmt.startswith("yuvj")),
-        field_order=FIELD_ORDERS.get(int(codec_context.field_order or 0), "unknown"),
+        field_order=field_order_name(int(codec_context.field_order or 0)),
         sar=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else Fraction(1, 1),
         rotation=rotation,
         bit_rate=codec_context.bit_rate or None,

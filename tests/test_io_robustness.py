@@ -231,3 +231,16 @@ def test_bad_metadata_closes_the_output_and_leaves_no_partial_file(tmp_path, mon
         save_clip(clip, tmp_path / "out.mkv", EncodeOptions(codec="ffv1", metadata=BadMetadata(x="y")))
     assert opened and all(container.closed for container in opened)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_field_order_table_for_probe_decode_and_deinterlace():
+    from vsrkit.engines.clip import FIELD_ORDERS, field_order_name, normalize_field_order
+    from vsrkit.engines.preprocess import normalize_field_order as from_preprocess
+
+    assert from_preprocess is normalize_field_order
+    assert [field_order_name(code) for code in range(6)] == ["unknown", "progressive", "tt", "bb", "tb", "bt"]
+    assert field_order_name(99) == "unknown" and field_order_name("tt") == "tt"
+    shown = {name: normalize_field_order(name) for name in FIELD_ORDERS.values()}
+    assert shown == {"unknown": "unknown", "progressive": "progressive", "tt": "tff", "bt": "tff",
+                     "bb": "bff", "tb": "bff"}
+    assert normalize_field_order(" TFF ") == "tff" and normalize_field_order(None) == "unknown"
