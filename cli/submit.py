@@ -9,10 +9,9 @@ refuses ends with its `node_errors`; Ctrl-C interrupts the job on the server.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
-import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..engines.errors import InputError, VsrkitError
-from ..engines.paths import publish
+from ..engines.paths import discard, partial_path, publish
 from ..engines.workflow import WorkflowError, is_api_format, is_ui_format, ui_to_api
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
@@ -162,28 +161,35 @@ class ComfyClient:
         self.request_json("POST", "/interrupt", {"prompt_id": prompt_id})
 
     def download(self, item: Mapping[str, Any], folder: Path) -> Path:
-        """Fetch one output file into `folder` under a name that is free there."""
+        """Fetch one output file into `folder` under a name that is free there.
+
+        The bytes go to a hidden partial file beside the target (created with "xb", so it gets
+        the process's normal permissions) that is published without overwriting, and removed
+        if the download fails or is interrupted.
+        """
         query = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item.get("subfolder", ""),
                                         "type": item.get("type", "output")})
+        name = Path(str(item["filename"])).name or "download"
         folder.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=".vsrkit-download-", dir=folder)
-        temp = Path(temp_name)
-        os.chmod(temp, 0o666 & ~_umask())
+        temp = partial_path(folder / name)
         try:
-            with os.fdopen(handle, "wb") as out, self._open("GET", f"/view?{query}") as response:
+            with self._open("GET", f"/view?{query}") as response, open(temp, "xb") as out:
+                expected = response.headers.get("Content-Length")
+                received = 0
                 while block := response.read(_CHUNK):
                     out.write(block)
-            return _claim_name(temp, folder, Path(str(item["filename"])).name)
+                    received += len(block)
+            # read(n) returns short data at a dropped connection instead of raising: check the length
+            if expected is not None and expected.isdigit() and received != int(expected):
+                raise SubmitError(f"downloading {item['filename']} failed: the connection ended after "
+                                  f"{received} of {expected} bytes")
+            return _claim_name(temp, folder, name)
         except urllib.error.HTTPError as exc:
             raise SubmitError(f"downloading {item['filename']} failed: HTTP {exc.code}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise SubmitError(f"downloading {item['filename']} failed: {exc!r}") from exc
         finally:
-            temp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+            discard(temp)
 
 
 def _quote_filename(name: str) -> str:

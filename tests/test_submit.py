@@ -11,8 +11,10 @@ import _thread
 import base64
 import hashlib
 import json
+import os
 import queue
 import signal
+import stat
 import struct
 import threading
 import time
@@ -51,6 +53,7 @@ class FakeComfy:
         self.prompts: list[dict] = []
         self.uploads: list[bytes] = []
         self.object_info: dict = {}
+        self.view_cut: int | None = None  # /view sends only this many bytes, then drops the connection
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.httpd.daemon_threads = True
@@ -112,6 +115,11 @@ class FakeComfy:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(VIDEO_BYTES)))
                     self.end_headers()
+                    if fake.view_cut is not None:
+                        self.wfile.write(VIDEO_BYTES[:fake.view_cut])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return None
                     self.wfile.write(VIDEO_BYTES)
                     return None
                 if url.path == "/object_info":
@@ -275,6 +283,36 @@ def test_success_waits_for_the_end_then_downloads_outputs_without_overwriting(tm
     assert captured.out.strip() == str(out / "out_00001 (1).mp4")
     assert "3/3" in captured.err and "Upscale" in captured.err
     assert fake.events("pong"), "the client did not answer the server's ping"
+
+
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield 0o027
+    os.umask(previous)
+
+
+def test_downloaded_file_gets_the_default_permissions(tmp_path, umask_027):
+    out = tmp_path / "out"
+    with FakeComfy() as fake:
+        fake.script = successful_run
+        assert main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "-o", str(out), "--quiet"]) == 0
+    saved = out / "out_00001.mp4"
+    assert saved.read_bytes() == VIDEO_BYTES
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o666 & ~umask_027 == 0o640
+    assert [p.name for p in out.iterdir()] == ["out_00001.mp4"]
+
+
+def test_download_cut_off_midway_leaves_no_partial_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    with FakeComfy() as fake:
+        fake.script = successful_run
+        fake.view_cut = len(VIDEO_BYTES) // 2
+        code = main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "-o", str(out), "--quiet"])
+        assert fake.events("view")
+    assert code == 1
+    assert "downloading out_00001.mp4 failed" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
 
 
 def test_refused_prompt_exits_non_zero_with_node_errors(tmp_path, capsys):
