@@ -83,6 +83,22 @@ def realesrgan_stage(clip, args: argparse.Namespace):
     return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=args.device)
 
 
+def flashvsr_stage(clip, args: argparse.Namespace):
+    """Load FlashVSR Tiny (--flashvsr-version) from --model-dir, or the default search path, and return
+    the lazily upscaled clip; a --tile size is rounded up to the model's multiple of 128 pixels."""
+    from ..engines.flashvsr.loader import default_model_dirs, load_flashvsr
+    from ..engines.flashvsr.pipeline import SIZE_MULTIPLE
+    from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, upscale_clip
+
+    folders = [args.model_dir] if args.model_dir else default_model_dirs()
+    models = load_flashvsr(folders, version=args.flashvsr_version, dtype=args.precision or "auto",
+                           device=args.device)
+    tile = int(args.tile or 0)
+    tile = -(-tile // SIZE_MULTIPLE) * SIZE_MULTIPLE if tile > 0 else 0
+    return upscale_clip(clip, models, scale=int(args.scale), tile_size=tile,
+                        tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engines.decode import open_clip
     from ..engines.encode import EncodeOptions, planned_output, save_clip
@@ -97,9 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "realesrgan":
         clip = realesrgan_stage(clip, args)
     else:
-        from ..engines.flashvsr.upscale import upscale_clip_cli
-
-        clip = upscale_clip_cli(clip, args)
+        clip = flashvsr_stage(clip, args)
     options = EncodeOptions(codec=args.codec, crf=args.crf)
     with ConsoleProgress(clip.info.frame_count, "upscale", quiet=args.quiet) as progress:
         out = save_clip(clip, args.output, options, progress=progress)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -51,3 +51,18 @@ def in_memory_clip(like: Clip, frames: torch.Tensor) -> Clip:
             yield frames[start:start + step]
 
     return Clip(like.info.replace(frame_count=int(frames.shape[0])), source)
+
+
+def around_each_pull(clip: Clip, before: Callable[[], None], after: Callable[[], None] | None = None) -> Clip:
+    """`clip`, calling `before()` each time it is pulled (the clip is lazy) and `after()` when that
+    pass ends, finished, failed or abandoned."""
+
+    def source() -> Iterator[torch.Tensor]:
+        before()
+        try:
+            yield from clip.chunks()
+        finally:
+            if after is not None:
+                after()
+
+    return Clip(clip.info, source)

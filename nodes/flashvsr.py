@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -22,9 +21,8 @@ from ..engines.flashvsr.loader import (
 )
 from ..engines.flashvsr.pipeline import MODES
 from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, SCALES, auto_tile_size, upscale_clip
-from ..engines.progress import Progress
 from . import host
-from .common import device_choices, resolve_device, upscale_outputs
+from .common import around_each_pull, device_choices, resolve_device, upscale_outputs
 from .types import CATEGORY, CLIP, FLASHVSR_MODEL
 
 OFFLOAD_CHOICES = ("model management", "after each run")
@@ -103,30 +101,6 @@ class FlashVSRLoader:
         return (FlashVSRModel(models, managed, offload == "after each run"),)
 
 
-class _PassProgress(Progress):
-    """A host progress bar opened each time the upscaled clip is pulled (the clip is lazy)."""
-
-    def __init__(self, total: int | None, desc: str):
-        super().__init__(total, desc)
-        self._current: Progress | None = None
-
-    def open(self) -> None:
-        self._current = host.progress(self.total, self.desc)
-
-    def advance(self, n: int = 1) -> None:
-        if self._current is not None:
-            self._current.advance(n)
-
-    def check_cancel(self) -> None:
-        if self._current is not None:
-            self._current.check_cancel()
-
-    def close(self) -> None:
-        if self._current is not None:
-            self._current.close()
-            self._current = None
-
-
 def working_memory(height: int, width: int, tile_size: int) -> int:
     """A rough estimate of the activation memory to keep free on the device, in bytes."""
     tile = tile_size or auto_tile_size(height, width)
@@ -134,20 +108,10 @@ def working_memory(height: int, width: int, tile_size: int) -> int:
     return 4096 * area + 2**30
 
 
-def managed_clip(upscaled: Clip, model: FlashVSRModel, progress: _PassProgress, memory: int) -> Clip:
+def managed_clip(upscaled: Clip, model: FlashVSRModel, memory: int) -> Clip:
     """`upscaled` with the model made resident before each pull (and offloaded after, if asked)."""
-
-    def source() -> Iterator[torch.Tensor]:
-        model.managed.load(memory)
-        progress.open()
-        try:
-            yield from upscaled.chunks()
-        finally:
-            progress.close()
-            if model.offload_after_run:
-                model.managed.offload()
-
-    return Clip(upscaled.info, source)
+    offload = (lambda: model.managed.offload()) if model.offload_after_run else None
+    return around_each_pull(upscaled, lambda: model.managed.load(memory), offload)
 
 
 class FlashVSRUpscale:
@@ -213,13 +177,13 @@ class FlashVSRUpscale:
             raise InputError("FlashVSR Upscale needs exactly one input: connect either clip or images")
         scale, local_range, tile_size, tile_overlap = int(scale), int(local_range), int(tile_size), int(tile_overlap)
         source = clip if clip is not None else Clip.from_tensor(images, fps=24)
-        progress = _PassProgress(source.info.frame_count or None, "FlashVSR")
         upscaled = upscale_clip(source, flashvsr_model.models, scale=scale, mode=mode,
                                 sparse_ratio=float(sparse_ratio), kv_ratio=float(kv_ratio),
                                 local_range=local_range, color_fix=color_fix, seed=int(seed),
-                                tile_size=tile_size, tile_overlap=tile_overlap, progress=progress)
+                                tile_size=tile_size, tile_overlap=tile_overlap,
+                                progress_factory=host.progress)
         memory = working_memory(upscaled.info.height, upscaled.info.width, tile_size)
-        result = managed_clip(upscaled, flashvsr_model, progress, memory)
+        result = managed_clip(upscaled, flashvsr_model, memory)
         return upscale_outputs(result, images is not None, "FlashVSR Upscale")
 
 NODE_CLASS_MAPPINGS = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,7 +16,7 @@ from ..engines.realesrgan.models import (
 )
 from ..engines.realesrgan.upscale import upscale_clip
 from . import host
-from .common import device_choices, resolve_device, upscale_outputs
+from .common import around_each_pull, device_choices, resolve_device, upscale_outputs
 from .types import CATEGORY, CLIP, REALESRGAN_MODEL
 
 GPU_WORKING_MEMORY = 2 * 2**30
@@ -73,16 +72,6 @@ class RealESRGANLoader:
         model = load_model(model_name, host.model_dirs("upscale_models"), denoise_strength=float(denoise_strength),
                            allow_download=bool(allow_download), progress=bar, allow_paths=False)
         return (model,)
-
-
-def _freeing_memory_first(clip: Clip, device: torch.device) -> Clip:
-    """`clip`, asking ComfyUI to unload other models before each pull (the clip is lazy)."""
-
-    def source() -> Iterator[torch.Tensor]:
-        host.free_memory(GPU_WORKING_MEMORY, device)
-        yield from clip.chunks()
-
-    return Clip(clip.info, source)
 
 
 def _choice(value: str, name: str, choices: tuple[str, ...]) -> str:
@@ -155,7 +144,8 @@ class RealESRGANUpscale:
             overlap=None if overlap == "auto" else int(overlap), precision=precision, device=target,
             progress_factory=host.progress)
         if target.type == "cuda":
-            upscaled = _freeing_memory_first(upscaled, target)
+            # Ask ComfyUI to unload other models before each pull (the clip is lazy).
+            upscaled = around_each_pull(upscaled, lambda: host.free_memory(GPU_WORKING_MEMORY, target))
         return upscale_outputs(upscaled, images is not None, "Real-ESRGAN Upscale")
 
 NODE_CLASS_MAPPINGS = {

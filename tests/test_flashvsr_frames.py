@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from vsrkit.cli.upscale import flashvsr_stage
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.flashvsr.loader import FlashVSRModels
@@ -28,7 +29,7 @@ from vsrkit.engines.flashvsr.pipeline import (
     plan_chunk,
 )
 from vsrkit.engines.flashvsr.tcdecoder import TCDecoder
-from vsrkit.engines.flashvsr.upscale import upscale_clip, upscale_clip_cli
+from vsrkit.engines.flashvsr.upscale import upscale_clip
 from vsrkit.engines.flashvsr.wan_dit import WanDiT
 
 FRAME_COUNTS = [1, 2, 7, 20, 21, 24, 25, 29, 33, 40, 100]
@@ -243,7 +244,7 @@ def test_cli_entry_loads_from_model_dir_and_upscales():
     clip = Clip.from_tensor(torch.rand(3, 9, 11, 3), 25)
     args = SimpleNamespace(model_dir=FIXTURE, scale=2, device="cpu", precision="fp32", tile=0, quiet=True,
                            flashvsr_version="v1.1")
-    out = upscale_clip_cli(clip, args)
+    out = flashvsr_stage(clip, args)
     assert (out.info.width, out.info.height, out.info.frame_count) == (22, 18, 3)
     assert out.to_tensor().shape == (3, 18, 22, 3)
 

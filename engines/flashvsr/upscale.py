@@ -1,4 +1,4 @@
-"""FlashVSR Tiny as a streaming clip stage: `upscale_clip` for the nodes, `upscale_clip_cli` for the CLI.
+"""FlashVSR Tiny as a streaming clip stage: `upscale_clip`, used by the nodes and the CLI.
 
 The stage pulls the input clip chunk by chunk and emits upscaled frames as soon as each
 streaming chunk is decoded (Tiny-Long), so memory stays bounded whatever the clip's
@@ -9,7 +9,7 @@ An alpha channel, which the model does not see, is resized with the same bicubic
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -65,14 +65,16 @@ def check_settings(scale: int, mode: str, sparse_ratio: float, kv_ratio: float, 
 def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-long",
                  sparse_ratio: float = 2.0, kv_ratio: float = 3.0, local_range: int = 11,
                  color_fix: str = "adain", seed: int = 0, tile_size: int = 0,
-                 tile_overlap: int = DEFAULT_OVERLAP, progress: Progress | None = None,
+                 tile_overlap: int = DEFAULT_OVERLAP,
+                 progress_factory: Callable[[int | None, str], Progress] | None = None,
                  attention_backend: str = "auto") -> Clip:
     """A clip of `clip` upscaled by FlashVSR Tiny (`models` from `loader.load_flashvsr`).
 
     mode "tiny-long" streams with bounded memory; "tiny" decodes the whole clip at the end
     (same frames, memory grows with length). tile_size 0 picks tiling automatically for
-    large outputs. `progress` advances by output frames and is asked for cancellation
-    between chunks. Nothing runs until the returned clip is pulled.
+    large outputs. `progress_factory(total, desc)` opens a progress bar for each pass; it
+    advances by output frames and is asked for cancellation between chunks. Nothing runs
+    until the returned clip is pulled.
     """
     check_settings(scale, mode, sparse_ratio, kv_ratio, local_range, color_fix, tile_size, tile_overlap)
     info = clip.info
@@ -88,6 +90,7 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         pipeline = FlashVSRPipeline.from_models(models, attention_backend)
+        bar = progress_factory(info.frame_count or None, "FlashVSR") if progress_factory else None
         alphas: deque[torch.Tensor] = deque()
 
         def colour(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -96,29 +99,16 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
                     alphas.extend(chunk[..., 3:].unbind(0))
                 yield chunk[..., :3]
 
-        for frames in pipeline.upscale(colour(chunks), scale, settings, progress=progress):
-            if alphas:
-                alpha = torch.stack([alphas.popleft() for _ in range(frames.shape[0])])
-                alpha = bicubic_resize(alpha.permute(0, 3, 1, 2).float(), out_h, out_w).clamp(0, 1)
-                frames = torch.cat([frames, alpha.permute(0, 2, 3, 1)], dim=-1)
-            yield frames
+        try:
+            for frames in pipeline.upscale(colour(chunks), scale, settings, progress=bar):
+                if alphas:
+                    alpha = torch.stack([alphas.popleft() for _ in range(frames.shape[0])])
+                    alpha = bicubic_resize(alpha.permute(0, 3, 1, 2).float(), out_h, out_w).clamp(0, 1)
+                    frames = torch.cat([frames, alpha.permute(0, 2, 3, 1)], dim=-1)
+                yield frames
+        finally:
+            if bar is not None:
+                bar.close()
 
     return clip.then(stage, width=out_w, height=out_h)
 
-
-def upscale_clip_cli(clip: Clip, args: Any) -> Clip:
-    """The CLI's `--engine flashvsr`: load v1.1 from --model-dir (default search path) and upscale.
-
-    args carries model_dir, scale, device, precision, tile and quiet (cli/upscale.py); a tile
-    size is rounded up to the model's multiple of 128 pixels.
-    """
-    from .loader import default_model_dirs, load_flashvsr
-
-    model_dir = getattr(args, "model_dir", None)
-    folders = [model_dir] if model_dir else default_model_dirs()
-    models = load_flashvsr(folders, version=args.flashvsr_version,
-                           dtype=getattr(args, "precision", None) or "auto", device=getattr(args, "device", None))
-    tile = int(getattr(args, "tile", 0) or 0)
-    tile = -(-tile // SIZE_MULTIPLE) * SIZE_MULTIPLE if tile > 0 else 0
-    return upscale_clip(clip, models, scale=int(getattr(args, "scale", 4)), tile_size=tile,
-                        tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP)
