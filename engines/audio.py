@@ -15,6 +15,7 @@ memory does not grow with the clip's length.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from fractions import Fraction
@@ -25,7 +26,7 @@ import torch
 
 from .clip import AudioTrack
 from .errors import InputError
-from .probe import AudioStreamInfo, probe
+from .probe import AudioStreamInfo, decode_packets, probe
 
 log = logging.getLogger(__name__)
 
@@ -290,14 +291,14 @@ def _file_frames(container: av.container.InputContainer, track: AudioTrack, rate
     if track.start_seconds > 1.0:
         container.seek(int(max(0.0, track.start_seconds - 1.0) / stream.time_base), stream=stream, backward=True)
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-    decoded = _decode_audio(container, stream)
+    decoded = decode_packets(container, stream, flush_after_error=False)
     first = next(decoded, None)
     if first is None:
         return iter(()), track.start_seconds
     first_time = float(first.pts * first.time_base) if first.pts is not None else 0.0
 
     def blocks() -> Iterator[np.ndarray]:
-        for frame in _chain(first, decoded):
+        for frame in itertools.chain((first,), decoded):
             frame.pts = None
             for out in resampler.resample(frame):
                 yield out.to_ndarray().astype(np.float32, copy=False)
@@ -305,22 +306,6 @@ def _file_frames(container: av.container.InputContainer, track: AudioTrack, rate
             yield out.to_ndarray().astype(np.float32, copy=False)
 
     return blocks(), first_time
-
-
-def _chain(first: av.AudioFrame, rest: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
-    yield first
-    yield from rest
-
-
-def _decode_audio(container: av.container.InputContainer, stream) -> Iterator[av.AudioFrame]:
-    try:
-        for packet in container.demux(stream):
-            try:
-                yield from packet.decode()
-            except av.error.InvalidDataError:
-                log.warning("skipped a damaged audio packet in %s", container.name)
-    except av.error.FFmpegError as exc:
-        log.warning("stopped reading audio of %s early: %s", container.name, exc)
 
 
 def _waveform_frames(track: AudioTrack, rate: int, layout: str) -> Iterator[np.ndarray]:

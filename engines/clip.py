@@ -209,6 +209,16 @@ def to_fraction(fps: Fraction | float | int | str) -> Fraction:
     return value
 
 
+def fit_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """[..., C] frames with exactly `channels` channels: extra ones dropped, missing ones opaque (1.0)."""
+    if images.shape[-1] == channels:
+        return images
+    if images.shape[-1] > channels:
+        return images[..., :channels].contiguous()
+    opaque = torch.ones((*images.shape[:-1], channels - images.shape[-1]), dtype=images.dtype, device=images.device)
+    return torch.cat([images, opaque], dim=-1)
+
+
 def rechunk(chunks: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
     """Regroup a chunk stream into chunks of exactly `size` frames (the last may be short)."""
     if size < 1:

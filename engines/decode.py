@@ -20,6 +20,7 @@ odd sizes are kept; alpha is kept where the pixel format carries it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -32,10 +33,27 @@ import av
 import numpy as np
 import torch
 
-from .clip import AudioTrack, Clip, ClipInfo, ColorInfo, chunk_frames_for, normalize_field_order, to_fraction
+from .clip import (
+    AudioTrack,
+    Clip,
+    ClipInfo,
+    ColorInfo,
+    chunk_frames_for,
+    fit_channels,
+    normalize_field_order,
+    to_fraction,
+)
 from .colors import SUPPORTED_MATRICES, canonical, yuv_to_rgb
 from .errors import InputError
-from .probe import MediaInfo, VideoStreamInfo, check_readable, open_container, pix_fmt_traits, probe
+from .probe import (
+    MediaInfo,
+    VideoStreamInfo,
+    check_readable,
+    decode_packets,
+    open_container,
+    pix_fmt_traits,
+    probe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,22 +162,6 @@ class _Plan:
         self.__dict__.update(values)
 
 
-def _decoded_frames(container: av.container.InputContainer, stream) -> Iterator[av.VideoFrame]:
-    """Frames in presentation order; damaged packets are skipped rather than ending the clip."""
-    try:
-        for packet in container.demux(stream):
-            try:
-                yield from packet.decode()
-            except av.error.InvalidDataError:
-                log.warning("skipped a damaged packet at %s in %s", packet.pts, container.name)
-    except av.error.FFmpegError as exc:
-        log.warning("stopped reading %s early: %s", container.name, exc)
-        try:
-            yield from stream.codec_context.decode(None)
-        except av.error.FFmpegError:
-            pass
-
-
 def _frame_seconds(frame: av.VideoFrame, previous: float | None, step: float) -> float:
     if frame.pts is not None and frame.time_base is not None:
         return float(frame.pts * frame.time_base)
@@ -259,25 +261,20 @@ def _frames_near_skip(container: av.container.InputContainer, plan: _Plan) -> tu
     stream.thread_type = "AUTO"
     target = float(plan.skip_first / plan.timeline_fps)
     if not plan.seekable or target < SEEK_AFTER_SECONDS:
-        return _decoded_frames(container, stream), 0
+        return decode_packets(container, stream), 0
     seconds = plan.start_time + target - 1.0
     container.seek(int(seconds / stream.time_base), stream=stream, backward=True)
-    frames = _decoded_frames(container, stream)
+    frames = decode_packets(container, stream)
     first = next(frames, None)
     if first is not None and first.pts is not None:
         time = float(first.pts * first.time_base)
         index = math.floor((time - plan.start_time) * float(plan.timeline_fps) + 0.5)
         if 0 <= index <= plan.skip_first:
             log.debug("seeked %s to frame %d for skip_first=%d", plan.file, index, plan.skip_first)
-            return _prepend(first, frames), 0 if plan.resample else index
+            return itertools.chain((first,), frames), 0 if plan.resample else index
     log.debug("seek in %s landed past frame %d; decoding from the start", plan.file, plan.skip_first)
     container.seek(0, stream=stream, backward=True)
-    return _decoded_frames(container, stream), 0
-
-
-def _prepend(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
-    yield first
-    yield from rest
+    return decode_packets(container, stream), 0
 
 
 def _plane(plane, dtype: np.dtype) -> np.ndarray:
@@ -311,9 +308,7 @@ class FrameConverter:
             images = images[torch.tensor(order)]
         if self.rotation:
             images = torch.rot90(images, k=self.rotation // 90, dims=(1, 2)).contiguous()
-        if images.shape[-1] != self.channels:
-            images = _fit_channels(images, self.channels)
-        return images
+        return fit_channels(images, self.channels)
 
     def _convert(self, frames: list[av.VideoFrame]) -> torch.Tensor:
         name = frames[0].format.name
@@ -363,13 +358,6 @@ class FrameConverter:
             target, scale = ("rgba" if alpha else "rgb24"), 255.0
         arrays = [f.reformat(format=target).to_ndarray() for f in frames]
         return torch.from_numpy(np.stack(arrays)).to(torch.float32).div_(scale)
-
-
-def _fit_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    if images.shape[-1] > channels:
-        return images[..., :channels].contiguous()
-    opaque = torch.ones((*images.shape[:-1], channels - images.shape[-1]), dtype=images.dtype)
-    return torch.cat([images, opaque], dim=-1)
 
 
 def _planar_equivalent(frame: av.VideoFrame) -> str:

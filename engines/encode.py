@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .audio import AUDIO_CODECS, open_audio_writer
-from .clip import Clip, ClipInfo, ColorInfo
+from .clip import Clip, ClipInfo, ColorInfo, fit_channels
 from .colors import (
     MATRIX_CODES,
     PRIMARIES_CODES,
@@ -247,7 +247,7 @@ class _PictureWriter:
         return out
 
     def _convert(self, chunk: torch.Tensor) -> list[av.VideoFrame]:
-        chunk = _fit_channels(chunk, 4 if self.alpha else 3)
+        chunk = fit_channels(chunk, 4 if self.alpha else 3)
         if self.pix_fmt in ("rgb24", "rgba", "rgb48be", "rgba64be"):
             return self._packed(chunk)
         if self.rgb:
@@ -290,14 +290,6 @@ class _PictureWriter:
         for name, value in self.tags.items():
             setattr(frame, name, value)
         return frame
-
-
-def _fit_channels(chunk: torch.Tensor, channels: int) -> torch.Tensor:
-    if chunk.shape[-1] == channels:
-        return chunk
-    if chunk.shape[-1] > channels:
-        return chunk[..., :channels]
-    return torch.cat([chunk, torch.ones((*chunk.shape[:-1], channels - chunk.shape[-1]))], dim=-1)
 
 
 def _even_size(width: int, height: int, pix_fmt: str, odd_size: str) -> tuple[int, int]:

@@ -10,10 +10,12 @@ nodes that probe the same file again pay nothing.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from .clip import ColorInfo, field_order_name, to_fraction
 from .colors import color_from_codes
 from .errors import InputError
 from .preprocess import interlace_report
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +177,28 @@ def open_container(file: Path) -> av.container.InputContainer:
     except av.error.FFmpegError as exc:
         raise InputError(f"'{file}' is not a video FFmpeg can read ({exc.strerror or exc}); "
                          "it may be damaged, incomplete, or not a video at all. Re-export or re-download it") from exc
+
+
+def decode_packets(container: av.container.InputContainer, stream, *,
+                   flush_after_error: bool = True) -> Iterator[av.frame.Frame]:
+    """Decoded frames of `stream`; a damaged packet is skipped (logged) rather than ending the stream.
+
+    A read error ends it early (logged); with `flush_after_error` the frames the decoder still
+    holds come out first (video does this; audio stops at the error).
+    """
+    try:
+        for packet in container.demux(stream):
+            try:
+                yield from packet.decode()
+            except av.error.InvalidDataError:
+                log.warning("skipped a damaged %s packet at %s in %s", stream.type, packet.pts, container.name)
+    except av.error.FFmpegError as exc:
+        log.warning("stopped reading %s of %s early: %s", stream.type, container.name, exc)
+        if flush_after_error:
+            try:
+                yield from stream.codec_context.decode(None)
+            except av.error.FFmpegError:
+                pass
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:

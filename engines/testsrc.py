@@ -8,6 +8,7 @@ Pictures are built as YUV planes (or converted by FFmpeg's swscale), never throu
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -86,7 +87,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: Frac
             audio_stream = container.add_stream(audio_codec, rate=audio_rate)
             audio_stream.codec_context.layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
             audio_stream.codec_context.format = av.codec.Codec(audio_codec, "w").audio_formats[0].name
-        for index, image in enumerate(_chain(first, frames)):
+        for index, image in enumerate(itertools.chain((first,), frames)):
             frame = _frame(image, pix_fmt, tags)
             frame.pts = round(timestamps[index] * 1000) if timestamps is not None else index
             frame.time_base = time_base
@@ -97,11 +98,6 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: Frac
         if audio_stream is not None:
             _write_audio(container, audio_stream, audio, audio_rate)
     return str(path)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _tags(matrix, color_range, primaries, transfer) -> dict[str, int]:
