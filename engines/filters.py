@@ -51,7 +51,7 @@ class Param:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         noun = "an odd whole number" if self.odd else ("a whole number" if self.kind is int else "a number")
-        return f"{noun} from {_fmt(self.low)} to {_fmt(self.high)}"
+        return f"{noun} from {format_number(self.low)} to {format_number(self.high)}"
 
     def check(self, value: Any, owner: str) -> Any:
         """`value` as a clean Python value of this param's type, or an InputError naming it and its range."""
@@ -85,7 +85,8 @@ class Param:
         return repr(float(clean))
 
 
-def _fmt(number: float | None) -> str:
+def format_number(number: float | None) -> str:
+    """A whole number without its '.0', any other in `g` format; '?' for None."""
     if number is None:
         return "?"
     return str(int(number)) if float(number).is_integer() else f"{number:g}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import urllib.error
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 from vsrkit.engines.errors import InputError, ModelNotFoundError
 from vsrkit.engines.realesrgan import models as models_module
+from vsrkit.engines.realesrgan import ncnn_import
 from vsrkit.engines.realesrgan.models import (
     OFFICIAL_MODELS,
     blend_states,
@@ -199,7 +201,8 @@ def test_registry_names_and_hashes_are_well_formed():
     assert official_model("realesrgan-x4plus").name == "RealESRGAN_x4plus"
     assert official_model("realesr-animevideov3").name == "realesr-animevideov3-x4"
     assert official_model("realesr-animevideov3-x2").output_scale == 0.5
-    assert official_model("realesr-animevideov3-x3").scale == 3
+    x3 = official_model("realesr-animevideov3-x3")
+    assert (x3.net_scale, x3.output_scale) == (4, 0.75)
     assert official_model("not-a-model") is None
     for model in OFFICIAL_MODELS:
         assert len(model.sha256) == 64 and int(model.sha256, 16) >= 0
@@ -297,6 +300,57 @@ def test_denoise_strength_blends_general_with_wdn(tmp_path):
         blend_states(strong, {"x": torch.zeros(1)}, 0.5)
 
 
+@pytest.mark.parametrize("strength", [-0.1, 1.5, float("nan")])
+def test_denoise_strength_outside_0_to_1_is_refused(tmp_path, strength):
+    from safetensors.torch import save_file
+
+    for name in ("realesr-general-x4v3", "realesr-general-wdn-x4v3"):
+        save_file(SRVGGNetCompact(num_conv=2, upscale=4).state_dict(), str(tmp_path / f"{name}.safetensors"))
+    with pytest.raises(InputError, match="denoise_strength"):
+        load_model("realesr-general-x4v3", [tmp_path], denoise_strength=strength, fetch=_no_network)
+
+
+def test_denoise_strength_blends_a_general_model_given_as_ncnn_files(ncnn_models, tmp_path):
+    """The strong model may be an ncnn .param/.bin pair (here animevideov3-x4's files under the general
+    model's name, the same SRVGGNetCompact layout); the weak one is a safetensors file."""
+    from safetensors.torch import save_file
+
+    for ext in (".param", ".bin"):
+        shutil.copy(ncnn_models / f"realesr-animevideov3-x4{ext}", tmp_path / f"realesr-general-x4v3{ext}")
+    strong = import_ncnn(tmp_path / "realesr-general-x4v3.param", tmp_path / "realesr-general-x4v3.bin").state_dict
+    torch.manual_seed(1)
+    weak = SRVGGNetCompact(num_conv=16, upscale=4).state_dict()
+    save_file(weak, str(tmp_path / "realesr-general-wdn-x4v3.safetensors"))
+    model = load_model("realesr-general-x4v3.param", [tmp_path], denoise_strength=0.3, ncnn_dir=None,
+                       fetch=_no_network)
+    assert "ncnn files" in model.origin and "blended with" in model.origin
+    got = model.net.state_dict()
+    assert set(got) == set(strong)
+    for key in strong:
+        assert torch.allclose(got[key], 0.3 * strong[key] + 0.7 * weak[key], atol=1e-6)
+
+
+def test_a_packaged_ncnn_file_that_cannot_be_read_is_not_taken_for_a_cache_failure(ncnn_models, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("VSRKIT_OFFLINE", "1")
+    package = tmp_path / "package"
+    package.mkdir()
+    for ext in (".param", ".bin"):
+        shutil.copy(ncnn_models / f"realesr-animevideov3-x2{ext}", package / f"realesr-animevideov3-x2{ext}")
+    read_bytes = Path.read_bytes
+
+    def unreadable_bin(self):
+        if self.parent == package and self.suffix == ".bin":
+            raise PermissionError(13, "Permission denied (test)", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable_bin)
+    with pytest.raises(InputError, match="cannot read ncnn weights file") as error:
+        resolve_model_file("realesr-animevideov3-x2", [tmp_path / "cache"], ncnn_dir=package)
+    assert "Permission denied (test)" in str(error.value)
+    assert not (tmp_path / "cache" / "realesr-animevideov3-x2.safetensors").exists()
+
+
 def test_folder_names_cannot_escape_the_model_folder(tmp_path):
     folder = tmp_path / "upscale_models"
     folder.mkdir()
@@ -313,8 +367,19 @@ def test_an_unwritable_model_folder_still_gives_the_packaged_model(ncnn_models, 
     monkeypatch.setenv("VSRKIT_OFFLINE", "1")
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the model folder should be")
+    imports = []
+
+    def counted(original):
+        def wrapper(*args, **kwargs):
+            imports.append(args[0])
+            return original(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(ncnn_import, "import_ncnn", counted(ncnn_import.import_ncnn))
+    monkeypatch.setattr(models_module, "import_ncnn", counted(models_module.import_ncnn))
     model = load_model("realesr-animevideov3-x3", [blocker / "upscale_models"], ncnn_dir=ncnn_models)
     assert model.scale == 3 and "converted in memory" in model.origin
+    assert imports == [ncnn_models / "realesr-animevideov3-x3.param"]  # imported once, not again to load
 
 
 def test_original_esrgan_key_layout_of_core_upscale_models_is_renamed():

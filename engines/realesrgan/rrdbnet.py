@@ -13,6 +13,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+_SCALE_BY_CHANNEL_RATIO = {1: 4, 4: 2, 16: 1}
+
+
+def scale_from_channels(in_ch: int, out_ch: int) -> int | None:
+    """The scale of an RRDBNet whose first convolution takes `in_ch` channels and whose last gives
+    `out_ch`: the input is pixel-unshuffled by 4 for x1 and by 2 for x2; None for any other ratio."""
+    if out_ch <= 0 or in_ch % out_ch:
+        return None
+    return _SCALE_BY_CHANNEL_RATIO.get(in_ch // out_ch)
+
 
 class ResidualDenseBlock(nn.Module):
     """Five densely connected 3x3 convolutions; the result is added back scaled by 0.2."""
