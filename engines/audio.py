@@ -77,6 +77,16 @@ class AudioWriter:
         """Release the input file, if any."""
 
 
+def check_audio_codec(codec: str | None) -> str:
+    """'auto', 'copy' or a key of AUDIO_CODECS from what the user gave (None is 'auto', any case);
+    InputError for anything else."""
+    wanted = (codec or "auto").strip().lower()
+    if wanted not in ("auto", "copy", *AUDIO_CODECS):
+        raise InputError(f"audio codec '{codec}' is not supported; use one of auto, copy, "
+                         f"{', '.join(AUDIO_CODECS)}")
+    return wanted
+
+
 def open_audio_writer(output: av.container.OutputContainer, container_kind: str, track: AudioTrack,
                       frame_seconds: float, duration_hint: float, codec: str | None = None,
                       bitrate: int | None = None) -> AudioWriter | None:
@@ -85,7 +95,7 @@ def open_audio_writer(output: av.container.OutputContainer, container_kind: str,
     `codec`: None/"auto" (copy when possible, else the container's usual codec), "copy"
     (copy or fail), or one of AUDIO_CODECS. `duration_hint` is the video's expected duration.
     """
-    wanted = (codec or "auto").lower()
+    wanted = check_audio_codec(codec)
     info = _file_stream(track) if track.path else None
     if track.path and info is None:
         log.warning("audio stream %s of %s is gone; writing no audio", track.stream_index, track.path)
@@ -97,10 +107,7 @@ def open_audio_writer(output: av.container.OutputContainer, container_kind: str,
         if wanted == "copy":
             raise InputError(f"the audio of '{track.path}' ({info.codec}) cannot be stream-copied here: {reason}; "
                              "choose an audio codec to re-encode it")
-    encoder = REENCODE[container_kind] if wanted in ("auto", "copy") else AUDIO_CODECS.get(wanted)
-    if encoder is None:
-        raise InputError(f"audio codec '{codec}' is not supported; use one of auto, copy, "
-                         f"{', '.join(AUDIO_CODECS)}")
+    encoder = REENCODE[container_kind] if wanted in ("auto", "copy") else AUDIO_CODECS[wanted]
     return _EncodeWriter(output, track, info, encoder, bitrate)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .clip import ColorInfo
+from .errors import InputError
 
 # FFmpeg's enum values (AVColorSpace, AVColorRange, AVColorPrimaries, AVColorTransferCharacteristic)
 MATRIX_NAMES = {0: "gbr", 1: "bt709", 2: "unknown", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",
@@ -63,6 +64,22 @@ def canonical(name: str) -> str:
     """FFmpeg's name for a matrix or range given in a common spelling (bt601 -> smpte170m)."""
     name = name.strip().lower()
     return MATRIX_ALIASES.get(name, name)
+
+
+def parse_matrix(name: str) -> str:
+    """FFmpeg's name of a matrix we can convert with (bt601 -> smpte170m, 709 -> bt709, ...); InputError if none."""
+    matrix = canonical(name)
+    if matrix not in SUPPORTED_MATRICES:
+        raise InputError(f"colour matrix '{name}' is not known; use auto, bt601, bt709 or bt2020")
+    return matrix
+
+
+def parse_range(name: str) -> str:
+    """'tv' or 'pc' from tv/limited/mpeg or pc/full/jpeg (any case); InputError otherwise."""
+    color_range = canonical(name)
+    if color_range not in ("tv", "pc"):
+        raise InputError(f"colour range '{name}' is not known; use tv (limited) or pc (full)")
+    return color_range
 
 
 def is_hd(width: int, height: int) -> bool:

@@ -43,7 +43,7 @@ from .clip import (
     normalize_field_order,
     to_fraction,
 )
-from .colors import SUPPORTED_MATRICES, canonical, yuv_to_rgb
+from .colors import parse_matrix, parse_range, yuv_to_rgb
 from .errors import InputError
 from .probe import (
     MediaInfo,
@@ -133,15 +133,9 @@ def _timeline(video: VideoStreamInfo, force_fps) -> tuple[Fraction, int]:
 def _color_override(color: ColorInfo, matrix: str | None, color_range: str | None) -> ColorInfo:
     changes = {}
     if matrix and matrix != "auto":
-        name = canonical(matrix)
-        if name not in SUPPORTED_MATRICES:
-            raise InputError(f"colour matrix '{matrix}' is not known; use bt601, bt709 or bt2020")
-        changes["matrix"] = name
+        changes["matrix"] = parse_matrix(matrix)
     if color_range and color_range != "auto":
-        name = canonical(color_range)
-        if name not in ("tv", "pc"):
-            raise InputError(f"colour range '{color_range}' is not known; use limited (tv) or full (pc)")
-        changes["range"] = name
+        changes["range"] = parse_range(color_range)
     if not changes:
         return color
     return dataclasses.replace(color, tagged=True, **changes)

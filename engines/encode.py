@@ -23,16 +23,16 @@ import av
 import numpy as np
 import torch
 
-from .audio import AUDIO_CODECS, open_audio_writer
+from .audio import check_audio_codec, open_audio_writer
 from .clip import Clip, ClipInfo, ColorInfo, fit_channels
 from .colors import (
     MATRIX_CODES,
     PRIMARIES_CODES,
     RANGE_CODES,
-    SUPPORTED_MATRICES,
     TRANSFER_CODES,
-    canonical,
     default_color,
+    parse_matrix,
+    parse_range,
     rgb_to_yuv,
 )
 from .errors import InputError
@@ -98,7 +98,7 @@ class EncodeOptions:
     color_matrix: str = "auto"
     """"auto" keeps the clip's matrix; or bt601, bt709, bt2020."""
     color_range: str = "tv"
-    """"tv" (limited, what players expect) or "pc" (full)."""
+    """"tv" (limited, what players expect) or "pc" (full); limited/mpeg and full/jpeg work too."""
     threads: int = 0
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     """Container tags, e.g. ComfyUI's prompt and workflow as JSON (so the file can be dropped back in)."""
@@ -192,15 +192,11 @@ def _codec_options(name: str, spec: CodecSpec, options: EncodeOptions, pix_fmt: 
 
 def output_color(info: ClipInfo, options: EncodeOptions, width: int, height: int) -> ColorInfo:
     """The matrix/range/primaries/transfer the output is converted with and tagged as."""
-    if options.color_range not in ("tv", "pc", "limited", "full"):
-        raise InputError(f"color_range must be tv (limited) or pc (full), got '{options.color_range}'")
-    color_range = canonical(options.color_range)
+    color_range = parse_range(options.color_range)
     fallback = default_color(width, height)
     source = info.color
     if options.color_matrix and options.color_matrix != "auto":
-        matrix = canonical(options.color_matrix)
-        if matrix not in SUPPORTED_MATRICES:
-            raise InputError(f"color_matrix '{options.color_matrix}' is not known; use auto, bt601, bt709 or bt2020")
+        matrix = parse_matrix(options.color_matrix)
     else:
         matrix = source.matrix if source.tagged else fallback.matrix
     primaries = source.primaries if source.tagged else fallback.primaries
@@ -339,9 +335,7 @@ def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None
     color = output_color(info, options, width, height)
     pictures = _PictureWriter(pix_fmt, width, height, color)
     codec_options = _codec_options(name, spec, options, pix_fmt)
-    if options.audio_codec and options.audio_codec not in ("auto", "copy", *AUDIO_CODECS):
-        raise InputError(f"audio codec '{options.audio_codec}' is not supported; use auto, copy, "
-                         f"{', '.join(AUDIO_CODECS)}")
+    check_audio_codec(options.audio_codec)
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = partial_path(final)
     progress = progress or Progress(info.frame_count, "save")

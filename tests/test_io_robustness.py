@@ -244,3 +244,41 @@ def test_one_field_order_table_for_probe_decode_and_deinterlace():
     assert shown == {"unknown": "unknown", "progressive": "progressive", "tt": "tff", "bt": "tff",
                      "bb": "bff", "tb": "bff"}
     assert normalize_field_order(" TFF ") == "tff" and normalize_field_order(None) == "unknown"
+
+
+def test_one_colour_parser_for_decode_overrides_and_encode(tmp_path):
+    from vsrkit.engines.colors import parse_matrix, parse_range
+    from vsrkit.engines.encode import output_color
+    from vsrkit.engines.errors import InputError
+
+    assert [parse_range(n) for n in ("tv", "Limited", "mpeg", "pc", "FULL", "jpeg")] == ["tv"] * 3 + ["pc"] * 3
+    assert [parse_matrix(n) for n in ("bt601", "709", "BT2020")] == ["smpte170m", "bt709", "bt2020nc"]
+    for bad in (lambda: parse_range("bt709"), lambda: parse_matrix("full"), lambda: parse_matrix("xyz")):
+        with pytest.raises(InputError, match="not known"):
+            bad()
+    info = ClipInfo(width=32, height=32, fps=Fraction(25), frame_count=1)
+    color = output_color(info, EncodeOptions(color_range="jpeg", color_matrix="BT601"), 32, 32)
+    assert (color.range, color.matrix) == ("pc", "smpte170m")  # encode takes the aliases decode takes
+    with pytest.raises(InputError, match="colour range 'studio'"):
+        output_color(info, EncodeOptions(color_range="studio"), 32, 32)
+    path = testsrc.write_video(tmp_path / "v.mkv", [testsrc.pattern_rgb(0, 32, 32)], 25, codec="ffv1",
+                               pix_fmt="yuv444p", matrix="bt709", color_range="tv")
+    clip = open_clip(path, color_matrix="601", color_range="JPEG")
+    assert (clip.info.color.matrix, clip.info.color.range) == ("smpte170m", "pc")
+    with pytest.raises(InputError, match="colour matrix 'bt999'"):
+        open_clip(path, color_matrix="bt999")
+
+
+def test_audio_codec_is_checked_once_case_insensitively(tmp_path):
+    from vsrkit.engines.audio import check_audio_codec
+    from vsrkit.engines.errors import InputError
+
+    assert [check_audio_codec(n) for n in (None, "AUTO", "Copy", "AAC", " opus ")] == [
+        "auto", "auto", "copy", "aac", "opus"]
+    audio = AudioTrack(waveform=torch.from_numpy(testsrc.tone(0.2)), sample_rate=48000)
+    clip = Clip.from_tensor(torch.rand(5, 32, 32, 3), 25, audio=audio)
+    out = save_clip(clip, tmp_path / "aac.mp4", EncodeOptions(audio_codec="AAC", preset="ultrafast"))
+    assert probe(out).audio.codec == "aac"
+    with pytest.raises(InputError, match="audio codec 'vorbis' is not supported"):
+        save_clip(clip, tmp_path / "bad.mp4", EncodeOptions(audio_codec="vorbis", preset="ultrafast"))
+    assert not list(tmp_path.glob("bad*")) and not list(tmp_path.glob(".*"))  # refused before writing
