@@ -445,16 +445,19 @@ def _write_container(clip: Clip, temp: Path, final: Path, name: str, spec: Codec
 
 def _write_png_sequence(clip: Clip, folder: Path, pictures: _PictureWriter, width: int, height: int,
                         progress: Progress) -> None:
+    """frame_000001.png, ... in `folder` through one image2 muxer and one png encoder."""
     folder.mkdir()
-    index = 0
-    for chunk in _chunks(clip, width, height, progress):
-        for frame in pictures.frames(chunk):
-            index += 1
-            with av.open(str(folder / f"frame_{index:06d}.png"), mode="w", format="image2") as image:
-                stream = image.add_stream("png", rate=1)
-                stream.width, stream.height, stream.pix_fmt = width, height, pictures.pix_fmt
+    pattern = str(folder).replace("%", "%%") + "/frame_%06d.png"  # image2 reads % in the path as a pattern
+    with av.open(pattern, mode="w", format="image2", options={"start_number": "1"}) as images:
+        stream = images.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = width, height, pictures.pix_fmt
+        index = 0
+        for chunk in _chunks(clip, width, height, progress):
+            for frame in pictures.frames(chunk):
+                frame.pts = index
+                frame.time_base = Fraction(1, 1)  # the stream's rate: one frame a second
+                index += 1
                 for packet in stream.encode(frame):
-                    image.mux(packet)
-                for packet in stream.encode(None):
-                    image.mux(packet)
-
+                    images.mux(packet)
+        for packet in stream.encode(None):
+            images.mux(packet)

@@ -282,3 +282,13 @@ def test_audio_codec_is_checked_once_case_insensitively(tmp_path):
     with pytest.raises(InputError, match="audio codec 'vorbis' is not supported"):
         save_clip(clip, tmp_path / "bad.mp4", EncodeOptions(audio_codec="vorbis", preset="ultrafast"))
     assert not list(tmp_path.glob("bad*")) and not list(tmp_path.glob(".*"))  # refused before writing
+
+
+def test_png_sequence_in_a_folder_whose_name_has_a_percent_sign(tmp_path):
+    clip = Clip.from_tensor(torch.rand(3, 9, 7, 4), 25)
+    out = save_clip(clip, tmp_path / "50%_frames", EncodeOptions(codec="png"))
+    assert out == tmp_path / "50%_frames"
+    assert [f.name for f in sorted(out.iterdir())] == [f"frame_00000{i}.png" for i in (1, 2, 3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["50%_frames"]  # no temp folder left
+    with av.open(str(out / "frame_000003.png")) as image:
+        assert image.streams.video[0].codec_context.pix_fmt == "rgba"
