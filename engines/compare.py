@@ -9,6 +9,7 @@ are pulled in lockstep, chunk by chunk, so memory stays flat however long they a
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 
 import torch
@@ -94,14 +95,98 @@ def resize_frames(frames: torch.Tensor, width: int, height: int, method: str) ->
     """Plain resize of a [T, H, W, C] chunk to width x height (the "before" look)."""
     if frames.shape[1] == height and frames.shape[2] == width:
         return frames
-    nchw = frames.permute(0, 3, 1, 2)
-    if method in ("bicubic", "bilinear"):
-        out = F.interpolate(nchw, size=(height, width), mode=method, align_corners=False, antialias=True)
-    elif method == "nearest":
-        out = F.interpolate(nchw, size=(height, width), mode="nearest-exact")
-    else:
-        out = F.interpolate(nchw, size=(height, width), mode="area")
+    out = _interpolate(frames.permute(0, 3, 1, 2), width, height, method)
     return out.clamp_(0, 1).permute(0, 2, 3, 1).contiguous()
+
+
+def _interpolate(nchw: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
+    """The F.interpolate call behind `resize_frames`, unclamped."""
+    if method in ("bicubic", "bilinear"):
+        return F.interpolate(nchw, size=(height, width), mode=method, align_corners=False, antialias=True)
+    if method == "nearest":
+        return F.interpolate(nchw, size=(height, width), mode="nearest-exact")
+    return F.interpolate(nchw, size=(height, width), mode="area")
+
+
+# The tap-by-tap sums below cost about this many times torch's own resize per output tap (CPU),
+# so a crop covering most of the frame is cheaper resized whole and then cut.
+_TAP_LOOP_COST = 3
+_FILTER_REACH = {"bicubic": 2.0, "bilinear": 1.0, "area": 1.0, "nearest": 0.5}
+
+
+def _axis_taps(in_size: int, out_size: int, start: int, length: int, method: str
+               ) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """How a resize of one axis from in_size to out_size makes outputs start..start+length.
+
+    Returns the source span [lo, hi) they read, and for each output the source pixels (relative
+    to lo, [length, taps]) and their weights, padded with zero weights. The weights are torch's
+    own: one-hot rows of the span pushed through the F.interpolate of `resize_frames`.
+    """
+    scale = in_size / out_size
+    reach = _FILTER_REACH[method] * max(scale, 1.0) + 1.0
+    lo = max(0, math.floor((start + 0.5) * scale - reach))
+    hi = min(in_size, math.ceil((start + length - 0.5) * scale + reach) + 1)
+    rows = []
+    for first in range(lo, hi, 256):
+        count = min(256, hi - first)
+        probe = torch.zeros((1, count, 1, in_size))
+        probe[0, torch.arange(count), 0, torch.arange(first, first + count)] = 1.0
+        rows.append(_interpolate(probe, out_size, 1, method)[0, :, 0, start:start + length].T)
+    weights = torch.cat(rows, dim=1)  # [length, hi - lo]
+    used = weights != 0
+    span = used.shape[1]
+    first = used.int().argmax(dim=1)
+    last = span - 1 - used.flip(1).int().argmax(dim=1)
+    taps = int((last - first).max()) + 1
+    offsets = torch.arange(taps)
+    index = (first[:, None] + offsets).clamp_(max=span - 1)
+    tap_weights = weights.gather(1, index) * (offsets <= (last - first)[:, None])
+    return lo, hi, index, tap_weights
+
+
+def _resample(frames: torch.Tensor, dim: int, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sums of pixels along `dim`, tap by tap in torch's order."""
+    shape = [1] * frames.dim()
+    shape[dim] = -1
+    index, weights = index.to(frames.device), weights.to(frames.device, frames.dtype)
+    out = frames.index_select(dim, index[:, 0]) * weights[:, 0].view(shape)
+    for k in range(1, index.shape[1]):
+        out.addcmul_(frames.index_select(dim, index[:, k]), weights[:, k].view(shape))
+    return out
+
+
+class CroppedResize:
+    """`resize_frames` to out_w x out_h followed by the crop (x, y, w, h), worked out for the crop only.
+
+    Without a crop (or with one so large that it would not pay) it is `resize_frames` and a cut.
+    With one, each output pixel of the crop is the weighted sum of the source pixels that torch's
+    resize would use, with torch's weights, in its order (width first), so the result equals the
+    full resize then crop to float rounding at the cost of the crop.
+    """
+
+    def __init__(self, in_w: int, in_h: int, out_w: int, out_h: int, crop: tuple[int, int, int, int],
+                 method: str):
+        self.out_w, self.out_h, self.method = out_w, out_h, method
+        self.crop = x, y, w, h = crop_region(out_w, out_h, crop)
+        self.whole = (x, y, w, h) == (0, 0, out_w, out_h) or (in_w, in_h) == (out_w, out_h)
+        if not self.whole:
+            self.cols = _axis_taps(in_w, out_w, x, w, method)
+            self.rows = _axis_taps(in_h, out_h, y, h, method)
+            col_taps, row_taps = self.cols[2].shape[1], self.rows[2].shape[1]
+            crop_work = (self.rows[1] - self.rows[0]) * w * col_taps + h * w * row_taps
+            full_work = in_h * out_w * col_taps + out_h * out_w * row_taps
+            self.whole = _TAP_LOOP_COST * crop_work >= full_work
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """The resized crop of a [T, H, W, C] chunk."""
+        x, y, w, h = self.crop
+        if self.whole:
+            return resize_frames(frames, self.out_w, self.out_h, self.method)[:, y:y + h, x:x + w]
+        col_lo, col_hi, col_index, col_weights = self.cols
+        row_lo, row_hi, row_index, row_weights = self.rows
+        source = frames[:, row_lo:row_hi, col_lo:col_hi]
+        across = _resample(source, 2, col_index, col_weights)
+        return _resample(across, 1, row_index, row_weights).clamp_(0, 1)
 
 
 def wipe_split(frame_index: int, width: int, fps: float, options: CompareOptions) -> int:
@@ -155,9 +240,13 @@ def compose(before: torch.Tensor, after: torch.Tensor, first_index: int, fps: fl
         out = torch.cat([before, after], dim=1)
     else:
         out = after.clone()
-        for t in range(out.shape[0]):
-            split = wipe_split(first_index + t, width, fps, options)
-            out[t, :, :split] = before[t, :, :split]
+        if options.layout == "wipe":
+            split = wipe_split(first_index, width, fps, options)
+            out[:, :, :split] = before[:, :, :split]
+        else:
+            for t in range(out.shape[0]):
+                split = wipe_split(first_index + t, width, fps, options)
+                out[t, :, :split] = before[t, :, :split]
     _draw_dividers(out, width, height, first_index, fps, options)
     if options.labels:
         scale = max(1, round(min(height, width) / 144))
@@ -182,10 +271,12 @@ def _draw_dividers(out: torch.Tensor, width: int, height: int, first_index: int,
     elif options.layout == "stacked":
         out[:, max(0, height - half): height - half + options.divider_px] = color
     else:
-        for t in range(out.shape[0]):
+        fixed = options.layout == "wipe"
+        for t in range(1 if fixed else out.shape[0]):
             split = wipe_split(first_index + t, width, fps, options)
             if 0 < split < width:
-                out[t, :, max(0, split - half): split - half + options.divider_px] = color
+                frames = slice(None) if fixed else t
+                out[frames, :, max(0, split - half): split - half + options.divider_px] = color
 
 
 def compare_clips(before: Clip, after: Clip, options: CompareOptions | None = None) -> Clip:
@@ -205,6 +296,8 @@ def compare_clips(before: Clip, after: Clip, options: CompareOptions | None = No
     x, y, w, h = crop_region(a_info.width, a_info.height, options.crop)
     out_w, out_h = output_size(a_info.width, a_info.height, options)
     fps = float(a_info.fps)
+    resize_crop = CroppedResize(b_info.width, b_info.height, a_info.width, a_info.height, options.crop,
+                                options.resize)
     step = chunk_frames_for(max(out_w, a_info.width), max(out_h, a_info.height), 3)
 
     def source() -> Iterator[torch.Tensor]:
@@ -219,9 +312,8 @@ def compare_clips(before: Clip, after: Clip, options: CompareOptions | None = No
             if before_chunk.shape[0] > after_chunk.shape[0]:
                 raise InputError(f"the after clip ended at frame {done + after_chunk.shape[0]} while the "
                                  "before clip went on; compare a clip with its own upscale")
-            resized = resize_frames(before_chunk[..., :3].float(), a_info.width, a_info.height, options.resize)
-            composed = compose(resized[:, y:y + h, x:x + w], after_chunk[:, y:y + h, x:x + w, :3].float(),
-                               done, fps, options)
+            composed = compose(resize_crop(before_chunk[..., :3].float()),
+                               after_chunk[:, y:y + h, x:x + w, :3].float(), done, fps, options)
             done += composed.shape[0]
             yield composed
         if next(before_chunks, None) is not None:

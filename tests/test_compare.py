@@ -8,7 +8,9 @@ import av
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from vsrkit.engines import compare as compare_module
 from vsrkit.engines.clip import AudioTrack, Clip, ClipInfo
 from vsrkit.engines.compare import CompareOptions, compare_clips, resize_frames, wipe_split
 from vsrkit.engines.errors import InputError
@@ -109,6 +111,54 @@ def test_crop_compares_one_region_of_the_upscaled_frame():
     torch.testing.assert_close(frames[:, :, 16:], after.to_tensor()[:, 8:28, 40:56])
     full_left = resize_frames(before.to_tensor(), 64, 64, "bicubic")
     torch.testing.assert_close(frames[:, :, :16], full_left[:, 8:28, 40:56])
+
+
+def full_resize_then_crop(frames: torch.Tensor, width: int, height: int, method: str,
+                          region: tuple[int, int, int, int]) -> torch.Tensor:
+    """The comparison's "before" as it was first computed: the whole frame resized, then cut."""
+    nchw = frames.permute(0, 3, 1, 2)
+    if method == "nearest":
+        out = F.interpolate(nchw, size=(height, width), mode="nearest-exact")
+    elif method == "area":
+        out = F.interpolate(nchw, size=(height, width), mode="area")
+    else:
+        out = F.interpolate(nchw, size=(height, width), mode=method, align_corners=False, antialias=True)
+    x, y, w, h = region
+    return out.clamp(0, 1).permute(0, 2, 3, 1)[:, y:y + h, x:x + w]
+
+
+@pytest.mark.parametrize("method", ["bicubic", "bilinear", "area", "nearest"])
+@pytest.mark.parametrize("sizes", [(48, 27, 192, 108), (60, 40, 90, 60), (90, 60, 56, 38), (37, 23, 111, 80)],
+                         ids=["4x", "1.5x", "down", "odd"])
+def test_small_crop_resizes_only_its_region_and_matches_the_full_resize(monkeypatch, method, sizes):
+    in_w, in_h, out_w, out_h = sizes
+    before = noise_clip(3, in_w, in_h, seed=5)
+    after = noise_clip(3, out_w, out_h, seed=6)
+
+    def whole_frame_resize(*args, **kwargs):
+        raise AssertionError("a small crop must not resize the whole before frame")
+
+    for crop in [(out_w // 3, out_h // 4, 9, 7), (0, 0, 6, 5), (out_w - 7, out_h - 6, 0, 0)]:
+        x, y = crop[:2]
+        w, h = crop[2] or out_w - x, crop[3] or out_h - y
+        expected = full_resize_then_crop(before.to_tensor(), out_w, out_h, method, (x, y, w, h))
+        with monkeypatch.context() as patch:
+            patch.setattr(compare_module, "resize_frames", whole_frame_resize)
+            frames = compare_clips(before, after, CompareOptions(resize=method, crop=crop, divider_px=0,
+                                                                 labels=False)).to_tensor()
+        assert frames.shape == (3, h, 2 * w, 3)
+        torch.testing.assert_close(frames[:, :, :w], expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(frames[:, :, w:], after.to_tensor()[:, y:y + h, x:x + w])
+
+
+def test_large_crop_still_matches_the_full_resize():
+    before, after = noise_clip(2, 40, 30, seed=7), noise_clip(2, 60, 45, seed=8)
+    for crop in [(2, 1, 0, 0), (0, 10, 0, 20)]:
+        frames = compare_clips(before, after, CompareOptions(crop=crop, divider_px=0, labels=False)).to_tensor()
+        x, y = crop[:2]
+        w, h = crop[2] or 60 - x, crop[3] or 45 - y
+        expected = full_resize_then_crop(before.to_tensor(), 60, 45, "bicubic", (x, y, w, h))
+        torch.testing.assert_close(frames[:, :, :w], expected, atol=1e-6, rtol=0)
 
 
 def test_crop_is_clamped_to_the_frame_and_rejects_an_origin_outside():
