@@ -36,7 +36,7 @@ from .colors import (
     rgb_to_yuv,
 )
 from .errors import InputError
-from .paths import discard, partial_path, publish
+from .paths import discard, output_taken, partial_path, publish
 from .probe import pix_fmt_traits
 from .progress import Progress
 
@@ -312,7 +312,7 @@ def _resize_edges(chunk: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 
 def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None = None,
-              progress: Progress | None = None, overwrite: bool = False) -> Path:
+              progress: Progress | None = None) -> Path:
     """Encode `clip` to `path` (chunk by chunk, audio muxed in sync) and return the final path.
 
     For codec "png" `path` is a folder that receives frame_000001.png, ... (no audio).
@@ -320,7 +320,7 @@ def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None
     options = options or EncodeOptions()
     name, spec = codec_spec(options.codec)
     final = output_path_for(path, name)
-    _check_destination(final, clip, overwrite)
+    _check_destination(final, clip)
     info = clip.info
     if info.frame_count <= 0:
         raise InputError("the clip has no frames to save")
@@ -347,29 +347,29 @@ def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None
         else:
             _write_container(clip, temp, final, name, spec, pix_fmt, codec_options, pictures, width, height,
                              options, progress)
-        return publish(temp, final, overwrite=overwrite)
+        return publish(temp, final)
     except BaseException:
         discard(temp)
         raise
 
 
-def planned_output(path: str | os.PathLike, codec: str, overwrite: bool = False) -> Path:
+def planned_output(path: str | os.PathLike, codec: str) -> Path:
     """The file `save_clip` would write for `path` and `codec`; InputError if it cannot (taken, wrong container)."""
     final = output_path_for(path, codec)
-    if final.exists() and not overwrite:
-        raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)")
+    if final.exists():
+        raise output_taken(final)
     return final
 
 
-def _check_destination(final: Path, clip: Clip, overwrite: bool) -> None:
+def _check_destination(final: Path, clip: Clip) -> None:
     sources = {clip.info.source_path, clip.info.audio.path if clip.info.audio else None} - {None}
     resolved = final.resolve()
     for source in sources:
         if Path(source).resolve() == resolved:
             raise InputError(f"output '{final}' is the input file; vsrkit never overwrites its input, "
                              "choose another name")
-    if final.exists() and not overwrite:
-        raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)")
+    if final.exists():
+        raise output_taken(final)
 
 
 def _chunks(clip: Clip, width: int, height: int, progress: Progress) -> Iterator[torch.Tensor]:

@@ -50,6 +50,11 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f"{TEMP_MARK}{secrets.token_hex(4)}-{final.name}")
 
 
+def output_taken(final: Path) -> InputError:
+    """The error for an output name that is already in use."""
+    return InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)")
+
+
 def publish(temp: Path, final: Path, overwrite: bool = False) -> Path:
     """Move the finished `temp` to `final`; never replaces an existing file unless `overwrite`."""
     if overwrite:
@@ -57,16 +62,16 @@ def publish(temp: Path, final: Path, overwrite: bool = False) -> Path:
         return final
     if temp.is_dir():
         if final.exists():
-            raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)")
+            raise output_taken(final)
         os.rename(temp, final)
         return final
     try:
         os.link(temp, final)
     except FileExistsError as exc:
-        raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)") from exc
+        raise output_taken(final) from exc
     except OSError:
         if final.exists():
-            raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)") from None
+            raise output_taken(final) from None
         os.rename(temp, final)
         return final
     temp.unlink()

@@ -188,7 +188,7 @@ def test_never_overwrites(tmp_path):
     assert target.read_bytes() == b"keep me"
     source = testsrc.write_video(tmp_path / "source.mp4", (testsrc.pattern_rgb(i, 16, 16) for i in range(2)), 25)
     with pytest.raises(InputError, match="input"):
-        save_clip(open_clip(source), source, overwrite=True)
+        save_clip(open_clip(source), source)
 
 
 def test_container_must_fit_the_codec(tmp_path):
