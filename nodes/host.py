@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from ..engines.paths import user_data_dir
-from ..engines.progress import Cancelled, ConsoleProgress, Progress
+from ..engines.progress import ConsoleProgress, Progress
 
 
 def _comfy(module: str) -> ModuleType | None:
@@ -53,12 +53,7 @@ class _ComfyProgress(Progress):
     def check_cancel(self) -> None:
         if self._mm is None:
             return
-        try:
-            self._mm.throw_exception_if_processing_interrupted()
-        except Exception as exc:
-            if type(exc).__name__ == "InterruptProcessingException":
-                raise
-            raise Cancelled(str(exc)) from exc
+        self._mm.throw_exception_if_processing_interrupted()
 
 
 def progress(total: int | None, desc: str = "") -> Progress:
@@ -234,21 +229,20 @@ class ManagedModel:
         soft_empty_cache()
 
 
-def core_video_types() -> tuple[Any, Any] | None:
-    """ComfyUI's core (VideoFromFile, VideoFromComponents) classes, or None outside ComfyUI."""
+def core_video_from_file() -> Any | None:
+    """ComfyUI's core VideoFromFile class (a VIDEO backed by a file), or None outside ComfyUI."""
     for module_name in ("comfy_api.latest._input_impl.video_types", "comfy_api.input_impl.video_types",
                         "comfy_api.input_impl"):
         module = _comfy(module_name)
         if module is not None and hasattr(module, "VideoFromFile"):
-            return module.VideoFromFile, getattr(module, "VideoFromComponents", None)
+            return module.VideoFromFile
     return None
 
 
 __all__ = [
-    "Cancelled",
     "ManagedModel",
     "allowed_roots",
-    "core_video_types",
+    "core_video_from_file",
     "free_memory",
     "in_comfyui",
     "input_dir",

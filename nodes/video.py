@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 
 from ..engines.clip import Clip
 from ..engines.decode import open_clip
-from ..engines.encode import EncodeOptions, available_codecs, save_clip
+from ..engines.encode import CODECS, EncodeOptions, available_codecs, save_clip
 from ..engines.errors import InputError
 from ..engines.interop import (
     audio_to_comfy,
@@ -23,8 +22,6 @@ from . import host
 from .types import CATEGORY, CLIP
 
 _CATEGORY = f"{CATEGORY}/video"
-_CONTAINERS = {"h264": "mp4", "h265": "mp4", "vp9": "webm", "prores": "mov", "ffv1": "mkv", "av1": "mp4",
-               "png": ""}
 _PIX_FMTS = ("auto", "yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le")
 _AUDIO_CHOICES = ("auto", "copy", "none", "aac", "opus", "flac", "pcm")
 
@@ -242,11 +239,10 @@ class ClipToVideo:
     CATEGORY = _CATEGORY
 
     def convert(self, clip: Clip, crf=12):
-        types = host.core_video_types()
-        if types is None:
+        video_from_file = host.core_video_from_file()
+        if video_from_file is None:
             raise InputError("Clip to Video needs ComfyUI's core VIDEO type, which is only available inside "
                              "ComfyUI; use Save Video (vsrkit) to write the clip instead")
-        video_from_file = types[0]
         progress = host.progress(clip.info.frame_count, "Clip to Video")
         path = clip_to_core_video_file(clip, host.temp_dir(), int(crf), progress)
         return (video_from_file(str(path)),)
@@ -262,8 +258,12 @@ def _workflow_tags(prompt, extra_pnginfo) -> dict[str, str]:
     return tags
 
 
-def _keep(chunks: Iterator) -> Iterator:
-    yield from chunks
+def _extension(codec: str) -> str:
+    """The saved file's extension for `codec` ('' for a PNG frame folder); unknown codecs fail in save_clip."""
+    if codec == "png":
+        return ""
+    spec = CODECS.get(codec)
+    return spec.containers[0] if spec else "mp4"
 
 
 class SaveVideo:
@@ -318,12 +318,12 @@ class SaveVideo:
     def save(self, clip: Clip, filename_prefix="vsrkit/video", codec="h264", crf=-1, preset="", pix_fmt="auto",
              odd_size="pad", audio="auto", audio_override=None, prompt=None, extra_pnginfo=None):
         if audio_override is not None:
-            clip = clip.then(_keep, audio=audio_track_from_comfy(audio_override))
+            clip = Clip(clip.info.replace(audio=audio_track_from_comfy(audio_override)), clip.chunks)
         options = EncodeOptions(codec=codec, crf=None if int(crf) < 0 else int(crf), preset=preset.strip() or None,
                                 pix_fmt=None if pix_fmt == "auto" else pix_fmt, odd_size=odd_size,
                                 audio=audio != "none", audio_codec=None if audio in ("auto", "none") else audio,
                                 metadata=_workflow_tags(prompt, extra_pnginfo))
-        target, subfolder = host.save_path(filename_prefix, _CONTAINERS.get(codec, "mp4"), clip.info.width,
+        target, subfolder = host.save_path(filename_prefix, _extension(codec), clip.info.width,
                                            clip.info.height)
         with host.progress(clip.info.frame_count, "Save Video") as progress:
             saved = save_clip(clip, target, options, progress=progress)
