@@ -26,7 +26,7 @@ import torch
 
 from .clip import AudioTrack
 from .errors import InputError
-from .probe import AudioStreamInfo, decode_packets, probe
+from .probe import AudioStreamInfo, decode_packets, probe, with_audio_packets
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def _copy_blocker(info: AudioStreamInfo, track: AudioTrack, container_kind: str,
     """Why the source audio cannot be copied as is (None: it can)."""
     if info.codec not in COPYABLE.get(container_kind, set()):
         return f"the .{container_kind} container does not take {info.codec} audio"
+    info = with_audio_packets(track.path, info)  # probing may have left the packets unread
     tolerance = frame_seconds / 2
     if info.start_time > track.start_seconds + tolerance:
         return "it starts after the video"

@@ -3,8 +3,10 @@
 Container headers are often missing or wrong about frame counts (WebM/Matroska
 carry none, some MP4s disagree with their own timestamps), so when the figure
 is absent or does not match the stream's duration we count the video packets
-(demuxing only, no decoding). The result is cached per (path, mtime, size) so
-nodes that probe the same file again pay nothing.
+(demuxing only, no decoding). Audio packets are read in that same pass when it
+happens; otherwise they are left unread (a trusted header means no full read of a
+large file) and `with_audio_packets` reads them when a save needs them. The result
+is cached per (path, mtime, size) so nodes that probe the same file again pay nothing.
 """
 
 from __future__ import annotations
@@ -80,7 +82,10 @@ class AudioStreamInfo:
     sample_fmt: str | None
     start_time: float
     duration: float
-    max_packet_seconds: float
+    max_packet_seconds: float | None
+    """The longest packet; None when the packets were not read (the video's header count was
+    trusted, so probing read no packets): `start_time` and `duration` are then the headers'
+    figures, and `with_audio_packets` gives the figures from the packets."""
     bit_rate: int | None = None
     language: str | None = None
     default: bool = False
@@ -127,6 +132,7 @@ def _jsonable(value: Any) -> Any:
 _CACHE: OrderedDict[tuple[str, int, int, bool], MediaInfo] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 64
+_AUDIO_CACHE: OrderedDict[tuple[str, int, int, int], AudioStreamInfo] = OrderedDict()
 
 
 def check_readable(path: str | os.PathLike) -> Path:
@@ -214,7 +220,7 @@ def _probe_uncached(file: Path, size: int) -> MediaInfo:
         videos = [s for s in container.streams.video
                   if not (s.disposition & av.stream.Disposition.attached_pic)]
         audios = list(container.streams.audio)
-        packet_stats = _scan_packets(container, videos, audios)
+        packet_stats = _scan_packets(container, videos, audios, container_duration)
         video_infos = []
         for stream in videos:
             video_infos.append(_video_info(file, stream, packet_stats[stream.index], container_duration,
@@ -253,20 +259,27 @@ def _needs_count(stream: av.video.stream.VideoStream, container_duration: float)
     return abs(stream.frames - duration * float(rate)) > 1.5 or stream.average_rate != stream.base_rate
 
 
-def _scan_packets(container: av.container.InputContainer, videos: list, audios: list) -> dict[int, _PacketStats]:
+def _scan_packets(container: av.container.InputContainer, videos: list, audios: list,
+                  container_duration: float) -> dict[int, _PacketStats]:
     """Demux once (no decoding) to count video packets and find stream start/end times.
 
-    Audio packets are always scanned (their true end decides padding versus trimming);
-    video packets only when the header's frame count cannot be trusted.
+    Video packets are read only when the header's frame count cannot be trusted, and audio
+    packets only in that same pass (their true end and longest packet decide copy versus
+    re-encode at save time, where `with_audio_packets` reads them if this did not).
     """
-    container_duration = container.duration / 1_000_000 if container.duration else 0.0
     stats = {s.index: _PacketStats() for s in (*videos, *audios)}
     count_video = {s.index for s in videos if _needs_count(s, container_duration)}
-    wanted = [s for s in videos if s.index in count_video] + audios
-    if not wanted:
+    if not count_video:
         return stats
+    _read_packets(container, [s for s in videos if s.index in count_video] + audios, stats, count_video)
+    return stats
+
+
+def _read_packets(container: av.container.InputContainer, streams: list, stats: dict[int, _PacketStats],
+                  keep_times: set[int]) -> None:
+    """Fill `stats` (marked counted) from the packets of `streams`; the start times of those in `keep_times`."""
     try:
-        for packet in container.demux(wanted):
+        for packet in container.demux(streams):
             if packet.size == 0 or packet.pts is None and packet.dts is None:
                 continue
             entry = stats[packet.stream.index]
@@ -277,13 +290,42 @@ def _scan_packets(container: av.container.InputContainer, videos: list, audios: 
             entry.first = start if entry.first is None else min(entry.first, start)
             entry.end = start + length if entry.end is None else max(entry.end, start + length)
             entry.max_duration = max(entry.max_duration, length)
-            if packet.stream.index in count_video:
+            if packet.stream.index in keep_times:
                 entry.times.append(start)
     except av.error.FFmpegError:
         pass  # a truncated file: keep what could be read
-    for index in count_video:
-        stats[index].counted = True
-    return stats
+    for stream in streams:
+        stats[stream.index].counted = True
+
+
+def with_audio_packets(path: str | os.PathLike, info: AudioStreamInfo) -> AudioStreamInfo:
+    """`info` with start, duration and longest packet read from the stream's packets.
+
+    Returned as is when probing already read them; otherwise demuxes that stream once
+    (no decoding), cached per (path, mtime, size, stream) like `probe`.
+    """
+    if info.max_packet_seconds is not None:
+        return info
+    file = check_readable(path)
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size, info.index)
+    with _CACHE_LOCK:
+        cached = _AUDIO_CACHE.get(key)
+        if cached is not None:
+            _AUDIO_CACHE.move_to_end(key)
+            return cached
+    with open_container(file) as container:
+        container_duration = container.duration / 1_000_000 if container.duration else 0.0
+        container_start = container.start_time / 1_000_000 if container.start_time else 0.0
+        stream = container.streams[info.index]
+        stats = {info.index: _PacketStats()}
+        _read_packets(container, [stream], stats, set())
+        full = _audio_info(stream, stats[info.index], container_duration, container_start)
+    with _CACHE_LOCK:
+        _AUDIO_CACHE[key] = full
+        while len(_AUDIO_CACHE) > _CACHE_SIZE:
+            _AUDIO_CACHE.popitem(last=False)
+    return full
 
 
 def pix_fmt_traits(pix_fmt: str) -> tuple[int, bool]:
@@ -407,6 +449,7 @@ def _first_frame_color(file: Path, stream) -> tuple[ColorInfo | None, int]:
 
 
 def _audio_info(stream, stats: _PacketStats, container_duration: float, container_start: float) -> AudioStreamInfo:
+    """From the packets when `stats` read them, else from the headers (max_packet_seconds None)."""
     codec_context = stream.codec_context
     start = stats.first if stats.first is not None else (_seconds(stream.start_time, stream.time_base) or container_start)
     if stats.end is not None and stats.first is not None:
@@ -422,7 +465,7 @@ def _audio_info(stream, stats: _PacketStats, container_duration: float, containe
         sample_fmt=codec_context.format.name if codec_context.format else None,
         start_time=start,
         duration=duration,
-        max_packet_seconds=stats.max_duration,
+        max_packet_seconds=stats.max_duration if stats.counted else None,
         bit_rate=codec_context.bit_rate or None,
         language=stream.language,
         default=bool(stream.disposition & av.stream.Disposition.default),

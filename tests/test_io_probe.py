@@ -7,12 +7,13 @@ import json
 import os
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 
 from vsrkit.cli import main as cli_main
 from vsrkit.engines import testsrc
-from vsrkit.engines.probe import probe
+from vsrkit.engines.probe import probe, with_audio_packets
 
 
 def test_real_clips_report_their_true_properties(footage):
@@ -98,3 +99,77 @@ def test_cli_probe_summary_and_json(footage, capsys):
     assert cli_main(["probe", "--json", str(footage / "carphone_qcif_pristine.mp4")]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["video_streams"][0]["frame_count"] == 120
+
+
+class _CountingContainer:
+    """An open input container that records the (non-empty) packets demuxed through it, per stream type."""
+
+    def __init__(self, container, packets: dict[str, int]):
+        self._container = container
+        self._packets = packets
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._container.__exit__(*exc)
+
+    def demux(self, *args, **kwargs):
+        for packet in self._container.demux(*args, **kwargs):
+            if packet.size:  # not the empty packet that ends each stream
+                self._packets[packet.stream.type] = self._packets.get(packet.stream.type, 0) + 1
+            yield packet
+
+
+def _count_demuxed(monkeypatch) -> dict[str, int]:
+    import vsrkit.engines.probe as probe_module
+    packets: dict[str, int] = {}
+    opener = probe_module.open_container
+    monkeypatch.setattr(probe_module, "open_container", lambda file: _CountingContainer(opener(file), packets))
+    return packets
+
+
+def _packet_span(path, index: int) -> tuple[float, float, float]:
+    """(first start, last end, longest packet) of one stream, read here independently of probe."""
+    with av.open(str(path)) as container:
+        stream = container.streams[index]
+        spans = [(float(p.pts * p.time_base), float((p.duration or 0) * p.time_base))
+                 for p in container.demux(stream) if p.size and p.pts is not None]
+    return min(s for s, _ in spans), max(s + d for s, d in spans), max(d for _, d in spans)
+
+
+def test_trusted_header_probe_leaves_audio_packets_unread_until_asked(tmp_path, monkeypatch):
+    path = testsrc.write_video(tmp_path / "a.mp4", (testsrc.pattern_rgb(i, 16, 16) for i in range(25)), 25,
+                               audio=testsrc.tone(1.0))
+    packets = _count_demuxed(monkeypatch)
+    info = probe(path)
+    assert info.video.frame_count_source == "container" and info.video.frame_count == 25
+    assert packets == {}  # no pass over the file at all
+    assert info.audio.max_packet_seconds is None  # left for save time
+    assert info.audio.duration == pytest.approx(1.0, abs=0.05)  # the header's figure
+
+    full = with_audio_packets(path, info.audio)
+    assert set(packets) == {"audio"} and packets["audio"] > 0  # only the audio stream was demuxed
+    first, end, longest = _packet_span(path, info.audio.index)
+    assert (full.start_time, full.start_time + full.duration, full.max_packet_seconds) == pytest.approx(
+        (first, end, longest))
+    assert (full.codec, full.index, full.sample_rate) == (info.audio.codec, info.audio.index, info.audio.sample_rate)
+    read = dict(packets)
+    assert with_audio_packets(path, info.audio) == full and packets == read  # cached
+
+
+def test_counted_video_reads_the_audio_packets_in_the_same_pass(tmp_path, monkeypatch):
+    path = testsrc.write_video(tmp_path / "a.mkv", (testsrc.pattern_rgb(i, 16, 16) for i in range(25)), 25,
+                               audio=testsrc.tone(1.0))
+    packets = _count_demuxed(monkeypatch)
+    info = probe(path)
+    assert info.video.frame_count_source == "counted" and info.video.frame_count == 25
+    assert packets["video"] == 25 and packets["audio"] > 0
+    first, end, longest = _packet_span(path, info.audio.index)
+    assert (info.audio.start_time, info.audio.start_time + info.audio.duration,
+            info.audio.max_packet_seconds) == pytest.approx((first, end, longest))
+    read = dict(packets)
+    assert with_audio_packets(path, info.audio) is info.audio and packets == read  # nothing more to read

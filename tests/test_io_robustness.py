@@ -292,3 +292,26 @@ def test_png_sequence_in_a_folder_whose_name_has_a_percent_sign(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["50%_frames"]  # no temp folder left
     with av.open(str(out / "frame_000003.png")) as image:
         assert image.streams.video[0].codec_context.pix_fmt == "rgba"
+
+
+@pytest.mark.parametrize("fps,copied", [(25, True), (60, False)])
+def test_audio_copy_decided_on_packets_read_at_save_time(tmp_path, fps, copied):
+    """Probing a file whose header count is trusted reads no audio packets; the save reads them to
+    decide: 1024-sample PCM packets (21 ms) fit in a 40 ms frame but not in a 16.7 ms one."""
+    from vsrkit.engines.errors import InputError
+
+    source = testsrc.write_video(tmp_path / "pcm.mov", (testsrc.pattern_rgb(i, 16, 16) for i in range(fps)), fps,
+                                 audio=testsrc.tone(1.0), audio_codec="pcm_s16le")
+    media = probe(source)
+    assert media.video.frame_count_source == "container" and media.audio.max_packet_seconds is None
+    clip = open_clip(source)
+    if copied:
+        out = save_clip(clip, tmp_path / "copy.mkv", EncodeOptions(audio_codec="copy", preset="ultrafast"))
+        assert probe(out).audio.codec == "pcm_s16le"
+    else:
+        with pytest.raises(InputError, match="packets are longer than a video frame"):
+            save_clip(clip, tmp_path / "copy.mkv", EncodeOptions(audio_codec="copy", preset="ultrafast"))
+        out = save_clip(clip, tmp_path / "auto.mkv", EncodeOptions(preset="ultrafast"))
+        assert probe(out).audio.codec == "opus"
+    samples, rate, _ = testsrc.decoded_audio(out)
+    assert abs(samples.shape[1] / rate - 1.0) <= 1 / fps
