@@ -84,7 +84,7 @@ def test_dit_chunks_match_fixture(fixture, dit, prompt, case):
     debug = load_file(fixture / f"case_{case}_debug.safetensors")
     noise = data["noise"]
     height, width = noise.shape[-2] * 8, noise.shape[-1] * 8
-    sparse = sa.SparseSettings.from_ratios(height // 16, width // 16, height, width, 0.0,
+    sparse = sa.SparseSettings.from_ratios(height, width, 0.0,
                                            settings["kv_ratio"], settings["local_range"],
                                            topk_ratio=settings["topk_ratio"])
     time = dit.embed_time()
@@ -139,8 +139,10 @@ def test_local_window_masks(fixture, grid_h, grid_w, local_range):
 
 def test_topk_settings_follow_the_sparse_ratio():
     assert sa.topk_ratio_for(2.0, 128, 128) == 120.0
-    settings = sa.SparseSettings.from_ratios(8, 8, 128, 128, 2.0, 3.0, 11)
+    settings = sa.SparseSettings.from_ratios(128, 128, 2.0, 3.0, 11)
     assert (settings.topk, settings.kv_len, settings.local_range) == (119, 3, 11)
+    # The token grid comes from the pixels: 256x384 is 16x24 tokens, 6 windows per time slice.
+    assert sa.SparseSettings.from_ratios(256, 384, 2.0, 3.0, 11).topk == sa.topk_for(6, sa.topk_ratio_for(2.0, 256, 384))
     assert sa.topk_for(2, 2.0) == 7
     assert sa.topk_for(60, sa.topk_ratio_for(2.0, 768, 1280)) == 7199
 

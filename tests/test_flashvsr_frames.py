@@ -99,6 +99,31 @@ def test_chunk_plan_matches_the_reference_plan():
             assert pad_index(frames) == config["cases"][case]["frames"]["padded_index"]
 
 
+@pytest.mark.parametrize("mode", ["tiny-long", "tiny"])
+@pytest.mark.parametrize("frames", [1, 21, 22, 30, 41])
+def test_stream_runs_the_planned_chunks_on_the_padded_clip(pipeline, monkeypatch, mode, frames):
+    """A real stream (input in chunks of 5, its end found late) runs chunk_count(N) chunks, and
+    the model sees exactly the clip padded per pad_index: padded_frame_count(N) frames."""
+    lq = (torch.arange(frames, dtype=torch.float32) / 100).reshape(frames, 1, 1, 1).expand(frames, 3, 128, 128)
+    chunks_run: list[int] = []
+    seen: list[torch.Tensor] = []
+    denoise = pipeline._denoise
+
+    def counting(stream, plan, lq_frames, warm_up, noise_chunk, trace):
+        chunks_run.append(plan.index)
+        seen.extend(frames for frames in (warm_up, lq_frames) if frames is not None)
+        return denoise(stream, plan, lq_frames, warm_up, noise_chunk, trace)
+
+    monkeypatch.setattr(pipeline, "_denoise", counting)
+    source = [lq[i:i + 5] for i in range(0, frames, 5)]
+    out = torch.cat(list(pipeline.stream(source, settings=StreamSettings(mode=mode, color_fix="none"))))
+    assert out.shape == (frames, 3, 128, 128)
+    assert chunks_run == list(range(chunk_count(frames)))
+    model_frames = torch.cat(seen)[:, 0, 0, 0]
+    assert model_frames.shape[0] == padded_frame_count(frames)
+    assert torch.equal(model_frames, torch.tensor(pad_index(frames), dtype=torch.float32) / 100)
+
+
 @pytest.mark.parametrize("frames", FRAME_COUNTS)
 def test_n_frames_in_give_n_frames_out(pipeline, frames):
     out = upscale(pipeline, frames_with_levels(frames, 12, 20))

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from vsrkit.engines.flashvsr.colorfix import color_fix
 from vsrkit.engines.flashvsr.loader import (
-    _heads,
     load_flashvsr,
     lq_proj_config_from_shapes,
     tcdecoder_config_from_shapes,
@@ -65,11 +64,15 @@ def lq_video(case: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def test_official_dit_matches_manifest(manifest):
     shapes = manifest["diffusion_pytorch_model_streaming_dmd.safetensors"]
-    config = dit_config_from_shapes(shapes, _heads(shapes, None))
+    config = dit_config_from_shapes(shapes)
     assert config == {"dim": 1536, "in_dim": 16, "ffn_dim": 8960, "out_dim": 16, "text_dim": 4096, "freq_dim": 256,
                       "patch_size": (1, 2, 2), "num_heads": 12, "num_layers": 30}
-    # Without a head count, dit_config_from_shapes infers Wan's dim / 128 itself.
-    assert dit_config_from_shapes(shapes) == config
+    # Without a head count: Wan's dim / 128, else 32-wide heads for small models; a given count wins.
+    assert dit_config_from_shapes(shapes, num_heads=6)["num_heads"] == 6
+    narrow = {**shapes, "patch_embedding.weight": [96, 16, 1, 2, 2]}
+    assert dit_config_from_shapes(narrow)["num_heads"] == 3
+    with pytest.raises(ValueError, match="pass num_heads"):
+        dit_config_from_shapes({**shapes, "patch_embedding.weight": [48, 16, 1, 2, 2]})
     with torch.device("meta"):
         built = WanDiT(**config)
         default = WanDiT()

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vsrkit.engines.errors import InputError
 from vsrkit.engines.flashvsr.loader import load_flashvsr
 from vsrkit.engines.flashvsr.pipeline import (
     FixedNoise,
@@ -170,6 +171,20 @@ def test_tiles_cover_the_frame_and_weights_sum_to_one():
     assert plan_tiles(256, 384) == plan_tiles(256, 384, tile_size=512)
     with pytest.raises(ValueError, match="multiple of 128"):
         plan_tiles(256, 256, tile_size=200)
+
+
+def test_stream_settings_are_checked_once_with_the_user_facing_ranges():
+    StreamSettings().validate()
+    with pytest.raises(InputError, match="sparse_ratio must be between 0.5 and 8"):
+        StreamSettings(sparse_ratio=0.1).validate()
+    with pytest.raises(InputError, match="kv_ratio must be between 1 and 16"):
+        StreamSettings(kv_ratio=20.0).validate()
+    with pytest.raises(InputError, match="colour fix"):
+        StreamSettings(color_fix="none-such").validate()
+    with pytest.raises(InputError, match="at most half the tile size"):
+        StreamSettings(tile_size=256, tile_overlap=192).validate()
+    with pytest.raises(ValueError, match="FlashVSR mode"):
+        StreamSettings(mode="full").validate()
 
 
 def test_feathered_blend_has_no_seams():

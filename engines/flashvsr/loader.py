@@ -201,7 +201,7 @@ def load_flashvsr(model_dir: str | Path | Sequence[str | Path], *, version: str 
 
     with open_checkpoint(files["dit"]) as reader:
         dit_config = _infer(files["dit"], reader.shapes, "dit",
-                            lambda shapes: dit_config_from_shapes(shapes, _heads(shapes, num_heads)))
+                            lambda shapes: dit_config_from_shapes(shapes, num_heads))
         dit = _build_and_load(files["dit"], "dit", WanDiT, dit_config, reader, target, weight_dtype)
     with open_checkpoint(files["lq_proj"]) as reader:
         lq_config = _infer(files["lq_proj"], reader.shapes, "lq_proj", lq_proj_config_from_shapes)
@@ -245,16 +245,6 @@ def tcdecoder_config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[st
                      int(shapes["decoder.22.weight"][0])),
         "latent_channels": int(first[1]),
     }
-
-
-def _heads(shapes: Mapping[str, Sequence[int]], num_heads: int | None) -> int:
-    if num_heads is not None:
-        return num_heads
-    dim = int(shapes["patch_embedding.weight"][0])
-    for head_dim in (128, 32):
-        if dim % head_dim == 0:
-            return dim // head_dim
-    raise ValueError(f"cannot infer the head count of a DiT {dim} wide; pass num_heads")
 
 
 def load_prompt(path: Path) -> torch.Tensor:

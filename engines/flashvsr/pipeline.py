@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..progress import Progress
 from .colorfix import METHODS as COLOR_FIX_METHODS
 from .colorfix import color_fix as apply_color_fix
@@ -154,16 +155,24 @@ def _axis_tiles(length: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
+def check_tiling(tile_size: int, overlap: int) -> None:
+    """Raise `InputError` unless tile_size is 0 or a positive multiple of 128 px and overlap a
+    multiple of 16 px, at most half the tile (the rule `StreamSettings.validate` applies)."""
+    if tile_size < 0 or tile_size % SIZE_MULTIPLE:
+        raise InputError(f"tile size must be 0 (automatic) or a positive multiple of {SIZE_MULTIPLE} pixels, "
+                         f"got {tile_size}")
+    if overlap < 0 or overlap % TILE_ALIGN or (tile_size and overlap > tile_size // 2):
+        raise InputError(f"tile overlap must be a multiple of {TILE_ALIGN} pixels, at most half the tile size, "
+                         f"got {overlap}")
+
+
 def plan_tiles(height: int, width: int, tile_size: int = 0, overlap: int = 128) -> list[Tile]:
     """Overlapping tiles covering a padded height x width frame (both multiples of 128).
 
     tile_size 0 (or one at least the frame) gives a single tile. Tiles are multiples of
     128 and start on multiples of 16 pixels, so the latent noise and token grids line up.
     """
-    if tile_size and tile_size % SIZE_MULTIPLE:
-        raise ValueError(f"tile size must be a multiple of {SIZE_MULTIPLE} pixels, got {tile_size}")
-    if tile_size and not 0 <= overlap <= tile_size // 2:
-        raise ValueError(f"tile overlap must be between 0 and half the tile size ({tile_size // 2}), got {overlap}")
+    check_tiling(tile_size, overlap)
     tile_h = min(tile_size, height) if tile_size else height
     tile_w = min(tile_size, width) if tile_size else width
     return [Tile(y, x, tile_h, tile_w)
@@ -377,16 +386,20 @@ class StreamSettings:
     out_chunk_frames: int = 8
 
     def validate(self) -> None:
+        """Raise `InputError` (a ValueError) naming the first setting out of range."""
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise InputError(f"FlashVSR mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.5 <= self.sparse_ratio <= 8.0:
+            raise InputError(f"sparse_ratio must be between 0.5 and 8 (1.5 faster, 2.0 steadier), "
+                             f"got {self.sparse_ratio}")
+        if not 1.0 <= self.kv_ratio <= 16.0:
+            raise InputError(f"kv_ratio must be between 1 and 16 (cached time slices), got {self.kv_ratio}")
+        if not 1 <= self.local_range <= 64:
+            raise InputError(f"local_range must be between 1 and 64 blocks (9 sharper, 11 steadier), "
+                             f"got {self.local_range}")
         if self.color_fix not in COLOR_FIX_METHODS:
-            raise ValueError(f"colour fix must be one of {COLOR_FIX_METHODS}, got {self.color_fix!r}")
-        if not self.sparse_ratio > 0:
-            raise ValueError(f"sparse_ratio must be positive, got {self.sparse_ratio}")
-        if not self.kv_ratio >= 1:
-            raise ValueError(f"kv_ratio must be at least 1, got {self.kv_ratio}")
-        if self.local_range < 1:
-            raise ValueError(f"local_range must be at least 1, got {self.local_range}")
+            raise InputError(f"colour fix must be one of {COLOR_FIX_METHODS}, got {self.color_fix!r}")
+        check_tiling(self.tile_size, self.tile_overlap)
 
 
 class FlashVSRPipeline:
@@ -488,7 +501,9 @@ class FlashVSRPipeline:
         while True:
             plan = plan_chunk(index)
             window.fill(plan.output_start + 1)
-            if window.total is not None and plan.output_start >= window.total:
+            # Once the clip's end is known (reading up to this chunk's first output settles whether
+            # it still has frames), it takes chunk_count chunks; before that, every chunk is needed.
+            if window.total is not None and index >= chunk_count(window.total):
                 break
             if progress is not None:
                 progress.check_cancel()
@@ -525,9 +540,8 @@ class FlashVSRPipeline:
             yield from self._finish(frames, cond, window.total, content, settings, progress, trace)
 
     def _sparse_for(self, tile: Tile, settings: StreamSettings) -> SparseSettings:
-        return SparseSettings.from_ratios(tile.height // 16, tile.width // 16, tile.height, tile.width,
-                                          settings.sparse_ratio, settings.kv_ratio, settings.local_range,
-                                          settings.topk_ratio)
+        return SparseSettings.from_ratios(tile.height, tile.width, settings.sparse_ratio, settings.kv_ratio,
+                                          settings.local_range, settings.topk_ratio)
 
     def _denoise(self, stream: _TileStream, plan: ChunkPlan, lq: torch.Tensor, warm_up: torch.Tensor | None,
                  noise_chunk: torch.Tensor, trace: Trace | None) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 WINDOW = (2, 8, 8)
 BLOCK_TOKENS = WINDOW[0] * WINDOW[1] * WINDOW[2]
 DESIGN_PIXELS = 768 * 1280
+PIXELS_PER_TOKEN = 16
 SDPA_MASK_BUDGET = 1 << 26
 
 
@@ -45,14 +46,16 @@ class SparseSettings:
     local_range: int
 
     @classmethod
-    def from_ratios(cls, token_h: int, token_w: int, height: int, width: int, sparse_ratio: float,
-                    kv_ratio: float, local_range: int, topk_ratio: float | None = None) -> SparseSettings:
-        """Settings for a token grid of token_h x token_w at an output of height x width pixels.
+    def from_ratios(cls, height: int, width: int, sparse_ratio: float, kv_ratio: float, local_range: int,
+                    topk_ratio: float | None = None) -> SparseSettings:
+        """Settings for an output (or tile) of height x width pixels, whose token grid is
+        height/16 x width/16 (VAE stride 8, patch 2).
 
         `topk_ratio` overrides the value derived from `sparse_ratio` (the fixture's case C
         states it directly).
         """
         ratio = topk_ratio if topk_ratio is not None else topk_ratio_for(sparse_ratio, height, width)
+        token_h, token_w = height // PIXELS_PER_TOKEN, width // PIXELS_PER_TOKEN
         blocks = WINDOW[0] * token_h * token_w // BLOCK_TOKENS
         return cls(topk=topk_for(blocks, ratio), kv_len=int(kv_ratio), local_range=int(local_range))
 

@@ -17,10 +17,7 @@ import torch
 from ..clip import Clip
 from ..errors import InputError
 from ..progress import Progress
-from .colorfix import METHODS as COLOR_FIX_METHODS
 from .pipeline import (
-    MODES,
-    SIZE_MULTIPLE,
     FlashVSRPipeline,
     StreamSettings,
     bicubic_resize,
@@ -41,25 +38,11 @@ def auto_tile_size(height: int, width: int) -> int:
 
 def check_settings(scale: int, mode: str, sparse_ratio: float, kv_ratio: float, local_range: int,
                    color_fix: str, tile_size: int, tile_overlap: int) -> None:
-    """Raise `InputError` naming the first parameter out of range."""
+    """Raise `InputError` naming the first parameter out of range (`StreamSettings.validate` for all but scale)."""
     if scale not in SCALES:
         raise InputError(f"FlashVSR scale must be one of {SCALES}, got {scale}")
-    if mode not in MODES:
-        raise InputError(f"FlashVSR mode must be one of {MODES}, got {mode!r}")
-    if not 0.5 <= sparse_ratio <= 8.0:
-        raise InputError(f"sparse_ratio must be between 0.5 and 8 (1.5 faster, 2.0 steadier), got {sparse_ratio}")
-    if not 1.0 <= kv_ratio <= 16.0:
-        raise InputError(f"kv_ratio must be between 1 and 16 (cached time slices), got {kv_ratio}")
-    if not 1 <= local_range <= 64:
-        raise InputError(f"local_range must be between 1 and 64 blocks (9 sharper, 11 steadier), got {local_range}")
-    if color_fix not in COLOR_FIX_METHODS:
-        raise InputError(f"colour fix must be one of {COLOR_FIX_METHODS}, got {color_fix!r}")
-    if tile_size < 0 or tile_size % SIZE_MULTIPLE:
-        raise InputError(f"tile size must be 0 (automatic) or a positive multiple of {SIZE_MULTIPLE} pixels, "
-                         f"got {tile_size}")
-    if tile_overlap < 0 or tile_overlap % 16 or (tile_size and tile_overlap > tile_size // 2):
-        raise InputError(f"tile overlap must be a multiple of 16 pixels, at most half the tile size, "
-                         f"got {tile_overlap}")
+    StreamSettings(mode=mode, sparse_ratio=sparse_ratio, kv_ratio=kv_ratio, local_range=local_range,
+                   color_fix=color_fix, tile_size=tile_size, tile_overlap=tile_overlap).validate()
 
 
 def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-long",

@@ -348,19 +348,24 @@ class WanDiT(nn.Module):
         return self.unpatchify(x, grid), caches
 
 
+# Head sizes tried, in order, when a checkpoint's head count is not given: Wan's, then small models'.
+HEAD_DIMS = (128, 32)
+
+
 def dit_config_from_shapes(shapes: Mapping[str, Sequence[int]], num_heads: int | None = None) -> dict:
     """WanDiT constructor arguments read off a state dict's key -> shape map.
 
-    The head count is not visible in the shapes; it defaults to dim / 128 (Wan's head size)
-    when that divides, which is the official configuration.
+    The head count is not visible in the shapes; it defaults to dim / 128 (Wan's head size,
+    the official configuration) when that divides, else dim / 32 (small test models).
     """
     dim, in_dim = shapes["patch_embedding.weight"][:2]
     patch_size = tuple(shapes["patch_embedding.weight"][2:])
     layers = 1 + max(int(key.split(".")[1]) for key in shapes if key.startswith("blocks."))
     if num_heads is None:
-        if dim % 128:
-            raise ValueError(f"cannot infer the head count of a DiT with dim {dim}; pass num_heads")
-        num_heads = dim // 128
+        head_dim = next((size for size in HEAD_DIMS if dim % size == 0), None)
+        if head_dim is None:
+            raise ValueError(f"cannot infer the head count of a DiT {dim} wide; pass num_heads")
+        num_heads = dim // head_dim
     return {
         "dim": int(dim),
         "in_dim": int(in_dim),
