@@ -4,9 +4,11 @@
     python bench/realesrgan.py --gpu          # on a CUDA machine: 512x512 x2 and 854x480 x4, fp16
 
 Methods, each run in a fresh subprocess so its peak RSS (VmHWM) is its own:
-  vsrkit  the streaming clip stage (`upscale_clip`), automatic tiles and precision
-  vsrkit-plain  the same without the CPU kernels and without keeping freed memory (opt-in with
-          `--methods vsrkit-plain ...`: what vsrkit did before `cpu_kernels.py`)
+  vsrkit  the streaming clip stage (`upscale_clip`), automatic tiles, precision and CPU backend
+          (ncnn when installed, frames side by side)
+  vsrkit-pytorch  the same with `cpu_backend="pytorch"` (the tuned kernels of `cpu_kernels.py`)
+  vsrkit-plain  the same with PyTorch's default algorithms and without keeping freed memory
+          (the two are opt-in with `--methods ...`; vsrkit-plain is what vsrkit did first)
   core    what ComfyUI core's "Upscale Image (using Model)" does: a spandrel model in fp32,
           the whole batch moved to the device, 512-pixel tiles with 32 pixels of overlap and
           feathered blending, a full-size float32 batch returned; for x2 from the x4
@@ -45,6 +47,7 @@ CPU_CONFIGS = {
     "animevideov3-x2 640x360": ("realesr-animevideov3-x2", 640, 360),
     "x4plus 160x120": ("realesrgan-x4plus", 160, 120),
 }
+VSRKIT_BACKENDS = {"vsrkit": "auto", "vsrkit-pytorch": "pytorch", "vsrkit-plain": "pytorch-default"}
 GPU_CONFIGS = {
     "animevideov3-x2 512x512 fp16": ("realesr-animevideov3-x2", 512, 512),
     "animevideov3-x4 854x480 fp16": ("realesr-animevideov3-x4", 854, 480),
@@ -87,20 +90,20 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------ workers (one per subprocess)
 
 
-def run_vsrkit(frames: np.ndarray, model_file: Path, device: str, cpu_kernels: bool = True) -> tuple[float, np.ndarray]:
+def run_vsrkit(frames: np.ndarray, model_file: Path, device: str, cpu_backend: str) -> tuple[float, np.ndarray]:
     from vsrkit.engines.clip import Clip
     from vsrkit.engines.realesrgan.models import load_model_file
     from vsrkit.engines.realesrgan.upscale import upscale_clip
 
     model = load_model_file(model_file)
     warm = Clip.from_tensor(torch.from_numpy(frames[:1]).float() / 255, fps=24)
-    upscale_clip(warm, model, device=device, cpu_kernels=cpu_kernels).to_tensor()
+    upscale_clip(warm, model, device=device, cpu_backend=cpu_backend).to_tensor()
     if device == "cuda":
         torch.cuda.synchronize()
     clip = Clip.from_tensor(torch.from_numpy(frames).float() / 255, fps=24)
     started = time.perf_counter()
     first = None
-    for chunk in upscale_clip(clip, model, device=device, cpu_kernels=cpu_kernels).chunks():
+    for chunk in upscale_clip(clip, model, device=device, cpu_backend=cpu_backend).chunks():
         if first is None:
             first = (chunk[0] * 255).round().to(torch.uint8).numpy()
     elapsed = time.perf_counter() - started
@@ -190,8 +193,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     frames = np.load(args.frames_file)
     rss_before = peak_rss_mb()
-    if args.worker in ("vsrkit", "vsrkit-plain"):
-        elapsed, first = run_vsrkit(frames, Path(args.model_file), args.device, args.worker == "vsrkit")
+    if args.worker in VSRKIT_BACKENDS:
+        elapsed, first = run_vsrkit(frames, Path(args.model_file), args.device, VSRKIT_BACKENDS[args.worker])
     elif args.worker == "core":
         elapsed, first = run_core(frames, Path(args.model_file), args.device, args.output_scale)
     else:
@@ -199,7 +202,7 @@ def worker(args: argparse.Namespace) -> None:
     np.save(args.out_file, first)
     report = {"seconds": elapsed, "frames": int(frames.shape[0]), "peak_rss_mb": peak_rss_mb(),
               "rss_before_mb": rss_before}
-    if args.worker == "vsrkit":
+    if args.worker == "vsrkit-pytorch":
         from vsrkit.engines.realesrgan.cpu_kernels import tuned_algorithms
 
         report["algorithms"] = sorted({f"{key[2][1]}->{key[2][0]}: {name}" for key, name in tuned_algorithms().items()})
@@ -292,8 +295,8 @@ def main() -> None:
                 peak = max(r["peak_rss_mb"] for r in runs[method])
                 print(f"{method:12s} {statistics.median(rates):7.3f} frames/s median of {len(rates)} runs "
                       f"(min {rates[0]:.3f}, max {rates[-1]:.3f}), peak RSS {peak:.0f} MB")
-            if runs.get("vsrkit") and runs["vsrkit"][-1].get("algorithms"):
-                print("vsrkit convolutions:", ", ".join(runs["vsrkit"][-1]["algorithms"]))
+            if runs.get("vsrkit-pytorch") and runs["vsrkit-pytorch"][-1].get("algorithms"):
+                print("vsrkit-pytorch convolutions:", ", ".join(runs["vsrkit-pytorch"][-1]["algorithms"]))
             if "vsrkit" in firsts:
                 for other in ("core", "ncnn"):
                     if other in firsts:

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: automatic)")
     parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--cpu-backend", choices=("auto", "ncnn", "pytorch", "pytorch-default"), default="auto",
+                        help="Real-ESRGAN in fp32 on the CPU: ncnn when installed (auto), or PyTorch")
     parser.add_argument("--deinterlace", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--denoise", choices=("none", "light", "medium", "strong"), default="none")
     parser.add_argument("--codec", default="h264", help="output codec (h264, h265, vp9, prores, ffv1, av1, png)")
@@ -80,7 +82,8 @@ def realesrgan_stage(clip, args: argparse.Namespace):
         print(f"model: {model.describe()}\n  source: {model.origin}", file=sys.stderr)
     if str(args.device or default_device().type).startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=args.device)
+    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=args.device,
+                        cpu_backend=args.cpu_backend)
 
 
 def flashvsr_stage(clip, args: argparse.Namespace):

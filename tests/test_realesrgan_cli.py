@@ -109,3 +109,28 @@ def test_import_ncnn_command_writes_official_keys(tmp_path):
     assert "body.34.weight" in model.net.state_dict()
     refused = vsrkit("import-ncnn", str(folder / "realesr-animevideov3-x3.param"), "-o", str(out))
     assert refused.returncode == 1 and "already exists" in refused.stderr
+
+
+def test_cpu_backend_option_picks_the_path_and_the_results_agree(tmp_path, offline_home):
+    import av
+
+    from vsrkit.engines.realesrgan.models import CPU_BACKENDS
+    from vsrkit.engines.realesrgan.ncnn_runtime import ncnn_available
+    from vsrkit.engines.sample import write_sample
+
+    tiny = write_sample(tmp_path / "tiny.mp4", width=40, height=30, frames=3, fps=10)
+    backends = ["pytorch-default", "ncnn"] if ncnn_available() else ["pytorch-default", "pytorch"]
+    decoded = []
+    for backend in backends:
+        out = tmp_path / f"{backend}.mkv"
+        result = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "2", "--codec", "ffv1", "--quiet",
+                        "--cpu-backend", backend, env=offline_home)
+        assert result.returncode == 0, result.stderr
+        with av.open(str(out)) as container:
+            decoded.append(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int))
+    assert decoded[0].shape == decoded[1].shape == (3, 60, 80, 3)
+    assert np.abs(decoded[0] - decoded[1]).max() <= 2
+    refused = vsrkit("upscale", str(tiny), "-o", str(tmp_path / "x.mkv"), "--cpu-backend", "onnx", env=offline_home)
+    assert refused.returncode == 2 and "--cpu-backend" in refused.stderr
+    help_text = vsrkit("upscale", "--help").stdout
+    assert all(name in help_text for name in CPU_BACKENDS)

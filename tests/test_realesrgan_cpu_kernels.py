@@ -143,20 +143,22 @@ def test_tuned_network_shares_weights_and_gives_the_same_output(act):
 def test_without_nnpack_the_plain_channels_last_network_is_used(monkeypatch):
     monkeypatch.setattr("vsrkit.engines.realesrgan.models.nnpack_available", lambda: False)
     model = RealESRGANModel(_small_srvgg(), "SRVGGNetCompact", 2, "small")
-    upscaler = Upscaler(model, device="cpu")
-    assert upscaler.tuned_cpu is False
+    upscaler = Upscaler(model, device="cpu", cpu_backend="pytorch")
+    assert upscaler.runner == "module"
+    assert upscaler.net is model.net
     assert not any(isinstance(m, TunedConv2d) for m in upscaler.net.modules())
 
 
 @pytest.mark.skipif(not cpu_kernels.nnpack_available(), reason="this PyTorch build has no NNPACK")
-def test_upscaler_cpu_kernels_on_and_off_agree_within_one_level():
+def test_upscaler_tuned_and_default_pytorch_agree_within_one_level():
     net = _small_srvgg(upscale=4)
     frames = torch.rand(2, 37, 53, 3)
     outputs = []
-    for use in (True, False):
+    for backend, runner in (("pytorch", "tuned"), ("pytorch-default", "module")):
         model = RealESRGANModel(net, "SRVGGNetCompact", 4, "small")
-        upscaler = Upscaler(model, device="cpu", cpu_kernels=use)
-        assert upscaler.tuned_cpu is use
+        upscaler = Upscaler(model, device="cpu", cpu_backend=backend)
+        assert upscaler.runner == runner
+        assert any(isinstance(m, TunedConv2d) for m in upscaler.net.modules()) == (runner == "tuned")
         outputs.append(upscaler.upscale(frames))
     assert outputs[0].shape == (2, 37 * 4, 53 * 4, 3)
     assert float((outputs[0] - outputs[1]).abs().max()) * 255 <= 1.0001

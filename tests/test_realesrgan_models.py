@@ -84,16 +84,18 @@ def ncnn_reference(folder: Path, name: str, crop: np.ndarray) -> np.ndarray:
     return np.clip(np.array(out).transpose(1, 2, 0) * 255, 0, 255).round().astype(np.uint8)
 
 
-def ours(model, crop: np.ndarray) -> np.ndarray:
+def ours(model, crop: np.ndarray, cpu_backend: str = "auto") -> np.ndarray:
     from vsrkit.engines.realesrgan.inference import Upscaler
 
     frames = torch.from_numpy(crop)[None].float() / 255
-    out = Upscaler(model, device="cpu").upscale(frames)[0]
+    out = Upscaler(model, device="cpu", cpu_backend=cpu_backend).upscale(frames)[0]
     return (out * 255).round().to(torch.uint8).numpy()
 
 
+@pytest.mark.parametrize("cpu_backend", ["pytorch", "pytorch-default", "ncnn"])
 @pytest.mark.parametrize("name", ["realesrgan-x4plus", "realesr-animevideov3-x2", "realesr-animevideov3-x4"])
-def test_imported_weights_match_ncnn_on_real_crops(ncnn_models, real_crops, tmp_path, name):
+def test_imported_weights_match_ncnn_on_real_crops(ncnn_models, real_crops, tmp_path, name, cpu_backend):
+    """Every CPU path (ncnn running the graph vsrkit writes included) against the package's own files."""
     converted = tmp_path / f"{name}.safetensors"
     convert_ncnn(ncnn_models / f"{name}.param", ncnn_models / f"{name}.bin", converted)
     model = load_model_file(converted)
@@ -101,7 +103,7 @@ def test_imported_weights_match_ncnn_on_real_crops(ncnn_models, real_crops, tmp_
     for crop in real_crops:
         crop = np.ascontiguousarray(crop[:side, :side])
         expected = ncnn_reference(ncnn_models, name, crop)
-        got = ours(model, crop)
+        got = ours(model, crop, cpu_backend)
         assert got.shape == expected.shape
         diff = np.abs(got.astype(int) - expected.astype(int))
         mse = float(((got.astype(float) - expected) ** 2).mean())

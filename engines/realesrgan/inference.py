@@ -88,8 +88,9 @@ class TilePlan:
 
 def plan_tiles(model: RealESRGANModel, height: int, width: int, frames: int, dtype: torch.dtype,
                device: torch.device, tile: int = 0, overlap: int | None = None, batch: int | None = None,
-               budget_bytes: int | None = None) -> TilePlan:
-    """Pick tile size (0 = whole frame) and batch so one step fits the memory budget."""
+               budget_bytes: int | None = None, cpu_batch: int = 1) -> TilePlan:
+    """Pick tile size (0 = whole frame) and batch so one step fits the memory budget; on the CPU the
+    batch is at most `cpu_batch`, the frames the network runs side by side."""
     if overlap is None:
         overlap = auto_overlap(model)
     if budget_bytes is None:
@@ -103,8 +104,9 @@ def plan_tiles(model: RealESRGANModel, height: int, width: int, frames: int, dty
         frame_cost = height * width * per_pixel
         if frame_cost <= budget_bytes:
             fit = max(1, budget_bytes // max(1, frame_cost))
-            # On the CPU a batch of frames only adds memory traffic (measured 2x slower per frame at 3).
-            most = MAX_BATCH if device.type == "cuda" else 1
+            # On the CPU a batch that one network call works through as a whole only adds memory
+            # traffic (measured 2x slower per frame at 3).
+            most = MAX_BATCH if device.type == "cuda" else cpu_batch
             return TilePlan(0, overlap, batch or int(min(most, fit, max(1, frames))))
         side = int(math.sqrt(budget_bytes / per_pixel)) - 2 * overlap
         tile = max(MIN_TILE, side // 16 * 16)
@@ -211,7 +213,7 @@ class Upscaler:
 
     def __init__(self, model: RealESRGANModel, *, scale: float | None = None, device: str | torch.device | None = None,
                  precision: str = "auto", tile: int = 0, overlap: int | None = None, batch: int | None = None,
-                 budget_bytes: int | None = None, cpu_kernels: bool = True):
+                 budget_bytes: int | None = None, cpu_backend: str = "auto"):
         self.model = model
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = resolve_precision(precision, self.device)
@@ -223,9 +225,8 @@ class Upscaler:
         self.batch = batch
         self.budget_bytes = budget_bytes
         self.plan: TilePlan | None = None
-        self.net = model.prepared(self.device, self.dtype, cpu_kernels)
-        # The tuned CPU network works in NCHW; the plain one is fastest channels-last.
-        self.tuned_cpu = model.uses_cpu_kernels(self.device, self.dtype, cpu_kernels)
+        self.runner = model.runner(self.device, self.dtype, cpu_backend)
+        self.net = model.prepared(self.device, self.dtype, cpu_backend)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return output_size(height, width, self.scale)
@@ -233,7 +234,8 @@ class Upscaler:
     def _plan(self, height: int, width: int, frames: int) -> TilePlan:
         if self.plan is None:
             self.plan = plan_tiles(self.model, height, width, frames, self.dtype, self.device, self.tile,
-                                   self.overlap, self.batch, self.budget_bytes)
+                                   self.overlap, self.batch, self.budget_bytes,
+                                   getattr(self.net, "frames_in_parallel", 1))
         return self.plan
 
     def _shrink(self, height: int, width: int) -> None:
@@ -255,7 +257,8 @@ class Upscaler:
         height, width = frames.shape[-2:]
         out_h, out_w = self.output_size(height, width)
         x = pad_to_multiple(frames.to(self.dtype), self.model.size_multiple)
-        x = x.contiguous() if self.tuned_cpu else x.contiguous(memory_format=torch.channels_last)
+        # The PyTorch module is fastest channels-last; ncnn and the tuned network take NCHW.
+        x = x.contiguous(memory_format=torch.channels_last) if self.runner == "module" else x.contiguous()
         plan = self._plan(height, width, frames.shape[0])
         while True:
             try:

@@ -36,12 +36,16 @@ from ..progress import Progress
 from ..weights import UnsafeWeightsError, load_pickle, open_safetensors
 from .cpu_kernels import nnpack_available, tuned_network
 from .ncnn_import import ImportedModel, convert_ncnn, import_ncnn
+from .ncnn_runtime import NcnnNetwork, ncnn_available, ncnn_supported
 from .rrdbnet import RRDBNet, scale_from_channels
 from .srvgg import SRVGGNetCompact
 
 RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 MODEL_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 ProgressFactory = Callable[[int | None, str, str], Progress]
+# How fp32 CPU inference runs: "auto" is ncnn when installed, else PyTorch; "pytorch" uses the
+# tuned kernels of cpu_kernels.py where NNPACK exists; "pytorch-default" is PyTorch's own choice.
+CPU_BACKENDS = ("auto", "ncnn", "pytorch", "pytorch-default")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,26 +154,40 @@ class RealESRGANModel:
     def size_multiple(self) -> int:
         return getattr(self.net, "size_multiple", 1)
 
-    def uses_cpu_kernels(self, device: torch.device, dtype: torch.dtype, cpu_kernels: bool = True) -> bool:
-        """Whether `prepared` gives the tuned CPU network: without NNPACK it would only be oneDNN in
-        NCHW, slower than the channels-last default."""
-        return (cpu_kernels and self.arch == "SRVGGNetCompact" and device.type == "cpu" and dtype == torch.float32
-                and nnpack_available())
+    def runner(self, device: torch.device, dtype: torch.dtype, cpu_backend: str = "auto") -> str:
+        """What `prepared` gives: "ncnn" (`NcnnNetwork`), "tuned" (`cpu_kernels.tuned_network`, NCHW)
+        or "module" (the PyTorch module in channels-last, on any device).
 
-    def prepared(self, device: torch.device, dtype: torch.dtype, cpu_kernels: bool = True) -> nn.Module:
-        """The network on `device` in `dtype`, ready to run; `self.net` stays fp32 on the CPU.
-
-        SRVGGNetCompact in fp32 on the CPU with `cpu_kernels` gives the `cpu_kernels.tuned_network`
-        variant (NCHW, fastest convolution per shape, sharing `self.net`'s weights); otherwise a
-        channels-last copy (on the CPU in fp32, `self.net` itself). The last one is kept for the next run.
+        Only fp32 on the CPU has a choice; the tuned network is for SRVGGNetCompact where NNPACK
+        exists (without it, it would be oneDNN in NCHW, slower than channels-last).
         """
-        tuned = self.uses_cpu_kernels(device, dtype, cpu_kernels)
-        key = (str(device), dtype, tuned)
+        if cpu_backend not in CPU_BACKENDS:
+            raise InputError(f"cpu_backend must be one of {', '.join(CPU_BACKENDS)}, got {cpu_backend!r}")
+        if device.type != "cpu" or dtype != torch.float32:
+            return "module"
+        if cpu_backend in ("auto", "ncnn") and ncnn_available() and ncnn_supported(self.net):
+            return "ncnn"
+        if cpu_backend == "ncnn":
+            if not ncnn_supported(self.net):
+                raise InputError(f"cpu_backend 'ncnn' runs RRDBNet and SRVGGNetCompact only, not "
+                                 f"{type(self.net).__name__}; use auto or pytorch")
+            raise InputError("cpu_backend 'ncnn' needs the ncnn package: pip install ncnn (or use auto)")
+        if cpu_backend != "pytorch-default" and self.arch == "SRVGGNetCompact" and nnpack_available():
+            return "tuned"
+        return "module"
+
+    def prepared(self, device: torch.device, dtype: torch.dtype, cpu_backend: str = "auto") -> nn.Module:
+        """The network ready to run on `device` in `dtype`, as `runner` describes; `self.net` stays fp32
+        on the CPU (and is itself the "module" runner on the CPU in fp32). The last one is kept."""
+        runner = self.runner(device, dtype, cpu_backend)
+        key = (str(device), dtype, runner)
         cached = self.__dict__.get("_prepared")
         if cached is not None and cached[0] == key:
             return cached[1]
         self.__dict__.pop("_prepared", None)
-        if tuned:
+        if runner == "ncnn":
+            net: nn.Module = NcnnNetwork(self.net)
+        elif runner == "tuned":
             net = tuned_network(self.net.to(memory_format=torch.contiguous_format).eval())
         else:
             net = self.net if (device.type == "cpu" and dtype == torch.float32) else copy.deepcopy(self.net)

@@ -17,11 +17,11 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
                  overlap: int | None = None, precision: str = "auto", device: str | torch.device | None = None,
                  batch: int | None = None,
                  progress_factory: Callable[[int | None, str], Progress] | None = None,
-                 cpu_kernels: bool = True) -> Clip:
+                 cpu_backend: str = "auto") -> Clip:
     """A lazy clip upscaled by `model`; `scale` (default: the model's) resizes the model's output.
 
-    `cpu_kernels=False` runs fp32 CPU inference with PyTorch's default algorithms only (see
-    `cpu_kernels.py`).
+    `cpu_backend` picks how fp32 CPU inference runs (`models.CPU_BACKENDS`): by default with ncnn
+    when it is installed.
 
     The network is moved to the device when the clip is pulled, not before. Frames go through it
     in batches; output chunks are regrouped so each stays within the clip's chunk memory budget
@@ -37,13 +37,13 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
     target_device = torch.device(device) if device else default_device()
     if target_device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {target_device} was asked for, but this PyTorch has no CUDA device; use cpu")
-    resolve_precision(precision, target_device)
+    model.runner(target_device, resolve_precision(precision, target_device), cpu_backend)
     in_batch = batch or max(1, min(MAX_BATCH, chunk_frames_for(out_w, out_h, info.channels)))
     out_chunk = chunk_frames_for(out_w, out_h, info.channels)
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         upscaler = Upscaler(model, scale=target, device=device, precision=precision, tile=tile, overlap=overlap,
-                            batch=batch, cpu_kernels=cpu_kernels)
+                            batch=batch, cpu_backend=cpu_backend)
         bar = progress_factory(info.frame_count or None, "Real-ESRGAN") if progress_factory else None
 
         def batches() -> Iterator[torch.Tensor]:
