@@ -1,4 +1,7 @@
-"""Faster fp32 CPU execution of SRVGGNetCompact, with the same weights and results.
+"""Faster fp32 CPU execution of SRVGGNetCompact in PyTorch, with the same weights and results.
+
+This is the CPU path when ncnn is not installed (or with `cpu_backend="pytorch"`); with ncnn,
+`ncnn_runtime.py` is faster still.
 
 Two things cost most on the CPU besides the arithmetic, and each has a remedy here:
 

@@ -6,8 +6,8 @@ module's own weights, so every model the loader accepts runs this way, not only 
 ship in ncnn format. ncnn is optional (`pip install ncnn`); without it the PyTorch path is used.
 
 Frames of a batch run side by side, each with a share of the threads: on the 2-core test machine
-two frames on one thread each took 7-24% less time per frame than ncnn's two threads on one
-frame at a time (animevideov3 at 320x240 and 640x360, x4plus at 160x120).
+two frames on one thread each took 7-35% less time per frame than ncnn's two threads on one
+frame at a time (animevideov3 at 320x240 and 640x360, x4plus at 160x120; BENCHMARKS.md).
 """
 
 from __future__ import annotations
