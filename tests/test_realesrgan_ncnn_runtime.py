@@ -102,11 +102,10 @@ def test_ncnn_gives_the_modules_result(name):
             assert _relative_error(single[0], expected[1]) < 1e-5, threads
 
 
+@needs_ncnn
 def test_threads_are_split_into_frames_side_by_side():
     net = _randomised(NETWORKS["srvgg-prelu-x4"]())
     for threads, parallel, per_frame in ((1, 1, 1), (2, 2, 1), (3, 3, 1), (4, 4, 1), (16, 4, 4)):
-        if not ncnn_available():
-            pytest.skip("the ncnn package is not installed (it is in the test extra)")
         runner = NcnnNetwork(net, threads=threads)
         assert (runner.frames_in_parallel, runner.threads_per_frame) == (parallel, per_frame)
         assert runner._net.opt.num_threads == per_frame

@@ -6,7 +6,7 @@ module's own weights, so every model the loader accepts runs this way, not only 
 ship in ncnn format. ncnn is optional (`pip install ncnn`); without it the PyTorch path is used.
 
 Frames of a batch run side by side, each with a share of the threads: on the 2-core test machine
-two frames on one thread each took 7-35% less time per frame than ncnn's two threads on one
+two frames on one thread each took 7-29% less time per frame than ncnn's two threads on one
 frame at a time (animevideov3 at 320x240 and 640x360, x4plus at 160x120; BENCHMARKS.md).
 """
 
@@ -195,9 +195,6 @@ class NcnnNetwork(nn.Module):
         threads = max(1, threads or torch.get_num_threads())
         self.frames_in_parallel = min(threads, MAX_FRAMES_IN_PARALLEL)
         self.threads_per_frame = threads // self.frames_in_parallel
-        self.scale = net.upscale if isinstance(net, SRVGGNetCompact) else 4
-        self.strip_context = net.receptive_radius if isinstance(net, SRVGGNetCompact) else None
-        self.unshuffle = net.unshuffle if isinstance(net, RRDBNet) else 1
         # Not a submodule: the PyTorch network stays the model's, this only borrows it.
         self.__dict__["module"] = net
         self._net = self._load(*export_ncnn(net))
@@ -241,14 +238,15 @@ class NcnnNetwork(nn.Module):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vsrkit-ncnn") as pool:
             return list(pool.map(self._frame, inputs))
 
-    def _in_strips(self, frame: torch.Tensor, context: int) -> torch.Tensor:
+    def _in_strips(self, frame: torch.Tensor) -> torch.Tensor:
+        context, scale = self.module.receptive_radius, self.module.upscale
         height = frame.shape[1]
         count = min(self.frames_in_parallel, max(1, height // (2 * context)))
         edges = [round(index * height / count) for index in range(count + 1)]
         spans = [(max(0, top - context), min(height, bottom + context), top, bottom)
                  for top, bottom in zip(edges[:-1], edges[1:], strict=True)]
         results = self._side_by_side([frame[:, start:stop] for start, stop, _, _ in spans])
-        return torch.cat([result[:, (top - start) * self.scale:(bottom - start) * self.scale]
+        return torch.cat([result[:, (top - start) * scale:(bottom - start) * scale]
                           for result, (start, _, top, bottom) in zip(results, spans, strict=True)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,9 +254,9 @@ class NcnnNetwork(nn.Module):
             raise ValueError("the ncnn network runs on the CPU only")
         x = x.float()
         if x.shape[0] == 1 and self.frames_in_parallel > 1:
-            if self.strip_context is None:
-                return self.module(x)
-            return self._in_strips(x[0], self.strip_context)[None]
-        if self.unshuffle > 1:
-            x = F.pixel_unshuffle(x, self.unshuffle)
+            if isinstance(self.module, SRVGGNetCompact):
+                return self._in_strips(x[0])[None]
+            return self.module(x)
+        if isinstance(self.module, RRDBNet) and self.module.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.module.unshuffle)
         return torch.stack(self._side_by_side(list(x.contiguous())))
