@@ -40,11 +40,15 @@ class FlashVSRModel:
 def model_folders(version: str) -> list[Path]:
     """Where the loader looks for `version`: v1 in ComfyUI's FlashVSR folders; v1.1 in its
     FlashVSR-v1.1 folders, then in a FlashVSR-v1.1 subfolder of the FlashVSR folders. v1.1 never
-    reads a FlashVSR folder itself: v1's files have the same names and shapes."""
+    reads a FlashVSR folder itself: v1's files have the same names and shapes. A folder named
+    FlashVSR goes to the loader as it is, which skips it for v1.1 and says so when nothing is
+    found; a FlashVSR folder registered under another name gets the subfolder here."""
     if version == "v1":
         return host.model_dirs(VERSION_FOLDERS["v1"])
+    v1_folders = host.model_dirs(VERSION_FOLDERS["v1"])
     return [*host.model_dirs(VERSION_FOLDERS[version]),
-            *(folder / VERSION_FOLDERS[version] for folder in host.model_dirs(VERSION_FOLDERS["v1"]))]
+            *(folder if folder.name.casefold() == VERSION_FOLDERS["v1"].casefold() else folder / VERSION_FOLDERS[version]
+              for folder in v1_folders)]
 
 
 class FlashVSRLoader:
@@ -110,7 +114,7 @@ def working_memory(height: int, width: int, tile_size: int) -> int:
 
 def managed_clip(upscaled: Clip, model: FlashVSRModel, memory: int) -> Clip:
     """`upscaled` with the model made resident before each pull (and offloaded after, if asked)."""
-    offload = (lambda: model.managed.offload()) if model.offload_after_run else None
+    offload = model.managed.offload if model.offload_after_run else None
     return around_each_pull(upscaled, lambda: model.managed.load(memory), offload)
 
 

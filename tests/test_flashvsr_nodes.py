@@ -108,6 +108,7 @@ def test_loader_never_reads_v1_files_as_v1_1(tmp_path, monkeypatch):
     message = str(caught.value)
     assert str(tmp_path / "models" / "FlashVSR-v1.1") in message
     assert str(v1 / "FlashVSR-v1.1") in message
+    assert f"Not read for v1.1: {v1}" in message  # the user is told why their files were passed over
     # v1.1 files in a FlashVSR-v1.1 subfolder of models/FlashVSR are found, and v1 still reads its own.
     (v1 / "FlashVSR-v1.1").mkdir()
     for name in FILES:

@@ -8,6 +8,7 @@ An alpha channel, which the model does not see, is resized with the same bicubic
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,15 +37,6 @@ def auto_tile_size(height: int, width: int) -> int:
     return 0 if padded_h * padded_w <= AUTO_TILE_PIXELS else AUTO_TILE_SIZE
 
 
-def check_settings(scale: int, mode: str, sparse_ratio: float, kv_ratio: float, local_range: int,
-                   color_fix: str, tile_size: int, tile_overlap: int) -> None:
-    """Raise `InputError` naming the first parameter out of range (`StreamSettings.validate` for all but scale)."""
-    if scale not in SCALES:
-        raise InputError(f"FlashVSR scale must be one of {SCALES}, got {scale}")
-    StreamSettings(mode=mode, sparse_ratio=sparse_ratio, kv_ratio=kv_ratio, local_range=local_range,
-                   color_fix=color_fix, tile_size=tile_size, tile_overlap=tile_overlap).validate()
-
-
 def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-long",
                  sparse_ratio: float = 2.0, kv_ratio: float = 3.0, local_range: int = 11,
                  color_fix: str = "adain", seed: int = 0, tile_size: int = 0,
@@ -59,7 +51,11 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
     advances by output frames and is asked for cancellation between chunks. Nothing runs
     until the returned clip is pulled.
     """
-    check_settings(scale, mode, sparse_ratio, kv_ratio, local_range, color_fix, tile_size, tile_overlap)
+    if scale not in SCALES:
+        raise InputError(f"FlashVSR scale must be one of {SCALES}, got {scale}")
+    settings = StreamSettings(mode=mode, sparse_ratio=sparse_ratio, kv_ratio=kv_ratio, local_range=local_range,
+                              color_fix=color_fix, seed=seed, tile_overlap=tile_overlap, tile_size=tile_size)
+    settings.validate()
     info = clip.info
     if info.channels not in (3, 4):
         raise InputError(f"FlashVSR needs RGB or RGBA frames, got {info.channels} channels")
@@ -68,8 +64,7 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
     if tile and tile_overlap > tile // 2:
         raise InputError(f"tile overlap {tile_overlap} px is more than half the automatic {tile} px tiles of a "
                          f"{out_w}x{out_h} output; set tile_overlap to at most {tile // 2}, or choose tile_size")
-    settings = StreamSettings(mode=mode, sparse_ratio=sparse_ratio, kv_ratio=kv_ratio, local_range=local_range,
-                              color_fix=color_fix, seed=seed, tile_overlap=tile_overlap, tile_size=tile)
+    settings = dataclasses.replace(settings, tile_size=tile)
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         pipeline = FlashVSRPipeline.from_models(models, attention_backend)
