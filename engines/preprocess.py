@@ -37,13 +37,14 @@ from .filters import (
 from .progress import Progress
 
 DETECT_FRAMES = 60
-DETECT_FRAMES_RANGE = Param("detect_frames", int, 2, 100000)
 """Frames idet looks at when the stream does not say whether it is interlaced."""
+DETECT_FRAMES_RANGE = Param("detect_frames", int, 2, 100000)
 
 DEINTERLACE_MODES = ("auto", "on", "off")
 DEINTERLACE_METHODS = ("bwdif", "yadif")
 DEINTERLACE_RATES = ("frame", "field")
 PARITIES = ("auto", "tff", "bff")
+
 
 def _choice(name: str, options: tuple[str, ...], value: Any, owner: str) -> str:
     return Param(name, str, choices={o: i for i, o in enumerate(options)}).check(value, owner)

@@ -17,7 +17,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -155,19 +155,32 @@ def probe(path: str | os.PathLike, *, interlacing: bool = False) -> MediaInfo:
     (`VideoStreamInfo.interlacing`); it decodes those frames, so it is off by default.
     """
     file = check_readable(path)
+    size = file.stat().st_size
+    return _cached(_CACHE, file, interlacing,
+                   lambda: _with_interlacing(probe(file)) if interlacing else _probe_uncached(file, size))
+
+
+def _cached(cache: OrderedDict, file: Path, variant: Any, compute: Callable[[], Any]) -> Any:
+    """`compute()` cached in `cache` per (path, mtime, size, variant), least recently used out first."""
     stat = file.stat()
-    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size, interlacing)
+    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size, variant)
     with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            _CACHE.move_to_end(key)
-            return cached
-    info = _with_interlacing(probe(file)) if interlacing else _probe_uncached(file, stat.st_size)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = compute()
     with _CACHE_LOCK:
-        _CACHE[key] = info
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return info
+        cache[key] = value
+        while len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    return value
+
+
+def _container_times(container: av.container.InputContainer) -> tuple[float, float]:
+    """(duration, start) of the container in seconds, 0 where unknown."""
+    duration = container.duration / 1_000_000 if container.duration else 0.0
+    start = container.start_time / 1_000_000 if container.start_time else 0.0
+    return duration, start
 
 
 def _with_interlacing(info: MediaInfo) -> MediaInfo:
@@ -215,8 +228,7 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
 
 def _probe_uncached(file: Path, size: int) -> MediaInfo:
     with open_container(file) as container:
-        container_duration = container.duration / 1_000_000 if container.duration else 0.0
-        container_start = container.start_time / 1_000_000 if container.start_time else 0.0
+        container_duration, container_start = _container_times(container)
         videos = [s for s in container.streams.video
                   if not (s.disposition & av.stream.Disposition.attached_pic)]
         audios = list(container.streams.audio)
@@ -307,25 +319,15 @@ def with_audio_packets(path: str | os.PathLike, info: AudioStreamInfo) -> AudioS
     if info.max_packet_seconds is not None:
         return info
     file = check_readable(path)
-    stat = file.stat()
-    key = (str(file.resolve()), stat.st_mtime_ns, stat.st_size, info.index)
-    with _CACHE_LOCK:
-        cached = _AUDIO_CACHE.get(key)
-        if cached is not None:
-            _AUDIO_CACHE.move_to_end(key)
-            return cached
-    with open_container(file) as container:
-        container_duration = container.duration / 1_000_000 if container.duration else 0.0
-        container_start = container.start_time / 1_000_000 if container.start_time else 0.0
-        stream = container.streams[info.index]
-        stats = {info.index: _PacketStats()}
-        _read_packets(container, [stream], stats, set())
-        full = _audio_info(stream, stats[info.index], container_duration, container_start)
-    with _CACHE_LOCK:
-        _AUDIO_CACHE[key] = full
-        while len(_AUDIO_CACHE) > _CACHE_SIZE:
-            _AUDIO_CACHE.popitem(last=False)
-    return full
+
+    def read() -> AudioStreamInfo:
+        with open_container(file) as container:
+            stream = container.streams[info.index]
+            stats = {info.index: _PacketStats()}
+            _read_packets(container, [stream], stats, set())
+            return _audio_info(stream, stats[info.index], *_container_times(container))
+
+    return _cached(_AUDIO_CACHE, file, info.index, read)
 
 
 def pix_fmt_traits(pix_fmt: str) -> tuple[int, bool]:

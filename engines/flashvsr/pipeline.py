@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -451,7 +452,7 @@ class FlashVSRPipeline:
         device = self.device
 
         def lq_frames() -> Iterator[torch.Tensor]:
-            for chunk in _chain(first, source):
+            for chunk in itertools.chain((first,), source):
                 if tuple(chunk.shape[1:3]) != tuple(first.shape[1:3]):
                     raise ValueError(f"all frames must have the same size; got {tuple(chunk.shape[1:3])} "
                                      f"after {tuple(first.shape[1:3])}")
@@ -610,8 +611,3 @@ class FlashVSRPipeline:
             yield fixed
             if progress is not None:
                 progress.advance(stop - start)
-
-
-def _chain(first: torch.Tensor, rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-    yield first
-    yield from rest
