@@ -194,8 +194,12 @@ def test_core_upscale_model_is_accepted_by_duck_typing():
             self.model = module
 
     net = RRDBNet(scale=2, num_block=1)
-    model = model_from_upscale_model(Descriptor(net))
+    descriptor = Descriptor(net)
+    model = model_from_upscale_model(descriptor)
     assert (model.arch, model.net_scale) == ("RRDBNet", 2)
+    # A graph run again with the same loaded model reuses the conversion (and what was prepared from it).
+    assert model_from_upscale_model(descriptor) is model
+    assert model_from_upscale_model(Descriptor(net)) is not model
     with pytest.raises(InputError, match="UPSCALE_MODEL"):
         model_from_upscale_model(object())
 

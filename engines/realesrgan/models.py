@@ -22,6 +22,7 @@ import http.client
 import importlib.util
 import os
 import urllib.request
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ ProgressFactory = Callable[[int | None, str, str], Progress]
 # How fp32 CPU inference runs: "auto" is ncnn when installed, else PyTorch; "pytorch" uses the
 # tuned kernels of cpu_kernels.py where NNPACK exists; "pytorch-default" is PyTorch's own choice.
 CPU_BACKENDS = ("auto", "ncnn", "pytorch", "pytorch-default")
+# Models converted from core UPSCALE_MODEL descriptors, per live descriptor.
+_FROM_DESCRIPTOR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,15 +364,31 @@ def load_model_file(path: str | os.PathLike, name: str | None = None, origin: st
     return model_from_state(state, name or path.stem, origin or f"file {path}", metadata)
 
 
-def model_from_upscale_model(descriptor: Any, name: str | None = None) -> RealESRGANModel:
-    """Accept ComfyUI core's UPSCALE_MODEL (a spandrel descriptor) by duck typing: `.model.state_dict()`."""
+def model_from_upscale_model(descriptor: Any) -> RealESRGANModel:
+    """Accept ComfyUI core's UPSCALE_MODEL (a spandrel descriptor) by duck typing: `.model.state_dict()`.
+
+    The result is kept for as long as the descriptor lives, so a graph run again reuses the
+    network and what `prepared` made of it (the ncnn graph, the tuned kernels) instead of
+    converting the weights anew.
+    """
     module = getattr(descriptor, "model", None)
     if not hasattr(module, "state_dict"):
         raise InputError(f"expected a Real-ESRGAN model or core UPSCALE_MODEL, got {type(descriptor).__name__}")
+    try:
+        cached = _FROM_DESCRIPTOR.get(descriptor)
+    except TypeError:  # not weakly referenceable
+        cached = None
+    if cached is not None:
+        return cached
     arch = getattr(getattr(descriptor, "architecture", None), "name", None)
-    label = name or (f"UPSCALE_MODEL ({arch})" if arch else "UPSCALE_MODEL")
+    label = f"UPSCALE_MODEL ({arch})" if arch else "UPSCALE_MODEL"
     state = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
-    return model_from_state(state, label, origin="core UPSCALE_MODEL")
+    model = model_from_state(state, label, origin="core UPSCALE_MODEL")
+    try:
+        _FROM_DESCRIPTOR[descriptor] = model
+    except TypeError:
+        pass
+    return model
 
 
 # ---------------------------------------------------------------- finding files
