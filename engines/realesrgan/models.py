@@ -34,7 +34,7 @@ from ..errors import InputError, ModelNotFoundError
 from ..filters import format_number
 from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
-from ..weights import UnsafeWeightsError, load_pickle, open_safetensors
+from ..weights import load_pickle, open_safetensors
 from .cpu_kernels import nnpack_available, tuned_network
 from .ncnn_import import ImportedModel, convert_ncnn, import_ncnn
 from .ncnn_runtime import NcnnNetwork, ncnn_available, ncnn_supported
@@ -239,15 +239,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             metadata = handle.metadata() or {}
             state = {key: handle.get_tensor(key) for key in handle.keys()}
         return _unwrap(state, str(path)), metadata
-    try:
-        state = load_pickle(path)
-    except UnsafeWeightsError as exc:
-        raise InputError(
-            f"refused to load {path}: it is a pickle that asks to run code or build objects other than "
-            f"tensors ({exc.reason[:200]}). Only weights-only checkpoints are loaded; "
-            "use a .safetensors file or one from a source you trust converted to safetensors"
-        ) from exc
-    return _unwrap(state, str(path)), {}
+    return _unwrap(load_pickle(path), str(path)), {}
 
 
 def _from_old_esrgan_keys(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..paths import discard, partial_path, publish
+from ..paths import discard, output_taken, partial_path, publish
 from .rrdbnet import scale_from_channels
 
 PARAM_MAGIC = "7767517"
@@ -242,7 +242,7 @@ def save_imported(model: ImportedModel, out_path: str | os.PathLike, overwrite: 
 
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
-        raise InputError(f"{out_path} already exists; choose another output name or delete it first")
+        raise output_taken(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp = partial_path(out_path)
     try:
