@@ -50,6 +50,11 @@ class Progress:
         self.close()
 
 
+def open_progress(factory: Callable[[int | None, str], Progress] | None, total: int | None, desc: str) -> Progress:
+    """The bar `factory` opens, or a silent one without a factory; use it in a `with` block."""
+    return factory(total, desc) if factory is not None else Progress(total, desc)
+
+
 class ConsoleProgress(Progress):
     """A one-line text bar with rate and ETA on stderr, refreshed at most 5 times a second."""
 

@@ -17,7 +17,7 @@ import torch
 
 from ..clip import Clip
 from ..errors import InputError
-from ..progress import Progress
+from ..progress import Progress, open_progress
 from .pipeline import (
     FlashVSRPipeline,
     StreamSettings,
@@ -68,7 +68,6 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         pipeline = FlashVSRPipeline.from_models(models, attention_backend)
-        bar = progress_factory(info.frame_count or None, "FlashVSR") if progress_factory else None
         alphas: deque[torch.Tensor] = deque()
 
         def colour(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -77,16 +76,13 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
                     alphas.extend(chunk[..., 3:].unbind(0))
                 yield chunk[..., :3]
 
-        try:
+        with open_progress(progress_factory, info.frame_count or None, "FlashVSR") as bar:
             for frames in pipeline.upscale(colour(chunks), scale, settings, progress=bar):
                 if alphas:
                     alpha = torch.stack([alphas.popleft() for _ in range(frames.shape[0])])
                     alpha = bicubic_resize(alpha.permute(0, 3, 1, 2).float(), out_h, out_w).clamp(0, 1)
                     frames = torch.cat([frames, alpha.permute(0, 2, 3, 1)], dim=-1)
                 yield frames
-        finally:
-            if bar is not None:
-                bar.close()
 
     return clip.then(stage, width=out_w, height=out_h)
 

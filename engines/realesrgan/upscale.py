@@ -8,7 +8,7 @@ import torch
 
 from ..clip import Clip, chunk_frames_for, rechunk
 from ..errors import InputError
-from ..progress import Progress
+from ..progress import Progress, open_progress
 from .inference import MAX_BATCH, Upscaler, default_device, output_size, resolve_precision
 from .models import RealESRGANModel
 
@@ -44,24 +44,18 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         upscaler = Upscaler(model, scale=target, device=device, precision=precision, tile=tile, overlap=overlap,
                             batch=batch, cpu_backend=cpu_backend)
-        bar = progress_factory(info.frame_count or None, "Real-ESRGAN") if progress_factory else None
+        with open_progress(progress_factory, info.frame_count or None, "Real-ESRGAN") as bar:
 
-        def batches() -> Iterator[torch.Tensor]:
-            for batch_frames in rechunk(chunks, in_batch):
-                if bar is not None:
+            def batches() -> Iterator[torch.Tensor]:
+                for batch_frames in rechunk(chunks, in_batch):
                     bar.check_cancel()
-                yield batch_frames
+                    yield batch_frames
 
-        def outputs() -> Iterator[torch.Tensor]:
-            for result in upscaler.stream(batches()):
-                if bar is not None:
+            def outputs() -> Iterator[torch.Tensor]:
+                for result in upscaler.stream(batches()):
                     bar.advance(result.shape[0])
-                yield result
+                    yield result
 
-        try:
             yield from rechunk(outputs(), out_chunk)
-        finally:
-            if bar is not None:
-                bar.close()
 
     return clip.then(stage, width=out_w, height=out_h)
