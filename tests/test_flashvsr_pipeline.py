@@ -25,6 +25,7 @@ from vsrkit.engines.flashvsr.pipeline import (
     bicubic_resize,
     feather_weights,
     plan_tiles,
+    tile_weights,
 )
 
 ATOL = 1e-4
@@ -192,8 +193,9 @@ def test_feathered_blend_has_no_seams():
     height, width = 256, 640
     tiles = plan_tiles(height, width, tile_size=256, overlap=128)
     image = torch.rand(1, 3, height, width)
-    agree = TileBlender(tiles, 1, 3, height, width, torch.device("cpu"))
-    disagree = TileBlender(tiles, 1, 3, height, width, torch.device("cpu"))
+    weights = tile_weights(tiles, torch.device("cpu"))
+    agree = TileBlender(tiles, 1, 3, height, width, torch.device("cpu"), weights)
+    disagree = TileBlender(tiles, 1, 3, height, width, torch.device("cpu"), weights)
     for number, tile in enumerate(tiles):
         region = image[..., tile.y0:tile.y0 + tile.height, tile.x0:tile.x0 + tile.width]
         agree.add(tile, region)

@@ -212,17 +212,19 @@ def tile_weights(tiles: list[Tile], device: torch.device) -> dict[Tile, torch.Te
 class TileBlender:
     """Accumulates tiles' frames [T, C, h, w] into whole frames with feathered weights.
 
-    `weights` (from `tile_weights`) lets the blenders of successive chunks share the
-    weights; without it they are computed here.
+    `weights` come from `tile_weights`, computed once per stream and shared by the blenders of
+    successive chunks; a single tile needs none (None).
     """
 
     def __init__(self, tiles: list[Tile], frames: int, channels: int, height: int, width: int,
-                 device: torch.device, weights: dict[Tile, torch.Tensor] | None = None):
+                 device: torch.device, weights: dict[Tile, torch.Tensor] | None):
         self.tiles = tiles
         self.single = len(tiles) == 1
+        if weights is None and not self.single:
+            raise ValueError("several tiles need their blend weights (tile_weights)")
         self.sum = None if self.single else torch.zeros(frames, channels, height, width, device=device)
         self.norm = None if self.single else torch.zeros(height, width, device=device)
-        self.weights = weights if weights is not None or self.single else tile_weights(tiles, device)
+        self.weights = weights
         self.result: torch.Tensor | None = None
 
     def add(self, tile: Tile, frames: torch.Tensor) -> None:
