@@ -122,10 +122,11 @@ def test_mask_unit_draft_masks(fixture, config):
     data = load_file(fixture / "mask_unit.safetensors")
     for name, spec in config["mask_unit"]["tests"].items():
         grid_h, grid_w = spec["block_grid_hw"]
-        local = sa.local_block_mask(grid_h, grid_w, spec["local_range"])
+        q_pooled, k_pooled = data[f"{name}.q_pooled"], data[f"{name}.k_pooled"]
+        local = sa.tile_local_mask(sa.local_block_mask(grid_h, grid_w, spec["local_range"]), q_pooled.shape[0],
+                                   k_pooled.shape[0])
         assert sa.topk_for(spec["window_size"], 2.0) == spec["topk"]
-        mask = sa.draft_block_mask(data[f"{name}.q_pooled"], data[f"{name}.k_pooled"], spec["num_heads"],
-                                   spec["seqlen"], spec["topk"], local)
+        mask = sa.draft_block_mask(q_pooled, k_pooled, spec["num_heads"], spec["seqlen"], spec["topk"], local)
         assert torch.equal(mask[None].to(torch.uint8), data[f"{name}.mask"]), name
         kept = mask.reshape(spec["num_heads"], spec["seqlen"], -1).sum(-1)
         assert kept.tolist() == spec["selected_per_head_slice"]

@@ -117,17 +117,18 @@ def draft_block_mask(q_pooled: torch.Tensor, k_pooled: torch.Tensor, num_heads: 
     probabilities of all its rows are ranked together and those strictly above the
     (k+1)-th largest are kept, k = min(candidates - 1, topk).
 
-    local_mask: `local_block_mask` of one time slice [n, n], or already tiled to [n_q, n_k]
-    (`tile_local_mask`, which the DiT does once per chunk for all its blocks).
+    local_mask: the local window over all time slices, [n_q, n_k] (`tile_local_mask` of
+    `local_block_mask`; the DiT builds it once per chunk for all its blocks).
     """
     n_q, dim = q_pooled.shape
     n_k = k_pooled.shape[0]
+    if tuple(local_mask.shape) != (n_q, n_k):
+        raise ValueError(f"local mask {tuple(local_mask.shape)} does not fit {n_q} query and {n_k} key windows: "
+                         "every block's cache must hold the same time slices")
     head_dim = dim // num_heads
     q = q_pooled.float().reshape(n_q, num_heads, head_dim).transpose(0, 1)
     k = k_pooled.float().reshape(n_k, num_heads, head_dim).transpose(0, 1)
     scores = torch.matmul(q, k.transpose(1, 2)) / math.sqrt(head_dim)
-    if tuple(local_mask.shape) != (n_q, n_k):
-        local_mask = tile_local_mask(local_mask, n_q, n_k)
     allowed = local_mask.to(scores.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1)

@@ -153,9 +153,6 @@ class SelfAttention(AttentionProjections):
         if cache is not None:
             k_w = torch.cat([cache.k, k_w], dim=0)
             v_w = torch.cat([cache.v, v_w], dim=0)
-        if tuple(grid.local_mask.shape) != (q_w.shape[0], k_w.shape[0]):
-            raise ValueError(f"local mask {tuple(grid.local_mask.shape)} does not fit {q_w.shape[0]} query and "
-                             f"{k_w.shape[0]} key windows: every block's cache must hold the same time slices")
         mask = draft_block_mask(pooled(q_w), pooled(k_w), self.num_heads, frames // WINDOW[0], sparse.topk,
                                 grid.local_mask)
         if record is not None:
