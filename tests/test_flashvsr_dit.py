@@ -130,6 +130,10 @@ def test_mask_unit_draft_masks(fixture, config):
         assert torch.equal(mask[None].to(torch.uint8), data[f"{name}.mask"]), name
         kept = mask.reshape(spec["num_heads"], spec["seqlen"], -1).sum(-1)
         assert kept.tolist() == spec["selected_per_head_slice"]
+        if (grid_h * grid_w,) * 2 != (q_pooled.shape[0], k_pooled.shape[0]):
+            with pytest.raises(ValueError, match="does not fit"):
+                sa.draft_block_mask(q_pooled, k_pooled, spec["num_heads"], spec["seqlen"], spec["topk"],
+                                    sa.local_block_mask(grid_h, grid_w, spec["local_range"]))
 
 
 @pytest.mark.parametrize("grid_h, grid_w, local_range", [(6, 10, 11), (6, 10, 9), (3, 5, 4), (1, 2, 2), (2, 3, 3)])
