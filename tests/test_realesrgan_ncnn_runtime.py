@@ -13,6 +13,7 @@ from vsrkit.engines.errors import InputError
 from vsrkit.engines.realesrgan import models as models_module
 from vsrkit.engines.realesrgan.inference import Upscaler
 from vsrkit.engines.realesrgan.models import RealESRGANModel
+from vsrkit.engines.realesrgan.native_runtime import NativeKernelError
 from vsrkit.engines.realesrgan.ncnn_import import import_ncnn, parse_param
 from vsrkit.engines.realesrgan.ncnn_runtime import NcnnNetwork, export_ncnn, ncnn_available, ncnn_supported
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
@@ -155,9 +156,14 @@ def test_a_lone_rrdb_frame_runs_through_the_module_on_all_threads():
     assert dict(runner.named_parameters()) == {}
 
 
+def _without_native_kernel(compiler=None):
+    raise NativeKernelError("no C++ compiler found")
+
+
 @needs_ncnn
-def test_auto_backend_on_the_cpu_is_ncnn_with_a_batch_per_thread(monkeypatch):
+def test_auto_backend_without_the_native_kernel_is_ncnn_with_a_batch_per_thread(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(models_module, "kernel_library", _without_native_kernel)
     model = RealESRGANModel(_randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
     upscaler = Upscaler(model, device="cpu")
     assert upscaler.runner == "ncnn" and isinstance(upscaler.net, NcnnNetwork)
@@ -179,6 +185,7 @@ def test_backend_choice_without_ncnn_and_for_other_networks(monkeypatch):
     with pytest.raises(InputError, match="Sequential"):
         wrapped.runner(torch.device("cpu"), torch.float32, "ncnn")
     monkeypatch.setattr(models_module, "ncnn_available", lambda: False)
+    monkeypatch.setattr(models_module, "kernel_library", _without_native_kernel)
     assert srvgg.runner(torch.device("cpu"), torch.float32, "auto") in ("tuned", "module")
     with pytest.raises(InputError, match="pip install ncnn"):
         srvgg.runner(torch.device("cpu"), torch.float32, "ncnn")

@@ -36,6 +36,7 @@ from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
 from ..weights import load_pickle, open_safetensors
 from .cpu_kernels import nnpack_available, tuned_network
+from .native_runtime import NativeKernelError, NativeNetwork, kernel_library, native_supported
 from .ncnn_import import ImportedModel, import_ncnn, save_imported
 from .ncnn_runtime import NcnnNetwork, ncnn_available, ncnn_supported
 from .rrdbnet import RRDBNet, scale_from_channels
@@ -46,7 +47,7 @@ MODEL_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 ProgressFactory = Callable[[int | None, str, str], Progress]
 # How fp32 CPU inference runs: "auto" is ncnn when installed, else PyTorch; "pytorch" uses the
 # tuned kernels of cpu_kernels.py where NNPACK exists; "pytorch-default" is PyTorch's own choice.
-CPU_BACKENDS = ("auto", "ncnn", "pytorch", "pytorch-default")
+CPU_BACKENDS = ("auto", "native", "ncnn", "pytorch", "pytorch-default")
 # Models converted from core UPSCALE_MODEL descriptors, per live descriptor.
 _FROM_DESCRIPTOR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -158,16 +159,28 @@ class RealESRGANModel:
         return getattr(self.net, "size_multiple", 1)
 
     def runner(self, device: torch.device, dtype: torch.dtype, cpu_backend: str = "auto") -> str:
-        """What `prepared` gives: "ncnn" (`NcnnNetwork`), "tuned" (`cpu_kernels.tuned_network`, NCHW)
-        or "module" (the PyTorch module in channels-last, on any device).
+        """What `prepared` gives: "native" (`NativeNetwork`), "ncnn" (`NcnnNetwork`), "tuned"
+        (`cpu_kernels.tuned_network`, NCHW) or "module" (the PyTorch module in channels-last, on any device).
 
-        Only fp32 on the CPU has a choice; the tuned network is for SRVGGNetCompact where NNPACK
-        exists (without it, it would be oneDNN in NCHW, slower than channels-last).
+        Only fp32 on the CPU has a choice. `auto` takes the first that works here: the native kernel
+        (needs a C++ compiler the first time), ncnn (needs the package), then PyTorch; the tuned
+        network is for SRVGGNetCompact where NNPACK exists (without it, it would be oneDNN in NCHW,
+        slower than channels-last).
         """
         if cpu_backend not in CPU_BACKENDS:
             raise InputError(f"cpu_backend must be one of {', '.join(CPU_BACKENDS)}, got {cpu_backend!r}")
         if device.type != "cpu" or dtype != torch.float32:
             return "module"
+        if cpu_backend in ("auto", "native") and native_supported(self.net):
+            try:
+                kernel_library()
+                return "native"
+            except NativeKernelError as exc:
+                if cpu_backend == "native":
+                    raise InputError(f"cpu_backend 'native' is not available here: {exc}; use auto") from exc
+        if cpu_backend == "native":
+            raise InputError(f"cpu_backend 'native' runs RRDBNet and SRVGGNetCompact with feature channels in "
+                             f"multiples of 16 only, not this {type(self.net).__name__}; use auto or pytorch")
         if cpu_backend in ("auto", "ncnn") and ncnn_available() and ncnn_supported(self.net):
             return "ncnn"
         if cpu_backend == "ncnn":
@@ -188,8 +201,10 @@ class RealESRGANModel:
         if cached is not None and cached[0] == key:
             return cached[1]
         self.__dict__.pop("_prepared", None)
-        if runner == "ncnn":
-            net: nn.Module = NcnnNetwork(self.net)
+        if runner == "native":
+            net: nn.Module = NativeNetwork(self.net)
+        elif runner == "ncnn":
+            net = NcnnNetwork(self.net)
         elif runner == "tuned":
             net = tuned_network(self.net.to(memory_format=torch.contiguous_format).eval())
         else:

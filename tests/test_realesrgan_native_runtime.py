@@ -1,0 +1,204 @@
+"""vsrkit's native Winograd CPU kernel: single convolutions against PyTorch's, whole networks against
+their modules, the compile cache, and how the CPU backend is chosen with and without it."""
+
+from __future__ import annotations
+
+import stat
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vsrkit.engines.errors import InputError
+from vsrkit.engines.paths import TEMP_MARK
+from vsrkit.engines.realesrgan import models as models_module
+from vsrkit.engines.realesrgan import native_runtime
+from vsrkit.engines.realesrgan.inference import Upscaler
+from vsrkit.engines.realesrgan.models import RealESRGANModel
+from vsrkit.engines.realesrgan.native_runtime import (
+    NativeKernelError,
+    NativeNetwork,
+    kernel_library,
+    native_available,
+    native_supported,
+)
+from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
+from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
+
+needs_kernel = pytest.mark.skipif(not native_available(), reason="no C++ compiler here to build the native kernel")
+
+
+def _randomised(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Weights far from the default initialisation, so every layer changes the result visibly."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.3 - 0.15)
+    return net.eval()
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, tolerance: float = 2e-5) -> bool:
+    """Equal up to fp32 Winograd rounding, relative to the result's magnitude."""
+    return got.shape == expected.shape and float((got - expected).abs().max()) <= tolerance * max(
+        1.0, float(expected.abs().max()))
+
+
+def _convolve(conv: nn.Conv2d, activation: nn.Module | None, x: torch.Tensor, threads: int,
+              residual: torch.Tensor | None = None, residual_scale: float = 1.0,
+              source_channel: int = 0, target_channel: int = 0, extra_channels: int = 0):
+    """One convolution through the kernel, reading and writing channel slices of wider buffers."""
+    net = NativeNetwork(SRVGGNetCompact(num_feat=16, num_conv=0), threads=threads)
+    layer = native_runtime._Conv.of(conv, activation)
+    height, width = x.shape[1:]
+    source = native_runtime._Image(height, width, source_channel + layer.cin + extra_channels)
+    source.interior(slice(source_channel, source_channel + x.shape[0]))[...] = x.permute(1, 2, 0).numpy()
+    target = native_runtime._Image(height, width, target_channel + layer.cout + extra_channels)
+    target.interior()[...] = 7.0
+    extra = None
+    if residual is not None:
+        extra = native_runtime._Image(height, width, layer.cout)
+        extra.interior(slice(0, residual.shape[0]))[...] = residual.permute(1, 2, 0).numpy()
+    floats = net._library.vsrkit_winograd_scratch(native_runtime.CHUNK_TILES, layer.cin, layer.cout)
+    scratch = [np.empty(floats, dtype=np.float32) for _ in range(threads)]
+    with ThreadPoolExecutor(max_workers=max(1, threads - 1)) as pool:
+        net._conv(pool if threads > 1 else None, scratch, layer, source, target, source_channel=source_channel,
+                  target_channel=target_channel, residual=extra, residual_scale=residual_scale)
+    return target, layer
+
+
+@needs_kernel
+@pytest.mark.parametrize("height, width", [(1, 1), (5, 7), (13, 22), (31, 9)])
+@pytest.mark.parametrize("in_ch, out_ch", [(3, 16), (24, 32), (64, 64), (96, 12)])
+def test_one_convolution_matches_pytorch_and_keeps_the_padding_zero(height, width, in_ch, out_ch):
+    torch.manual_seed(height * 100 + in_ch)
+    conv = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+    prelu = nn.PReLU(out_ch)
+    with torch.no_grad():
+        prelu.weight.uniform_(-0.5, 0.5)
+    x = torch.randn(in_ch, height, width)
+    for threads in (1, 3):
+        target, layer = _convolve(conv, prelu, x, threads)
+        with torch.no_grad():
+            expected = prelu(conv(x[None]))[0]
+        got = torch.from_numpy(target.interior(slice(0, out_ch)).copy()).permute(2, 0, 1)
+        assert _close(got, expected), (threads, float((got - expected).abs().max()))
+        padding = target.data.copy()
+        padding[1:height + 1, 1:width + 1] = 0
+        assert not padding.any(), "the kernel wrote outside the image: the next layer's zero padding is gone"
+        # Sub-pixels of the padded output channels carry zero weights and bias.
+        assert not target.interior(slice(out_ch, layer.cout)).any()
+
+
+@needs_kernel
+@pytest.mark.parametrize("activation", [None, nn.ReLU(), nn.LeakyReLU(0.2)])
+def test_channel_slices_residual_and_activations(activation):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(24, 32, 3, 1, 1)
+    x, residual = torch.randn(24, 11, 14), torch.randn(32, 11, 14)
+    target, _ = _convolve(conv, activation, x, 2, residual=residual, residual_scale=0.2, source_channel=8,
+                          target_channel=16, extra_channels=16)
+    with torch.no_grad():
+        value = conv(x[None])[0]
+        expected = 0.2 * (activation(value) if activation is not None else value) + residual
+    got = torch.from_numpy(target.interior(slice(16, 48)).copy()).permute(2, 0, 1)
+    assert _close(got, expected)
+    # The channels around the written slice are untouched.
+    assert (target.interior(slice(0, 16)) == 7.0).all() and (target.interior(slice(48, 64)) == 7.0).all()
+
+
+NETWORKS = {
+    "srvgg-prelu-x4": lambda: SRVGGNetCompact(num_feat=16, num_conv=3, upscale=4, act_type="prelu"),
+    "srvgg-leakyrelu-x2": lambda: SRVGGNetCompact(num_feat=32, num_conv=2, upscale=2, act_type="leakyrelu"),
+    "srvgg-relu-x3": lambda: SRVGGNetCompact(num_feat=16, num_conv=2, upscale=3, act_type="relu"),
+    "rrdb-x4": lambda: RRDBNet(num_feat=32, num_block=2, num_grow_ch=16, scale=4),
+    "rrdb-x2": lambda: RRDBNet(num_feat=16, num_block=1, num_grow_ch=16, scale=2),
+    "rrdb-x1": lambda: RRDBNet(num_feat=16, num_block=1, num_grow_ch=16, scale=1),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_networks_match_their_modules(name):
+    net = _randomised(NETWORKS[name]())
+    x = torch.rand(2, 3, 20, 28)
+    with torch.no_grad():
+        expected = net(x)
+    for threads in (1, 2, 3):
+        runner = NativeNetwork(net, threads=threads)
+        assert _close(runner(x), expected), (name, threads)
+        assert _close(runner(x[1:]), expected[1:]), (name, threads, "lone frame")
+    assert dict(runner.named_parameters()) == {}, "the runner must not register the module's weights twice"
+
+
+def test_supported_networks():
+    assert native_supported(SRVGGNetCompact(num_feat=64, num_conv=1))
+    assert native_supported(RRDBNet(num_feat=64, num_block=1, num_grow_ch=32))
+    assert not native_supported(SRVGGNetCompact(num_feat=8, num_conv=1))
+    assert not native_supported(RRDBNet(num_feat=16, num_block=1, num_grow_ch=8))
+    assert not native_supported(nn.Sequential(SRVGGNetCompact(num_feat=16, num_conv=1)))
+    if native_available():
+        with pytest.raises(ValueError, match="multiples of 16"):
+            NativeNetwork(SRVGGNetCompact(num_feat=8, num_conv=1))
+
+
+@needs_kernel
+def test_the_compiled_kernel_is_cached_and_nothing_partial_is_left(tmp_path):
+    compiler = native_runtime._compilers()[0]
+    first = native_runtime._compile(compiler, tmp_path)
+    built = first.stat().st_mtime_ns
+    again = native_runtime._compile(compiler, tmp_path)
+    assert again == first and again.stat().st_mtime_ns == built
+    assert [path.name for path in tmp_path.iterdir()] == [first.name]
+    assert not first.name.startswith(TEMP_MARK)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the stand-in compiler is a shell script")
+def test_a_failing_compiler_leaves_no_file_and_names_itself(tmp_path):
+    fake = tmp_path / "broken-c++"
+    # Writes part of an output, then fails, like a compiler killed half way.
+    fake.write_text('#!/bin/sh\nfor last; do :; done\necho partial > "$last"\necho "no space left" >&2\nexit 1\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    folder = tmp_path / "kernels"
+    with pytest.raises(NativeKernelError, match="broken-c\\+\\+.*no space left"):
+        native_runtime._compile(str(fake), folder)
+    assert list(folder.iterdir()) == []
+    with pytest.raises(NativeKernelError, match="cannot be run"):
+        kernel_library(str(tmp_path / "no-such-compiler"))
+
+
+def test_backend_choice_with_and_without_the_kernel(monkeypatch):
+    model = RealESRGANModel(_randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
+    cpu = torch.device("cpu")
+    if native_available():
+        assert model.runner(cpu, torch.float32, "auto") == "native"
+        assert model.runner(cpu, torch.float32, "native") == "native"
+    assert model.runner(cpu, torch.bfloat16, "native") == "module"
+
+    def unavailable(compiler=None):
+        raise NativeKernelError("no C++ compiler found (install g++ or clang++, or set CXX)")
+
+    monkeypatch.setattr(models_module, "kernel_library", unavailable)
+    assert model.runner(cpu, torch.float32, "auto") != "native"
+    with pytest.raises(InputError, match="'native' is not available here: no C\\+\\+ compiler"):
+        model.runner(cpu, torch.float32, "native")
+    narrow = RealESRGANModel(_randomised(SRVGGNetCompact(num_feat=8, num_conv=1)), "SRVGGNetCompact", 4, "narrow")
+    with pytest.raises(InputError, match="multiples of 16"):
+        narrow.runner(cpu, torch.float32, "native")
+
+
+@needs_kernel
+def test_auto_backend_upscales_with_the_kernel_one_frame_at_a_time(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    model = RealESRGANModel(_randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
+    upscaler = Upscaler(model, device="cpu")
+    assert upscaler.runner == "native" and isinstance(upscaler.net, NativeNetwork)
+    frames = torch.rand(3, 21, 17, 3)
+    out = upscaler.upscale(frames)
+    assert upscaler.plan.batch == 1
+    reference = Upscaler(model, device="cpu", cpu_backend="pytorch-default").upscale(frames)
+    assert out.shape == reference.shape == (3, 84, 68, 3)
+    assert float((out - reference).abs().max()) * 255 <= 1.0001
+
