@@ -5,10 +5,11 @@
 
 Methods, each run in a fresh subprocess so its peak RSS (VmHWM) is its own:
   vsrkit  the streaming clip stage (`upscale_clip`), automatic tiles, precision and CPU backend
-          (ncnn when installed, frames side by side)
+          (the native Winograd kernel where a C++ compiler is found)
+  vsrkit-ncnn  the same with `cpu_backend="ncnn"` (ncnn running vsrkit's graph, frames side by side)
   vsrkit-pytorch  the same with `cpu_backend="pytorch"` (the tuned kernels of `cpu_kernels.py`)
   vsrkit-plain  the same with PyTorch's default algorithms and without keeping freed memory
-          (the two are opt-in with `--methods ...`; vsrkit-plain is what vsrkit did first)
+          (these three are opt-in with `--methods ...`; vsrkit-plain is what vsrkit did first)
   core    what ComfyUI core's "Upscale Image (using Model)" does: a spandrel model in fp32,
           the whole batch moved to the device, 512-pixel tiles with 32 pixels of overlap and
           feathered blending, a full-size float32 batch returned; for x2 from the x4
@@ -47,7 +48,8 @@ CPU_CONFIGS = {
     "animevideov3-x2 640x360": ("realesr-animevideov3-x2", 640, 360),
     "x4plus 160x120": ("realesrgan-x4plus", 160, 120),
 }
-VSRKIT_BACKENDS = {"vsrkit": "auto", "vsrkit-pytorch": "pytorch", "vsrkit-plain": "pytorch-default"}
+VSRKIT_BACKENDS = {"vsrkit": "auto", "vsrkit-ncnn": "ncnn", "vsrkit-pytorch": "pytorch",
+                   "vsrkit-plain": "pytorch-default"}
 GPU_CONFIGS = {
     "animevideov3-x2 512x512 fp16": ("realesr-animevideov3-x2", 512, 512),
     "animevideov3-x4 854x480 fp16": ("realesr-animevideov3-x4", 854, 480),

@@ -3,6 +3,7 @@ their modules, the compile cache, and how the CPU backend is chosen with and wit
 
 from __future__ import annotations
 
+import shutil
 import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -202,3 +203,14 @@ def test_auto_backend_upscales_with_the_kernel_one_frame_at_a_time(monkeypatch):
     assert out.shape == reference.shape == (3, 84, 68, 3)
     assert float((out - reference).abs().max()) * 255 <= 1.0001
 
+
+
+@pytest.mark.parametrize("compiler", ["g++", "clang++"])
+def test_the_kernel_from_each_compiler_matches_the_module(compiler):
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} is not installed here")
+    net = _randomised(NETWORKS["rrdb-x2"]())
+    x = torch.rand(1, 3, 12, 20)
+    with torch.no_grad():
+        expected = net(x)
+    assert _close(NativeNetwork(net, threads=2, compiler=compiler)(x), expected)

@@ -1,7 +1,7 @@
 """Faster fp32 CPU execution of SRVGGNetCompact in PyTorch, with the same weights and results.
 
-This is the CPU path when ncnn is not installed (or with `cpu_backend="pytorch"`); with ncnn,
-`ncnn_runtime.py` is faster still.
+This is the CPU path without a C++ compiler for `native_runtime.py` and without ncnn (or with
+`cpu_backend="pytorch"`); both of those are faster.
 
 Two things cost most on the CPU besides the arithmetic, and each has a remedy here:
 

@@ -101,7 +101,11 @@ def _compile(compiler: str, folder: Path) -> Path:
         library = folder / f"winograd_cpu-{key.hexdigest()[:16]}{suffix}"
         if library.is_file():
             return library
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NativeKernelError(f"cannot create the kernel cache folder {folder}: {exc}; set VSRKIT_HOME "
+                                    "to a writable folder") from exc
         temp = partial_path(library)
         try:
             result = subprocess.run([compiler, *flags, str(KERNEL_SOURCE), "-o", str(temp)], capture_output=True,

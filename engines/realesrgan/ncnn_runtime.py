@@ -1,7 +1,8 @@
-"""Run RRDBNet and SRVGGNetCompact on the CPU with ncnn, the fastest fp32 CPU path measured here.
+"""Run RRDBNet and SRVGGNetCompact on the CPU with ncnn, where the native kernel cannot be built.
 
 ncnn's CPU convolutions (Winograd on packed layouts, for x86 and ARM) beat both oneDNN and
-NNPACK inside PyTorch on these networks (BENCHMARKS.md). The ncnn graph is written from the
+NNPACK inside PyTorch on these networks (BENCHMARKS.md); only vsrkit's own kernel
+(`native_runtime.py`) is faster, and it needs a C++ compiler. The ncnn graph is written from the
 module's own weights, so every model the loader accepts runs this way, not only the files that
 ship in ncnn format. ncnn is optional (`pip install ncnn`); without it the PyTorch path is used.
 

@@ -20,8 +20,8 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
                  cpu_backend: str = "auto") -> Clip:
     """A lazy clip upscaled by `model`; `scale` (default: the model's) resizes the model's output.
 
-    `cpu_backend` picks how fp32 CPU inference runs (`models.CPU_BACKENDS`): by default with ncnn
-    when it is installed.
+    `cpu_backend` picks how fp32 CPU inference runs (`models.CPU_BACKENDS`): by default with
+    vsrkit's native kernel where a C++ compiler is found, else ncnn when it is installed.
 
     The network is moved to the device when the clip is pulled, not before. Frames go through it
     in batches; output chunks are regrouped so each stays within the clip's chunk memory budget
