@@ -160,7 +160,8 @@ def test_the_compiled_kernel_is_cached_and_nothing_partial_is_left(tmp_path):
 def test_a_failing_compiler_leaves_no_file_and_names_itself(tmp_path):
     fake = tmp_path / "broken-c++"
     # Writes part of an output, then fails, like a compiler killed half way.
-    fake.write_text('#!/bin/sh\nfor last; do :; done\necho partial > "$last"\necho "no space left" >&2\nexit 1\n')
+    fake.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "broken 1.0" && exit 0\n'
+                    'for last; do :; done\necho partial > "$last"\necho "no space left" >&2\nexit 1\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     folder = tmp_path / "kernels"
     with pytest.raises(NativeKernelError, match="broken-c\\+\\+.*no space left"):
