@@ -1,4 +1,5 @@
-"""Shared test fixtures: paths to the real footage and reference data beside the project."""
+"""Shared test fixtures: paths to the real footage and reference data beside the project, and a
+network randomiser for the CPU backend tests."""
 
 from __future__ import annotations
 
@@ -9,10 +10,35 @@ from typing import Any
 import pytest
 import torch
 
+from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
+from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
 FOOTAGE = SHARED / "footage"
 FLASHVSR_REF = SHARED / "flashvsr"
+
+
+def randomised(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """The network in eval mode with weights uniform in [-0.2, 0.2], far from the default
+    initialisation, so every layer changes the result visibly."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.4 - 0.2)
+    return net.eval()
+
+
+# Small RRDBNet and SRVGGNetCompact variants for the CPU backend tests (channels in sixteens, which
+# the native kernel needs).
+NETWORKS = {
+    "srvgg-prelu-x4": lambda: SRVGGNetCompact(num_feat=16, num_conv=3, upscale=4, act_type="prelu"),
+    "srvgg-leakyrelu-x2": lambda: SRVGGNetCompact(num_feat=32, num_conv=2, upscale=2, act_type="leakyrelu"),
+    "srvgg-relu-x3": lambda: SRVGGNetCompact(num_feat=16, num_conv=2, upscale=3, act_type="relu"),
+    "rrdb-x4": lambda: RRDBNet(num_feat=32, num_block=2, num_grow_ch=16, scale=4),
+    "rrdb-x2": lambda: RRDBNet(num_feat=16, num_block=1, num_grow_ch=16, scale=2),
+    "rrdb-x1": lambda: RRDBNet(num_feat=16, num_block=1, num_grow_ch=16, scale=1),
+}
 
 
 @pytest.fixture(scope="session")

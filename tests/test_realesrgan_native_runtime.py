@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import NETWORKS, randomised
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.paths import TEMP_MARK
 from vsrkit.engines.realesrgan import models as models_module
@@ -26,19 +27,11 @@ from vsrkit.engines.realesrgan.native_runtime import (
     native_available,
     native_supported,
 )
+from vsrkit.engines.realesrgan.ncnn_runtime import NcnnNetwork, ncnn_available
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 
 needs_kernel = pytest.mark.skipif(not native_available(), reason="no C++ compiler here to build the native kernel")
-
-
-def _randomised(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Weights far from the default initialisation, so every layer changes the result visibly."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.3 - 0.15)
-    return net.eval()
 
 
 def _close(got: torch.Tensor, expected: torch.Tensor, tolerance: float = 2e-5) -> bool:
@@ -110,20 +103,12 @@ def test_channel_slices_residual_and_activations(activation):
     assert (target.interior(slice(0, 16)) == 7.0).all() and (target.interior(slice(48, 64)) == 7.0).all()
 
 
-NETWORKS = {
-    "srvgg-prelu-x4": lambda: SRVGGNetCompact(num_feat=16, num_conv=3, upscale=4, act_type="prelu"),
-    "srvgg-leakyrelu-x2": lambda: SRVGGNetCompact(num_feat=32, num_conv=2, upscale=2, act_type="leakyrelu"),
-    "srvgg-relu-x3": lambda: SRVGGNetCompact(num_feat=16, num_conv=2, upscale=3, act_type="relu"),
-    "rrdb-x4": lambda: RRDBNet(num_feat=32, num_block=2, num_grow_ch=16, scale=4),
-    "rrdb-x2": lambda: RRDBNet(num_feat=16, num_block=1, num_grow_ch=16, scale=2),
-    "rrdb-x1": lambda: RRDBNet(num_feat=16, num_block=1, num_grow_ch=16, scale=1),
-}
 
 
 @needs_kernel
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_networks_match_their_modules(name):
-    net = _randomised(NETWORKS[name]())
+    net = randomised(NETWORKS[name]())
     x = torch.rand(2, 3, 20, 28)
     with torch.no_grad():
         expected = net(x)
@@ -172,45 +157,54 @@ def test_a_failing_compiler_leaves_no_file_and_names_itself(tmp_path):
 
 
 def test_backend_choice_with_and_without_the_kernel(monkeypatch):
-    model = RealESRGANModel(_randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
+    model = RealESRGANModel(randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
     cpu = torch.device("cpu")
     if native_available():
         assert model.runner(cpu, torch.float32, "auto") == "native"
         assert model.runner(cpu, torch.float32, "native") == "native"
     assert model.runner(cpu, torch.bfloat16, "native") == "module"
 
-    def unavailable(compiler=None):
-        raise NativeKernelError("no C++ compiler found (install g++ or clang++, or set CXX)")
-
-    monkeypatch.setattr(models_module, "kernel_library", unavailable)
+    monkeypatch.setattr(models_module, "kernel_library", without_native_kernel)
     assert model.runner(cpu, torch.float32, "auto") != "native"
     with pytest.raises(InputError, match="'native' is not available here: no C\\+\\+ compiler"):
         model.runner(cpu, torch.float32, "native")
-    narrow = RealESRGANModel(_randomised(SRVGGNetCompact(num_feat=8, num_conv=1)), "SRVGGNetCompact", 4, "narrow")
+    narrow = RealESRGANModel(randomised(SRVGGNetCompact(num_feat=8, num_conv=1)), "SRVGGNetCompact", 4, "narrow")
     with pytest.raises(InputError, match="multiples of 16"):
         narrow.runner(cpu, torch.float32, "native")
 
 
-@needs_kernel
-def test_auto_backend_upscales_with_the_kernel_one_frame_at_a_time(monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    model = RealESRGANModel(_randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
-    upscaler = Upscaler(model, device="cpu")
-    assert upscaler.runner == "native" and isinstance(upscaler.net, NativeNetwork)
-    frames = torch.rand(3, 21, 17, 3)
-    out = upscaler.upscale(frames)
-    assert upscaler.plan.batch == 1
-    reference = Upscaler(model, device="cpu", cpu_backend="pytorch-default").upscale(frames)
-    assert out.shape == reference.shape == (3, 84, 68, 3)
-    assert float((out - reference).abs().max()) * 255 <= 1.0001
+def without_native_kernel(compiler=None):
+    raise NativeKernelError("no C++ compiler found")
 
+
+@pytest.mark.parametrize("backend, batch", [("native", 1), ("ncnn", 2)])
+def test_auto_backend_and_its_batch_on_the_cpu(monkeypatch, backend, batch):
+    """The native kernel takes one frame at a time on all threads; without it, ncnn two side by side."""
+    if backend == "native" and not native_available():
+        pytest.skip("no C++ compiler here to build the native kernel")
+    if backend == "ncnn":
+        if not ncnn_available():
+            pytest.skip("the ncnn package is not installed (it is in the test extra)")
+        monkeypatch.setattr(models_module, "kernel_library", without_native_kernel)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    model = RealESRGANModel(randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
+    upscaler = Upscaler(model, device="cpu")
+    assert upscaler.runner == backend
+    assert isinstance(upscaler.net, NativeNetwork if backend == "native" else NcnnNetwork)
+    frames = torch.rand(5, 21, 17, 3)
+    out = upscaler.upscale(frames)
+    assert upscaler.plan.batch == batch
+    reference = Upscaler(model, device="cpu", cpu_backend="pytorch-default").upscale(frames)
+    assert out.shape == reference.shape == (5, 84, 68, 3)
+    assert float((out - reference).abs().max()) * 255 <= 1.0001
+    assert Upscaler(model, device="cpu", precision="bf16").runner == "module"
 
 
 @pytest.mark.parametrize("compiler", ["g++", "clang++"])
 def test_the_kernel_from_each_compiler_matches_the_module(compiler):
     if shutil.which(compiler) is None:
         pytest.skip(f"{compiler} is not installed here")
-    net = _randomised(NETWORKS["rrdb-x2"]())
+    net = randomised(NETWORKS["rrdb-x2"]())
     x = torch.rand(1, 3, 12, 20)
     with torch.no_grad():
         expected = net(x)

@@ -9,36 +9,19 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import NETWORKS, randomised
+from tests.test_realesrgan_native_runtime import without_native_kernel
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.realesrgan import models as models_module
 from vsrkit.engines.realesrgan.inference import Upscaler
 from vsrkit.engines.realesrgan.models import RealESRGANModel
-from vsrkit.engines.realesrgan.native_runtime import NativeKernelError
 from vsrkit.engines.realesrgan.ncnn_import import import_ncnn, parse_param
 from vsrkit.engines.realesrgan.ncnn_runtime import NcnnNetwork, export_ncnn, ncnn_available, ncnn_supported
-from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 
 needs_ncnn = pytest.mark.skipif(not ncnn_available(), reason="the ncnn package is not installed (it is in the test extra)")
 
 
-def _randomised(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Weights far from the default initialisation, so every layer changes the result visibly."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.4 - 0.2)
-    return net.eval()
-
-
-NETWORKS = {
-    "srvgg-prelu-x4": lambda: SRVGGNetCompact(num_feat=16, num_conv=3, upscale=4, act_type="prelu"),
-    "srvgg-leakyrelu-x2": lambda: SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2, act_type="leakyrelu"),
-    "srvgg-relu-x3": lambda: SRVGGNetCompact(num_feat=8, num_conv=2, upscale=3, act_type="relu"),
-    "rrdb-x4": lambda: RRDBNet(num_feat=16, num_block=2, num_grow_ch=8, scale=4),
-    "rrdb-x2": lambda: RRDBNet(num_feat=16, num_block=1, num_grow_ch=8, scale=2),
-    "rrdb-x1": lambda: RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=1),
-}
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,7 +30,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", ["srvgg-prelu-x4", "rrdb-x4", "rrdb-x2"])
 def test_exported_graph_reads_back_as_the_same_state_dict(tmp_path, name):
-    net = _randomised(NETWORKS[name]())
+    net = randomised(NETWORKS[name]())
     param, weights = export_ncnn(net)
     (tmp_path / "net.param").write_text(param, encoding="utf-8")
     (tmp_path / "net.bin").write_bytes(weights)
@@ -62,7 +45,7 @@ def test_exported_graph_reads_back_as_the_same_state_dict(tmp_path, name):
 @pytest.mark.parametrize("name", ["srvgg-prelu-x4", "rrdb-x4"])
 def test_every_blob_feeds_exactly_one_layer(tmp_path, name):
     """ncnn needs a Split wherever a result is used twice; the header counts must match the body."""
-    param, _ = export_ncnn(_randomised(NETWORKS[name]()))
+    param, _ = export_ncnn(randomised(NETWORKS[name]()))
     (tmp_path / "net.param").write_text(param, encoding="utf-8")
     layers = parse_param(tmp_path / "net.param")
     produced = [blob for layer in layers for blob in layer.outputs]
@@ -88,7 +71,7 @@ def test_only_real_esrgan_networks_are_exported():
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_ncnn_gives_the_modules_result(name):
     """Batches side by side, on one thread, and lone frames (in strips, or through the module)."""
-    net = _randomised(NETWORKS[name]())
+    net = randomised(NETWORKS[name]())
     size_multiple = getattr(net, "size_multiple", 1)
     x = torch.rand(3, 3, 12 * size_multiple + (0 if size_multiple > 1 else 3), 14 * size_multiple)
     with torch.no_grad():
@@ -105,7 +88,7 @@ def test_ncnn_gives_the_modules_result(name):
 
 @needs_ncnn
 def test_threads_are_split_into_frames_side_by_side():
-    net = _randomised(NETWORKS["srvgg-prelu-x4"]())
+    net = randomised(NETWORKS["srvgg-prelu-x4"]())
     for threads, parallel, per_frame in ((1, 1, 1), (2, 2, 1), (3, 3, 1), (4, 4, 1), (16, 4, 4)):
         runner = NcnnNetwork(net, threads=threads)
         assert (runner.frames_in_parallel, runner.threads_per_frame) == (parallel, per_frame)
@@ -132,7 +115,7 @@ class _RecordingNcnn(NcnnNetwork):
 
 @needs_ncnn
 def test_frames_of_a_batch_and_strips_of_a_lone_frame_run_side_by_side():
-    net = _randomised(NETWORKS["srvgg-prelu-x4"]())
+    net = randomised(NETWORKS["srvgg-prelu-x4"]())
     runner = _RecordingNcnn(net, threads=2, meet=2)
     runner(torch.rand(2, 3, 40, 40))
     assert runner.heights == [40, 40]
@@ -147,7 +130,7 @@ def test_frames_of_a_batch_and_strips_of_a_lone_frame_run_side_by_side():
 
 @needs_ncnn
 def test_a_lone_rrdb_frame_runs_through_the_module_on_all_threads():
-    net = _randomised(NETWORKS["rrdb-x4"]())
+    net = randomised(NETWORKS["rrdb-x4"]())
     runner = _RecordingNcnn(net, threads=2)
     x = torch.rand(1, 3, 20, 24)
     with torch.no_grad():
@@ -156,28 +139,8 @@ def test_a_lone_rrdb_frame_runs_through_the_module_on_all_threads():
     assert dict(runner.named_parameters()) == {}
 
 
-def _without_native_kernel(compiler=None):
-    raise NativeKernelError("no C++ compiler found")
-
-
-@needs_ncnn
-def test_auto_backend_without_the_native_kernel_is_ncnn_with_a_batch_per_thread(monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(models_module, "kernel_library", _without_native_kernel)
-    model = RealESRGANModel(_randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
-    upscaler = Upscaler(model, device="cpu")
-    assert upscaler.runner == "ncnn" and isinstance(upscaler.net, NcnnNetwork)
-    frames = torch.rand(5, 21, 17, 3)
-    out = upscaler.upscale(frames)
-    assert upscaler.plan.batch == 2
-    reference = Upscaler(model, device="cpu", cpu_backend="pytorch-default").upscale(frames)
-    assert out.shape == reference.shape == (5, 84, 68, 3)
-    assert float((out - reference).abs().max()) * 255 <= 1.0001
-    assert Upscaler(model, device="cpu", precision="bf16").runner == "module"
-
-
 def test_backend_choice_without_ncnn_and_for_other_networks(monkeypatch):
-    srvgg = RealESRGANModel(_randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
+    srvgg = RealESRGANModel(randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
     with pytest.raises(InputError, match="cpu_backend must be one of"):
         srvgg.runner(torch.device("cpu"), torch.float32, "onnx")
     wrapped = RealESRGANModel(nn.Sequential(SRVGGNetCompact(num_feat=8, num_conv=1)), "SRVGGNetCompact", 4, "wrapped")
@@ -185,7 +148,7 @@ def test_backend_choice_without_ncnn_and_for_other_networks(monkeypatch):
     with pytest.raises(InputError, match="Sequential"):
         wrapped.runner(torch.device("cpu"), torch.float32, "ncnn")
     monkeypatch.setattr(models_module, "ncnn_available", lambda: False)
-    monkeypatch.setattr(models_module, "kernel_library", _without_native_kernel)
+    monkeypatch.setattr(models_module, "kernel_library", without_native_kernel)
     assert srvgg.runner(torch.device("cpu"), torch.float32, "auto") in ("tuned", "module")
     with pytest.raises(InputError, match="pip install ncnn"):
         srvgg.runner(torch.device("cpu"), torch.float32, "ncnn")
@@ -208,7 +171,7 @@ class _SmallMemoryNcnn(NcnnNetwork):
 
 @needs_ncnn
 def test_out_of_memory_in_ncnn_shrinks_the_batch_then_the_tile(monkeypatch):
-    net = _randomised(NETWORKS["srvgg-prelu-x4"]())
+    net = randomised(NETWORKS["srvgg-prelu-x4"]())
     model = RealESRGANModel(net, "SRVGGNetCompact", 4, "limited")
     limited = _SmallMemoryNcnn(net, max_pixels=1500)
     monkeypatch.setattr(model, "prepared", lambda *args: limited)
@@ -223,7 +186,7 @@ def test_out_of_memory_in_ncnn_shrinks_the_batch_then_the_tile(monkeypatch):
 
 @needs_ncnn
 def test_a_failed_ncnn_allocation_is_an_out_of_memory_error():
-    runner = NcnnNetwork(_randomised(NETWORKS["srvgg-prelu-x4"]()), threads=1)
+    runner = NcnnNetwork(randomised(NETWORKS["srvgg-prelu-x4"]()), threads=1)
 
     class _Extractor:
         def input(self, name, mat):

@@ -1,10 +1,11 @@
 """Run RRDBNet and SRVGGNetCompact on the CPU with vsrkit's own Winograd kernel (`winograd_cpu.cpp`).
 
-Why a kernel of our own: ncnn, oneDNN, NNPACK, OpenVINO and MNN all run these networks layer by
-layer over the whole frame, so each layer's transformed tiles go out to main memory and back.
+Why a kernel of our own: of the libraries tried on these networks (oneDNN and NNPACK inside
+PyTorch, ncnn, OpenVINO, MNN), the fastest, ncnn, was still well short of what the CPU can do.
 `winograd_cpu.cpp` transforms, multiplies and transforms back one chunk of a tile row at a time
 while it is in the core's cache, and applies bias, activation and residual on the way out; one
-64->64 layer took 2.2-2.7x less time than ncnn's on one thread (BENCHMARKS.md).
+64->64 layer took 2.2-2.7x less time than ncnn's on one thread, whole networks 1.3-1.7x
+(BENCHMARKS.md, run K).
 
 The kernel is compiled on first use by the machine's C++ compiler ($CXX, else c++, g++ or clang++)
 for the CPU it runs on, and kept under `<vsrkit home>/kernels/`. Without a compiler the `auto`
