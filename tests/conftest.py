@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from vsrkit.engines.realesrgan.native_runtime import NativeKernelError
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 
@@ -27,6 +28,11 @@ def randomised(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for parameter in net.parameters():
             parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.4 - 0.2)
     return net.eval()
+
+
+def without_native_kernel(compiler: str | None = None):
+    """Stands in for `kernel_library` on a machine without a C++ compiler."""
+    raise NativeKernelError("no C++ compiler found")
 
 
 # Small RRDBNet and SRVGGNetCompact variants for the CPU backend tests (channels in sixteens, which

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import NETWORKS, randomised
+from tests.conftest import NETWORKS, randomised, without_native_kernel
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.paths import TEMP_MARK
 from vsrkit.engines.realesrgan import models as models_module
@@ -48,13 +48,13 @@ def _convolve(conv: nn.Conv2d, activation: nn.Module | None, x: torch.Tensor, th
     layer = native_runtime._Conv.of(conv, activation)
     height, width = x.shape[1:]
     source = native_runtime._Image(height, width, source_channel + layer.cin + extra_channels)
+    source.interior()[...] = 0
     source.interior(slice(source_channel, source_channel + x.shape[0]))[...] = x.permute(1, 2, 0).numpy()
     target = native_runtime._Image(height, width, target_channel + layer.cout + extra_channels)
     target.interior()[...] = 7.0
     extra = None
     if residual is not None:
-        extra = native_runtime._Image(height, width, layer.cout)
-        extra.interior(slice(0, residual.shape[0]))[...] = residual.permute(1, 2, 0).numpy()
+        extra = native_runtime._Image(height, width, layer.cout).fill(residual)
     floats = net._library.vsrkit_winograd_scratch(native_runtime.CHUNK_TILES, layer.cin, layer.cout)
     scratch = [np.empty(floats, dtype=np.float32) for _ in range(threads)]
     with ThreadPoolExecutor(max_workers=max(1, threads - 1)) as pool:
@@ -141,6 +141,19 @@ def test_the_compiled_kernel_is_cached_and_nothing_partial_is_left(tmp_path):
     assert not first.name.startswith(TEMP_MARK)
 
 
+@needs_kernel
+def test_a_compiler_command_with_arguments_and_an_unwritable_cache(tmp_path, monkeypatch):
+    compiler = native_runtime._compilers()[0]
+    assert native_runtime._compile(f"env {compiler}", tmp_path / "kernels").is_file()
+    blocker = tmp_path / "a-file"
+    blocker.touch()
+    monkeypatch.setenv("VSRKIT_HOME", str(blocker))
+    monkeypatch.setattr(native_runtime, "_libraries", {})
+    with pytest.raises(NativeKernelError, match="cannot write the kernel cache folder .*set VSRKIT_HOME") as caught:
+        kernel_library(compiler)
+    assert "could not compile" not in str(caught.value)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="the stand-in compiler is a shell script")
 def test_a_failing_compiler_leaves_no_file_and_names_itself(tmp_path):
     fake = tmp_path / "broken-c++"
@@ -171,10 +184,6 @@ def test_backend_choice_with_and_without_the_kernel(monkeypatch):
     narrow = RealESRGANModel(randomised(SRVGGNetCompact(num_feat=8, num_conv=1)), "SRVGGNetCompact", 4, "narrow")
     with pytest.raises(InputError, match="multiples of 16"):
         narrow.runner(cpu, torch.float32, "native")
-
-
-def without_native_kernel(compiler=None):
-    raise NativeKernelError("no C++ compiler found")
 
 
 @pytest.mark.parametrize("backend, batch", [("native", 1), ("ncnn", 2)])

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import threading
@@ -66,6 +67,7 @@ _libraries_lock = threading.Lock()
 
 
 def _compilers() -> list[str]:
+    """Compiler commands to try: $CXX (which may carry arguments, "ccache g++"), else those on PATH."""
     chosen = os.environ.get("CXX")
     if chosen:
         return [chosen]
@@ -87,29 +89,47 @@ def _cpu_signature() -> str:
     return "\n".join(signature)
 
 
-def _compile(compiler: str, folder: Path) -> Path:
-    source = KERNEL_SOURCE.read_bytes()
+class _CacheFolderError(NativeKernelError):
+    """The kernel cache folder cannot be written: no compiler can help."""
+
+
+def _ensure_writable(folder: Path) -> None:
+    probe = partial_path(folder / "probe")
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise NativeKernelError(f"C++ compiler {compiler!r} cannot be run: {exc}") from exc
-    failures = []
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    except OSError as exc:
+        raise _CacheFolderError(f"cannot write the kernel cache folder {folder}: {exc}; set VSRKIT_HOME to a "
+                                "writable folder") from exc
+    finally:
+        discard(probe)
+
+
+def _compile(compiler: str, folder: Path) -> Path:
+    """The kernel library in `folder` built by the `compiler` command, compiled unless already there."""
+    command = shlex.split(compiler)
+    try:
+        version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        raise NativeKernelError(f"C++ compiler {compiler!r} cannot be run: {exc}; install g++ or clang++, or "
+                                "set CXX") from exc
+    identity = (KERNEL_SOURCE.read_bytes(), compiler.encode(), version.encode(), _cpu_signature().encode())
+    suffix = ".dll" if os.name == "nt" else ".so"
+    builds = []
     for target in _TARGET_FLAGS:
         flags = [*_BASE_FLAGS, *target]
-        key = hashlib.sha256(b"\0".join(part.encode() if isinstance(part, str) else part for part in
-                                        (source, compiler, version, " ".join(flags), _cpu_signature())))
-        suffix = ".dll" if os.name == "nt" else ".so"
-        library = folder / f"winograd_cpu-{key.hexdigest()[:16]}{suffix}"
+        key = hashlib.sha256(b"\0".join((*identity, " ".join(flags).encode()))).hexdigest()[:16]
+        builds.append((target, flags, folder / f"winograd_cpu-{key}{suffix}"))
+    # A build that failed is not recorded, so look for any finished one before compiling again.
+    for _target, _flags, library in builds:
         if library.is_file():
             return library
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise NativeKernelError(f"cannot create the kernel cache folder {folder}: {exc}; set VSRKIT_HOME "
-                                    "to a writable folder") from exc
+    _ensure_writable(folder)
+    failures = []
+    for target, flags, library in builds:
         temp = partial_path(library)
         try:
-            result = subprocess.run([compiler, *flags, str(KERNEL_SOURCE), "-o", str(temp)], capture_output=True,
+            result = subprocess.run([*command, *flags, str(KERNEL_SOURCE), "-o", str(temp)], capture_output=True,
                                     text=True, timeout=300)
             if result.returncode == 0 and temp.is_file():
                 return publish(temp, library, overwrite=True)
@@ -135,15 +155,12 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
 def kernel_library(compiler: str | None = None) -> ctypes.CDLL:
     """The compiled kernel (built on first use and cached on disk); NativeKernelError if it cannot be.
 
-    `compiler` overrides the search ($CXX, c++, g++, clang++). The outcome is remembered per process.
+    `compiler` (a command, as $CXX) overrides the search. The outcome is remembered per process.
     """
     with _libraries_lock:
         known = _libraries.get(compiler)
         if known is None:
-            known = _load(compiler)
-            _libraries[compiler] = known
-            if isinstance(known, NativeKernelError):
-                log.info("vsrkit's native CPU kernel is not available (%s); the CPU uses ncnn or PyTorch", known)
+            known = _libraries[compiler] = _load(compiler)
     if isinstance(known, NativeKernelError):
         raise known
     return known
@@ -152,16 +169,22 @@ def kernel_library(compiler: str | None = None) -> ctypes.CDLL:
 def _load(compiler: str | None) -> ctypes.CDLL | NativeKernelError:
     candidates = [compiler] if compiler else _compilers()
     if not candidates:
+        log.info("vsrkit's native CPU kernel needs a C++ compiler and none was found; the CPU uses ncnn or PyTorch")
         return NativeKernelError("no C++ compiler found (install g++ or clang++, or set CXX)")
     errors = []
     for candidate in candidates:
         try:
             return _bind(ctypes.CDLL(str(_compile(candidate, user_data_dir() / "kernels"))))
+        except _CacheFolderError as exc:
+            errors = [str(exc)]
+            break
         except NativeKernelError as exc:
             errors.append(str(exc))
         except OSError as exc:
             errors.append(f"the kernel built by {candidate} does not load: {exc}")
-    return NativeKernelError("; ".join(errors))
+    error = NativeKernelError("; ".join(errors))
+    log.warning("vsrkit's native CPU kernel is not available (%s); the CPU uses ncnn or PyTorch", error)
+    return error
 
 
 def native_available() -> bool:
@@ -179,8 +202,7 @@ def native_supported(net: nn.Module) -> bool:
     if isinstance(net, SRVGGNetCompact):
         return net.num_feat % COUT_MULTIPLE == 0
     if isinstance(net, RRDBNet):
-        growth = net.body[0].rdb1.conv1.out_channels if len(net.body) else 0
-        return net.num_feat % COUT_MULTIPLE == 0 and growth % COUT_MULTIPLE == 0
+        return net.num_feat % COUT_MULTIPLE == 0 and net.num_grow_ch % COUT_MULTIPLE == 0
     return False
 
 
@@ -231,11 +253,18 @@ def _slopes(activation: nn.Module | None, channels: int, padded: int) -> np.ndar
 
 
 class _Image:
-    """An NHWC float32 buffer in the kernel's zero-padded geometry for an H x W image."""
+    """An NHWC float32 buffer in the kernel's zero-padded geometry for an H x W image.
+
+    Only the padding is zeroed (the kernel never writes it, so it stays zero); the interior is
+    left as allocated and must be written, by a convolution or a fill, before it is read.
+    Zeroing whole buffers took 7% of a 320x240 frame.
+    """
 
     def __init__(self, height: int, width: int, channels: int):
         self.height, self.width = height, width
-        self.data = np.zeros((_round_up(height, 4) + 2, _round_up(width, 4) + 2, channels), dtype=np.float32)
+        self.data = np.empty((_round_up(height, 4) + 2, _round_up(width, 4) + 2, channels), dtype=np.float32)
+        for padding in (self.data[:1], self.data[height + 1:], self.data[:, :1], self.data[:, width + 1:]):
+            padding[...] = 0
 
     @property
     def tile_rows(self) -> int:
@@ -248,8 +277,9 @@ class _Image:
         return self.data[1:self.height + 1, 1:self.width + 1, channels]
 
     def fill(self, frame: torch.Tensor) -> _Image:
-        """Copy a [C, H, W] tensor into the first C channels (the others stay zero)."""
+        """Copy a [C, H, W] tensor into the first C channels and zero the others."""
         self.interior(slice(0, frame.shape[0]))[...] = frame.permute(1, 2, 0).numpy()
+        self.interior(slice(frame.shape[0], None))[...] = 0
         return self
 
     def fill_upscaled(self, source: _Image, channels: int) -> _Image:
@@ -267,23 +297,18 @@ class _Image:
 
 
 class _Workspace:
-    """The buffers of one network call, by role, reused from frame to frame and layer to layer:
-    fresh large buffers would cost a page-faulting memset each. Reuse keeps the padding zero
-    (only the interior is ever written); every buffer is fully rewritten before it is read.
-    Within a clip stage freed memory stays in the process (`cpu_memory.keep_freed_memory`), so the
-    next call's buffers do not fault either."""
+    """The buffers of one network call by role, reused from frame to frame and layer to layer:
+    fresh large buffers would fault their pages in again. Within a clip stage freed memory stays
+    in the process (`cpu_memory.keep_freed_memory`), so the next call's buffers do not either."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[str, int, int, int], _Image] = {}
 
     def get(self, role: str, height: int, width: int, channels: int) -> _Image:
         key = (role, height, width, channels)
-        image = self._buffers.get(key)
-        if image is None:
-            if any(known[0] == role for known in self._buffers):
-                self._buffers = {known: buffer for known, buffer in self._buffers.items() if known[0] != role}
-            image = self._buffers[key] = _Image(height, width, channels)
-        return image
+        if key not in self._buffers:
+            self._buffers[key] = _Image(height, width, channels)
+        return self._buffers[key]
 
 
 class NativeNetwork(nn.Module):
@@ -292,8 +317,6 @@ class NativeNetwork(nn.Module):
     The `threads` (default: PyTorch's CPU thread count) share each convolution's tile rows, so
     frames run one after another and a lone frame is as fast as any.
     """
-
-    frames_in_parallel = 1
 
     def __init__(self, net: nn.Module, threads: int | None = None, compiler: str | None = None):
         super().__init__()
@@ -324,7 +347,8 @@ class NativeNetwork(nn.Module):
               target: _Image, source_channel: int = 0, target_channel: int = 0, residual: _Image | None = None,
               residual_scale: float = 1.0) -> None:
         if source_channel + conv.cin > source.data.shape[2] or target_channel + conv.cout > target.data.shape[2] \
-                or (residual is not None and conv.cout > residual.data.shape[2]) \
+                or (residual is not None and (conv.cout > residual.data.shape[2]
+                                              or (residual.height, residual.width) != (source.height, source.width))) \
                 or (source.height, source.width) != (target.height, target.width):
             raise ValueError("buffers do not fit the convolution")
         rows = source.tile_rows
@@ -361,7 +385,7 @@ class NativeNetwork(nn.Module):
         net: RRDBNet = self.module
         convs = iter(self._convs)
         features = net.num_feat
-        growth = net.body[0].rdb1.conv1.out_channels if len(net.body) else 0
+        growth = net.num_grow_ch
         dense = features + 4 * growth
         if net.unshuffle > 1:
             frame = F.pixel_unshuffle(frame[None], net.unshuffle)[0]

@@ -70,6 +70,7 @@ class RRDBNet(nn.Module):
         self.num_in_ch = num_in_ch
         self.num_out_ch = num_out_ch
         self.num_feat = num_feat
+        self.num_grow_ch = num_grow_ch
         self.num_block = num_block
         unshuffle = {4: 1, 2: 2, 1: 4}[scale]
         self.unshuffle = unshuffle

@@ -131,8 +131,9 @@ static void transform_output(const float *products, size_t position_stride, int 
 
 extern "C" {
 
-// Scratch floats one thread needs for `chunk` tiles (a multiple of 6) per step.
+// Scratch floats one thread needs for `chunk` tiles per step (rounded up to the block of six).
 size_t vsrkit_winograd_scratch(int chunk, int cin, int cout) {
+    chunk = (chunk + 5) / 6 * 6;
     return (size_t)36 * chunk * (size_t)(cin + cout);
 }
 
@@ -146,6 +147,7 @@ void vsrkit_winograd_conv3x3(const float *in, int in_stride, float *out, int out
                              int row_end, int chunk, float *scratch) {
     int tile_cols = (width + 3) / 4;
     int width_p = 4 * tile_cols + 2;
+    chunk = (chunk + 5) / 6 * 6;
     size_t tiles_stride = (size_t)chunk * cin, products_stride = (size_t)chunk * cout;
     float *tiles_buf = scratch, *products = scratch + 36 * tiles_stride;
     for (int row = row_begin; row < row_end; row++) {
