@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import NETWORKS, randomised
-from tests.test_realesrgan_native_runtime import without_native_kernel
+from tests.conftest import NETWORKS, randomised, without_native_kernel
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.realesrgan import models as models_module
 from vsrkit.engines.realesrgan.inference import Upscaler
