@@ -154,3 +154,19 @@ def test_engines_never_import_comfyui():
 def test_cli_help_runs():
     out = subprocess.run([sys.executable, "-m", "vsrkit.cli", "--help"], capture_output=True, text=True, check=True)
     assert "vsrkit" in out.stdout
+
+
+def test_package_data_ships_the_files_read_at_run_time():
+    """A non-editable install must carry the kernel source and the example workflows."""
+    from fnmatch import fnmatch
+
+    from vsrkit.engines.realesrgan.native_runtime import KERNEL_SOURCE
+
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((PACKAGE_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"][PACKAGE]
+    needed = [KERNEL_SOURCE, *sorted((PACKAGE_ROOT / "workflows").glob("*.json"))]
+    assert len(needed) > 1
+    for path in needed:
+        relative = path.resolve().relative_to(PACKAGE_ROOT).as_posix()
+        assert any(fnmatch(relative, pattern) for pattern in patterns), f"{relative} is not in package-data"
