@@ -141,11 +141,16 @@ def _packet_span(path, index: int) -> tuple[float, float, float]:
     return min(s for s, _ in spans), max(s + d for s, d in spans), max(d for _, d in spans)
 
 
-def test_trusted_header_probe_leaves_audio_packets_unread_until_asked(tmp_path, monkeypatch):
-    path = testsrc.write_video(tmp_path / "a.mp4", (testsrc.pattern_rgb(i, 16, 16) for i in range(25)), 25,
+def _probed_clip_with_tone(folder, name: str, monkeypatch):
+    """A 25-frame clip with a 1 s tone, probed while demuxed packets are counted: (path, packets, info)."""
+    path = testsrc.write_video(folder / name, (testsrc.pattern_rgb(i, 16, 16) for i in range(25)), 25,
                                audio=testsrc.tone(1.0))
     packets = _count_demuxed(monkeypatch)
-    info = probe(path)
+    return path, packets, probe(path)
+
+
+def test_trusted_header_probe_leaves_audio_packets_unread_until_asked(tmp_path, monkeypatch):
+    path, packets, info = _probed_clip_with_tone(tmp_path, "a.mp4", monkeypatch)
     assert info.video.frame_count_source == "container" and info.video.frame_count == 25
     assert packets == {}  # no pass over the file at all
     assert info.audio.max_packet_seconds is None  # left for save time
@@ -162,10 +167,7 @@ def test_trusted_header_probe_leaves_audio_packets_unread_until_asked(tmp_path, 
 
 
 def test_counted_video_reads_the_audio_packets_in_the_same_pass(tmp_path, monkeypatch):
-    path = testsrc.write_video(tmp_path / "a.mkv", (testsrc.pattern_rgb(i, 16, 16) for i in range(25)), 25,
-                               audio=testsrc.tone(1.0))
-    packets = _count_demuxed(monkeypatch)
-    info = probe(path)
+    path, packets, info = _probed_clip_with_tone(tmp_path, "a.mkv", monkeypatch)
     assert info.video.frame_count_source == "counted" and info.video.frame_count == 25
     assert packets["video"] == 25 and packets["audio"] > 0
     first, end, longest = _packet_span(path, info.audio.index)
