@@ -35,8 +35,8 @@ FOOTAGE = ROOT.parent / "shared" / "footage" / "bbb_0_30_720p24_vorbis.webm"
 
 
 def _vsrkit(job: str, source: str, target: str, frames: int, preset: str, crf: int) -> int:
-    from vsrkit.engines.decode import open_clip
-    from vsrkit.engines.encode import EncodeOptions, save_clip
+    from vsrkit.engines.video.decode import open_clip
+    from vsrkit.engines.video.encode import EncodeOptions, save_clip
 
     clip = open_clip(source, max_frames=frames)
     if job == "decode":
@@ -124,7 +124,7 @@ def run(method: str, job: str, args: argparse.Namespace) -> dict:
 def core_bytes(args: argparse.Namespace) -> int:
     """What the core way holds at its peak: the list of float32 frames and their stacked copy
     (measured: about three times the float32 batch, as each listed frame costs twice its size)."""
-    from vsrkit.engines.probe import probe
+    from vsrkit.engines.video.probe import probe
 
     video = probe(args.input).video
     frames = min(video.frame_count, args.frames) if args.frames else video.frame_count

@@ -71,7 +71,7 @@ def real_frames(count: int, width: int, height: int) -> np.ndarray:
         batch = torch.stack(frames).permute(0, 3, 1, 2).float()
         batch = F.interpolate(batch, size=(height, width), mode="area")
         return batch.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    from vsrkit.engines.sample import sample_frame
+    from vsrkit.engines.video.sample import sample_frame
 
     return np.stack([(sample_frame(i, count, width, height) * 255).round().to(torch.uint8).numpy()
                      for i in range(count)])

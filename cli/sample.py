@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engines.errors import InputError
-    from ..engines.sample import write_sample
+    from ..engines.video.sample import write_sample
 
     if args.width < 16 or args.height < 16 or args.frames < 1 or args.fps < 1:
         raise InputError("sample needs --width and --height of at least 16, and at least one frame and 1 fps")

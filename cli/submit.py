@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from ..engines.errors import InputError, VsrkitError
 from ..engines.paths import discard, partial_path, publish
-from ..engines.workflow import WorkflowError, is_api_format, is_ui_format, ui_to_api
+from .workflow import WorkflowError, is_api_format, is_ui_format, ui_to_api
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 HISTORY_WAIT_SECONDS = 30.0

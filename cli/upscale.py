@@ -104,9 +104,9 @@ def flashvsr_stage(clip, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engines.decode import open_clip
-    from ..engines.encode import EncodeOptions, planned_output, save_clip
-    from ..engines.preprocess import deinterlace_clip, denoise_clip
+    from ..engines.video.decode import open_clip
+    from ..engines.video.encode import EncodeOptions, planned_output, save_clip
+    from ..engines.video.preprocess import deinterlace_clip, denoise_clip
 
     started = time.monotonic()
     planned_output(args.output, args.codec)

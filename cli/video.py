@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from ..engines.probe import probe
+    from ..engines.video.probe import probe
 
     info = probe(args.file, interlacing=args.interlacing)
     if args.json:
@@ -84,9 +84,9 @@ def describe(info) -> str:
 
 
 def run_transcode(args: argparse.Namespace) -> int:
-    from ..engines.decode import open_clip
-    from ..engines.encode import EncodeOptions, planned_output, save_clip
     from ..engines.progress import ConsoleProgress
+    from ..engines.video.decode import open_clip
+    from ..engines.video.encode import EncodeOptions, planned_output, save_clip
 
     started = time.monotonic()
     planned_output(args.output, args.codec)

@@ -20,10 +20,10 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vsrkit.engines.compare import CompareOptions, compare_clips
-    from vsrkit.engines.decode import open_clip
     from vsrkit.engines.realesrgan.models import load_model, standalone_model_dir
     from vsrkit.engines.realesrgan.upscale import upscale_clip
+    from vsrkit.engines.video.compare import CompareOptions, compare_clips
+    from vsrkit.engines.video.decode import open_clip
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("clip", type=Path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engines.compare import LAYOUTS, RESIZE_FILTERS, CompareOptions, compare_clips
+from ..engines.video.compare import LAYOUTS, RESIZE_FILTERS, CompareOptions, compare_clips
 from .types import CATEGORY, CLIP
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engines.preprocess import (
+from ..engines.video.preprocess import (
     DEFAULT_DENOISE_METHOD,
     DEINTERLACE_METHODS,
     DEINTERLACE_MODES,

@@ -6,10 +6,11 @@ import dataclasses
 import json
 
 from ..engines.clip import Clip
-from ..engines.decode import open_clip
-from ..engines.encode import CODECS, EncodeOptions, available_codecs, save_clip
 from ..engines.errors import InputError
-from ..engines.interop import (
+from ..engines.paths import resolve_inside
+from ..engines.video.decode import open_clip
+from ..engines.video.encode import CODECS, EncodeOptions, available_codecs, save_clip
+from ..engines.video.interop import (
     audio_to_comfy,
     audio_track_from_comfy,
     clip_from_core_video,
@@ -17,7 +18,6 @@ from ..engines.interop import (
     clip_to_images,
     images_to_clip,
 )
-from ..engines.paths import resolve_inside
 from . import host
 from .types import CATEGORY, CLIP
 

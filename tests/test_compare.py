@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vsrkit.engines import compare as compare_module
 from vsrkit.engines.clip import AudioTrack, Clip, ClipInfo
-from vsrkit.engines.compare import CompareOptions, compare_clips, resize_frames, wipe_split
 from vsrkit.engines.errors import InputError
+from vsrkit.engines.video import compare as compare_module
+from vsrkit.engines.video.compare import CompareOptions, compare_clips, resize_frames, wipe_split
 from vsrkit.nodes.compare import NODE_CLASS_MAPPINGS
 
 

@@ -275,7 +275,7 @@ def test_cli_entry_loads_from_model_dir_and_upscales():
 
 
 def test_real_clip_keeps_count_size_and_rate(footage, models):
-    from vsrkit.engines.decode import open_clip
+    from vsrkit.engines.video.decode import open_clip
 
     clip = open_clip(footage / "carphone_qcif_pristine.mp4", max_frames=11)
     out = upscale_clip(clip, models, scale=2, attention_backend="sdpa")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import testsrc
 from vsrkit.cli import main as cli_main
-from vsrkit.engines import testsrc
 from vsrkit.engines.errors import InputError
 from vsrkit.nodes.video import LoadVideo
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from tests import testsrc
 from vsrkit.cli import main as cli_main
-from vsrkit.engines import testsrc
-from vsrkit.engines.probe import probe
+from vsrkit.engines.video.probe import probe
 
 
 def _source(tmp_path):

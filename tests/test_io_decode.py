@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from vsrkit.engines import testsrc
-from vsrkit.engines.decode import open_clip
+from tests import testsrc
 from vsrkit.engines.errors import InputError
-from vsrkit.engines.probe import probe
+from vsrkit.engines.video.decode import open_clip
+from vsrkit.engines.video.probe import probe
 
 RATES = [Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(60000, 1001)]
 
@@ -229,7 +229,7 @@ def test_real_clips_decode_with_their_true_frame_counts(footage, caplog, name, c
     clip = open_clip(path, every_nth=every_nth)
     assert probe(path).video.frame_count == count
     assert clip.info.frame_count == count // every_nth
-    with caplog.at_level(logging.WARNING, logger="vsrkit.engines.decode"):
+    with caplog.at_level(logging.WARNING, logger="vsrkit.engines.video.decode"):
         frames = _frames(clip)
     assert len(frames) == count // every_nth
     # every frame of the file was read and none was missing or extra
@@ -253,7 +253,7 @@ def _unique_index_of(frame: torch.Tensor) -> int:
 def test_long_skip_seeks_and_still_lands_on_the_exact_frame(tmp_path, caplog, force_fps):
     path = testsrc.write_video(tmp_path / "long.mp4", (_unique_index_rgb(i) for i in range(300)), 30,
                                options={"g": "12", "crf": "0"})
-    with caplog.at_level(logging.DEBUG, logger="vsrkit.engines.decode"):
+    with caplog.at_level(logging.DEBUG, logger="vsrkit.engines.video.decode"):
         clip = open_clip(path, skip_first=200, max_frames=5, force_fps=force_fps)
         seeked = clip.to_tensor()
     assert "seeked" in caplog.text

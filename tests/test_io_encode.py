@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from vsrkit.engines import testsrc
+from tests import testsrc
 from vsrkit.engines.clip import Clip
-from vsrkit.engines.decode import open_clip
-from vsrkit.engines.encode import EncodeOptions, available_codecs, save_clip
 from vsrkit.engines.errors import InputError
-from vsrkit.engines.interop import images_to_clip
-from vsrkit.engines.probe import probe
 from vsrkit.engines.progress import Cancelled, Progress
+from vsrkit.engines.video.decode import open_clip
+from vsrkit.engines.video.encode import EncodeOptions, available_codecs, save_clip
+from vsrkit.engines.video.interop import images_to_clip
+from vsrkit.engines.video.probe import probe
 
 RATES = [Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(60000, 1001)]
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from vsrkit.engines import testsrc
+from tests import testsrc
 
 _CHILD = """
 import resource, sys
 from vsrkit.engines.clip import Clip
-from vsrkit.engines.decode import open_clip
-from vsrkit.engines.encode import EncodeOptions, save_clip
+from vsrkit.engines.video.decode import open_clip
+from vsrkit.engines.video.encode import EncodeOptions, save_clip
 
 mode, source, target = sys.argv[1:4]
 clip = open_clip(source)

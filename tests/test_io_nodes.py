@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from vsrkit.engines import testsrc
+from tests import testsrc
 from vsrkit.engines.errors import InputError
-from vsrkit.engines.probe import probe
+from vsrkit.engines.video.probe import probe
 from vsrkit.nodes.video import (
     ClipToImages,
     ClipToVideo,

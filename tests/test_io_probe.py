@@ -11,9 +11,9 @@ import av
 import numpy as np
 import pytest
 
+from tests import testsrc
 from vsrkit.cli import main as cli_main
-from vsrkit.engines import testsrc
-from vsrkit.engines.probe import probe, with_audio_packets
+from vsrkit.engines.video.probe import probe, with_audio_packets
 
 
 def test_real_clips_report_their_true_properties(footage):
@@ -125,7 +125,7 @@ class _CountingContainer:
 
 
 def _count_demuxed(monkeypatch) -> dict[str, int]:
-    import vsrkit.engines.probe as probe_module
+    import vsrkit.engines.video.probe as probe_module
     packets: dict[str, int] = {}
     opener = probe_module.open_container
     monkeypatch.setattr(probe_module, "open_container", lambda file: _CountingContainer(opener(file), packets))

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from vsrkit.engines import testsrc
-from vsrkit.engines.audio import _CopyWriter, _file_stream, load_waveform, open_audio_writer
+from tests import testsrc
 from vsrkit.engines.clip import AudioTrack, Clip, ClipInfo
-from vsrkit.engines.decode import open_clip
-from vsrkit.engines.encode import EncodeOptions, save_clip
-from vsrkit.engines.interop import clip_from_core_video, clip_to_core_video_file, images_to_clip
-from vsrkit.engines.probe import pix_fmt_traits, probe
+from vsrkit.engines.video.audio import _CopyWriter, _file_stream, load_waveform, open_audio_writer
+from vsrkit.engines.video.decode import open_clip
+from vsrkit.engines.video.encode import EncodeOptions, save_clip
+from vsrkit.engines.video.interop import clip_from_core_video, clip_to_core_video_file, images_to_clip
+from vsrkit.engines.video.probe import pix_fmt_traits, probe
 
 
 def _open_paths() -> set[str]:
@@ -197,7 +197,7 @@ def test_core_video_files_get_distinct_numbered_names(tmp_path):
 
 
 def test_bad_metadata_closes_the_output_and_leaves_no_partial_file(tmp_path, monkeypatch):
-    import vsrkit.engines.encode as encode
+    import vsrkit.engines.video.encode as encode
 
     opened = []
 
@@ -235,7 +235,7 @@ def test_bad_metadata_closes_the_output_and_leaves_no_partial_file(tmp_path, mon
 
 def test_one_field_order_table_for_probe_decode_and_deinterlace():
     from vsrkit.engines.clip import FIELD_ORDERS, field_order_name, normalize_field_order
-    from vsrkit.engines.preprocess import normalize_field_order as from_preprocess
+    from vsrkit.engines.video.preprocess import normalize_field_order as from_preprocess
 
     assert from_preprocess is normalize_field_order
     assert [field_order_name(code) for code in range(6)] == ["unknown", "progressive", "tt", "bb", "tb", "bt"]
@@ -247,9 +247,9 @@ def test_one_field_order_table_for_probe_decode_and_deinterlace():
 
 
 def test_one_colour_parser_for_decode_overrides_and_encode(tmp_path):
-    from vsrkit.engines.colors import parse_matrix, parse_range
-    from vsrkit.engines.encode import output_color
     from vsrkit.engines.errors import InputError
+    from vsrkit.engines.video.colors import parse_matrix, parse_range
+    from vsrkit.engines.video.encode import output_color
 
     assert [parse_range(n) for n in ("tv", "Limited", "mpeg", "pc", "FULL", "jpeg")] == ["tv"] * 3 + ["pc"] * 3
     assert [parse_matrix(n) for n in ("bt601", "709", "BT2020")] == ["smpte170m", "bt709", "bt2020nc"]
@@ -270,8 +270,8 @@ def test_one_colour_parser_for_decode_overrides_and_encode(tmp_path):
 
 
 def test_audio_codec_is_checked_once_case_insensitively(tmp_path):
-    from vsrkit.engines.audio import check_audio_codec
     from vsrkit.engines.errors import InputError
+    from vsrkit.engines.video.audio import check_audio_codec
 
     assert [check_audio_codec(n) for n in (None, "AUTO", "Copy", "AAC", " opus ")] == [
         "auto", "auto", "copy", "aac", "opus"]

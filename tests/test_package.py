@@ -170,3 +170,77 @@ def test_package_data_ships_the_files_read_at_run_time():
     for path in needed:
         relative = path.resolve().relative_to(PACKAGE_ROOT).as_posix()
         assert any(fnmatch(relative, pattern) for pattern in patterns), f"{relative} is not in package-data"
+
+
+# What `engines/` keeps at its top: what every engine and the video package share.
+SHARED_ENGINE_MODULES = {"__init__", "clip", "errors", "paths", "progress", "weights", "tiling", "device", "cpu_memory"}
+ENGINE_PACKAGES = {"video", "realesrgan", "flashvsr"}
+MODEL_PACKAGES = (f"{PACKAGE}.engines.realesrgan", f"{PACKAGE}.engines.flashvsr")
+
+
+def engine_import_graph() -> dict[str, set[str]]:
+    """Module name -> the pack's engine modules it imports (statically, anywhere in the file)."""
+    engines = PACKAGE_ROOT / "engines"
+    modules = {}
+    for path in sorted(engines.rglob("*.py")):
+        relative = path.relative_to(PACKAGE_ROOT).with_suffix("")
+        name = ".".join([PACKAGE, *relative.parts]).removesuffix(".__init__")
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        package = _package_of(path)
+        targets = {m for node in ast.walk(tree) for m in _imported_names(node, package)}
+        graph[name] = {m for m in targets if m in modules and m != name}
+    return graph
+
+
+def test_engines_layout_keeps_only_shared_modules_at_the_top():
+    engines = PACKAGE_ROOT / "engines"
+    top = {p.stem for p in engines.glob("*.py")}
+    packages = {p.name for p in engines.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert top <= SHARED_ENGINE_MODULES, f"not shared, belongs in a package: {sorted(top - SHARED_ENGINE_MODULES)}"
+    assert packages == ENGINE_PACKAGES
+    assert not (engines / "testsrc.py").exists() and not (engines / "workflow.py").exists()
+
+
+def test_video_modules_never_import_a_model_package():
+    graph = engine_import_graph()
+    video = [m for m in graph if m.startswith(f"{PACKAGE}.engines.video")]
+    assert len(video) >= 10
+    bad = {m: sorted(t for t in graph[m] if t.startswith(MODEL_PACKAGES)) for m in video}
+    assert not any(bad.values()), bad
+
+
+def test_shared_engine_modules_import_no_package_of_engines():
+    graph = engine_import_graph()
+    shared = [m for m in graph if m.count(".") == 2]
+    assert f"{PACKAGE}.engines.clip" in shared
+    bad = {m: sorted(t for t in graph[m] if t.count(".") > 2) for m in shared}
+    assert not any(bad.values()), bad
+
+
+def test_engine_imports_have_no_cycles():
+    graph = engine_import_graph()
+    # A package's __init__ is loaded with each of its modules; follow module edges only.
+    done: set[str] = set()
+
+    def visit(name: str, stack: list[str]) -> None:
+        if name in stack:
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(name):] + [name]))
+        if name in done:
+            return
+        for target in sorted(graph.get(name, ())):
+            visit(target, stack + [name])
+        done.add(name)
+
+    for name in graph:
+        visit(name, [])
+
+
+def test_cycle_check_sees_a_cycle(monkeypatch):
+    """The cycle check on a made-up graph: a -> b -> a is reported."""
+    fake = {"a": {"b"}, "b": {"a"}}
+    monkeypatch.setattr(sys.modules[__name__], "engine_import_graph", lambda: fake)
+    with pytest.raises(AssertionError, match="a -> b -> a"):
+        test_engine_imports_have_no_cycles()

@@ -11,7 +11,7 @@ import torch
 
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError
-from vsrkit.engines.preprocess import (
+from vsrkit.engines.video.preprocess import (
     deinterlace_clip,
     detect_interlacing,
     interlace_report,
@@ -67,7 +67,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def real_interlaced(footage):
-    from vsrkit.engines.decode import open_clip
+    from vsrkit.engines.video.decode import open_clip
 
     clip = open_clip(footage / NTSC, max_frames=24)
     return clip, clip.to_tensor()
@@ -146,7 +146,7 @@ def test_auto_mode_passes_progressive_input_through_bit_exact():
 
 
 def test_auto_mode_passes_real_progressive_clip_through_bit_exact(footage):
-    from vsrkit.engines.decode import open_clip
+    from vsrkit.engines.video.decode import open_clip
 
     clip = open_clip(footage / "carphone_qcif_pristine.mp4", max_frames=8)
     assert clip.info.field_order == "progressive"
@@ -185,7 +185,7 @@ def test_interlace_report_reads_metadata_and_idet(footage):
 
 
 def test_probe_reports_interlacing_on_request(footage):
-    from vsrkit.engines.probe import probe
+    from vsrkit.engines.video.probe import probe
 
     info = probe(footage / NTSC, interlacing=True)
     report = info.video.interlacing
@@ -212,9 +212,9 @@ def test_bad_deinterlace_parameters_are_refused_by_name(kwargs, names):
 
 @pytest.mark.parametrize("rate", ["frame", "field"])
 def test_audio_stays_in_sync_after_remux(footage, tmp_path, rate):
-    from vsrkit.engines.decode import open_clip
-    from vsrkit.engines.encode import EncodeOptions, save_clip
-    from vsrkit.engines.probe import probe
+    from vsrkit.engines.video.decode import open_clip
+    from vsrkit.engines.video.encode import EncodeOptions, save_clip
+    from vsrkit.engines.video.probe import probe
 
     clip = open_clip(footage / NTSC, max_frames=30)
     assert clip.info.audio is not None

@@ -10,8 +10,8 @@ import torch
 
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError
-from vsrkit.engines.filters import FILTER_PARAMS, FilterStep, Param, available, make_step
-from vsrkit.engines.preprocess import (
+from vsrkit.engines.video.filters import FILTER_PARAMS, FilterStep, Param, available, make_step
+from vsrkit.engines.video.preprocess import (
     DEFAULT_DENOISE_METHOD,
     denoise_clip,
     denoise_images,
@@ -66,7 +66,7 @@ def test_presets_order_by_strength():
 @pytest.fixture(scope="module")
 def carphone(footage):
     """The carphone clip's pristine and distorted (14 kb/s H.264) frames, all 120 of each."""
-    from vsrkit.engines.decode import open_clip
+    from vsrkit.engines.video.decode import open_clip
 
     distorted = open_clip(footage / "carphone_qcif_distorted.mp4")
     pristine = open_clip(footage / "carphone_qcif_pristine.mp4").to_tensor()

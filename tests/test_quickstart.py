@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vsrkit.engines.probe import probe
 from vsrkit.engines.realesrgan.models import package_models_dir
+from vsrkit.engines.video.probe import probe
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -75,7 +75,7 @@ def test_readme_quickstart_upscales_with_the_default_model_offline(tmp_path, off
 
 
 def test_without_offline_package_or_network_the_error_says_where_to_put_which_file(tmp_path, offline_env):
-    from vsrkit.engines.sample import write_sample
+    from vsrkit.engines.video.sample import write_sample
 
     write_sample(tmp_path / "in.mp4", width=32, height=24, frames=2)
     env = {**offline_env, "VSRKIT_NCNN_MODELS": ""}

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vsrkit.engines.probe import probe
 from vsrkit.engines.realesrgan.models import load_model_file, package_models_dir
+from vsrkit.engines.video.probe import probe
 
 
 def vsrkit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -37,8 +37,8 @@ def bbb_cut(tmp_path_factory) -> Path:
     A real clip small enough for a 2-core CPU: the 720p original would take minutes per second.
     """
     from tests.conftest import FOOTAGE
-    from vsrkit.engines.decode import open_clip
-    from vsrkit.engines.encode import EncodeOptions, save_clip
+    from vsrkit.engines.video.decode import open_clip
+    from vsrkit.engines.video.encode import EncodeOptions, save_clip
 
     source = FOOTAGE / "bbb_0_30_720p24_vorbis.webm"
     if not source.is_file():
@@ -79,7 +79,7 @@ def test_upscale_real_clip_keeps_every_frame_the_fps_and_the_audio(bbb_cut, tmp_
 
 
 def test_quiet_prints_only_the_summary_and_existing_outputs_are_kept(tmp_path, offline_home):
-    from vsrkit.engines.sample import write_sample
+    from vsrkit.engines.video.sample import write_sample
 
     tiny = write_sample(tmp_path / "tiny.mp4", width=32, height=24, frames=5, fps=10)
     out = tmp_path / "x4.mp4"
@@ -116,7 +116,7 @@ def test_cpu_backend_option_picks_the_path_and_the_results_agree(tmp_path, offli
 
     from vsrkit.engines.realesrgan.native_runtime import native_available
     from vsrkit.engines.realesrgan.ncnn_runtime import ncnn_available
-    from vsrkit.engines.sample import write_sample
+    from vsrkit.engines.video.sample import write_sample
 
     tiny = write_sample(tmp_path / "tiny.mp4", width=40, height=30, frames=3, fps=10)
     backends = ["pytorch-default", "pytorch"] + ["native"] * native_available() + ["ncnn"] * ncnn_available()

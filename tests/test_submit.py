@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from vsrkit.cli import main
-from vsrkit.engines.workflow import ui_to_api
+from vsrkit.cli.workflow import ui_to_api
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 VIDEO_BYTES = b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 64

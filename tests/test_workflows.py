@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import vsrkit
-from vsrkit.engines.workflow import (
+from vsrkit.cli.workflow import (
     check_api_workflow,
     check_ui_workflow,
     definitions_from_mappings,

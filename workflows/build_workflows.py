@@ -57,7 +57,7 @@ class Graph:
     def node(self, node_type: str, pos: tuple[float, float], values: dict[str, Any] | None = None,
              title: str | None = None, models: list[dict] | None = None, width: float = 320,
              color: str | None = None) -> dict:
-        from vsrkit.engines.workflow import input_kind, input_options, is_widget, ordered_inputs, widget_slots
+        from vsrkit.cli.workflow import input_kind, input_options, is_widget, ordered_inputs, widget_slots
 
         definition = self.definitions[node_type]
         values = dict(values or {})
@@ -72,7 +72,7 @@ class Graph:
             else:
                 default = input_options(slot.spec).get("default")
                 if default is None and input_kind(slot.spec) == "COMBO":
-                    from vsrkit.engines.workflow import combo_choices
+                    from vsrkit.cli.workflow import combo_choices
 
                     default = (combo_choices(slot.spec) or [""])[0]
                 widgets.append(default)
@@ -149,7 +149,7 @@ class Graph:
 
 def load_definitions(server: str | None) -> dict[str, dict]:
     import vsrkit
-    from vsrkit.engines.workflow import definitions_from_mappings
+    from vsrkit.cli.workflow import definitions_from_mappings
 
     if server:
         with urllib.request.urlopen(f"{server}/object_info", timeout=60) as response:
@@ -161,7 +161,7 @@ def load_definitions(server: str | None) -> dict[str, dict]:
 
 
 def write(name: str, graph: Graph) -> None:
-    from vsrkit.engines.workflow import check_ui_workflow, ui_to_api
+    from vsrkit.cli.workflow import check_ui_workflow, ui_to_api
 
     ui = graph.to_ui()
     problems = check_ui_workflow(ui, graph.definitions)

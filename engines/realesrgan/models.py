@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
-from ..filters import format_number
 from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
+from ..video.filters import format_number
 from ..weights import load_pickle, open_safetensors
 from .cpu_kernels import nnpack_available, tuned_network
 from .native_runtime import NativeKernelError, NativeNetwork, kernel_library, native_supported

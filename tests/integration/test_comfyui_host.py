@@ -17,7 +17,7 @@ import av
 import pytest
 
 import vsrkit
-from vsrkit.engines.workflow import definitions_from_mappings, input_kind, ordered_inputs
+from vsrkit.cli.workflow import definitions_from_mappings, input_kind, ordered_inputs
 
 pytestmark = pytest.mark.integration
 

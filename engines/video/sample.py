@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .clip import AudioTrack, Clip, ClipInfo, chunk_frames_for
+from ..clip import AudioTrack, Clip, ClipInfo, chunk_frames_for
+from ..progress import Progress
 from .encode import EncodeOptions, save_clip
-from .progress import Progress
 
 SAMPLE_RATE = 48000
 

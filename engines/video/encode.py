@@ -6,7 +6,7 @@ never over an existing file unless asked). On an error or a cancel the partial
 file is removed.
 
 RGB is converted to the target pixel format with the matrix and range the stream
-is tagged with (`engines.colors`), so a save-and-reload round trip keeps colours.
+is tagged with (`engines.video.colors`), so a save-and-reload round trip keeps colours.
 Odd sizes are padded (edge pixels repeated) or cropped for subsampled pixel formats.
 """
 
@@ -23,8 +23,11 @@ import av
 import numpy as np
 import torch
 
+from ..clip import Clip, ClipInfo, ColorInfo, fit_channels
+from ..errors import InputError
+from ..paths import discard, output_taken, partial_path, publish
+from ..progress import Progress
 from .audio import check_audio_codec, open_audio_writer
-from .clip import Clip, ClipInfo, ColorInfo, fit_channels
 from .colors import (
     MATRIX_CODES,
     PRIMARIES_CODES,
@@ -35,10 +38,7 @@ from .colors import (
     parse_range,
     rgb_to_yuv,
 )
-from .errors import InputError
-from .paths import discard, output_taken, partial_path, publish
 from .probe import pix_fmt_traits
-from .progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from typing import Any
 import av
 import numpy as np
 
-from .clip import ColorInfo, field_order_name, to_fraction
+from ..clip import ColorInfo, field_order_name, to_fraction
+from ..errors import InputError
 from .colors import color_from_codes
-from .errors import InputError
 from .preprocess import interlace_report
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ from typing import Any
 import av
 import torch
 
-from .clip import Clip, field_order_name, normalize_field_order
-from .errors import InputError
+from ..clip import Clip, field_order_name, normalize_field_order
+from ..errors import InputError
+from ..progress import Progress
 from .filters import (
     FILTER_PARAMS,
     FilterStep,
@@ -34,7 +35,6 @@ from .filters import (
     run_on_frames,
     time_base_for,
 )
-from .progress import Progress
 
 DETECT_FRAMES = 60
 """Frames idet looks at when the stream does not say whether it is interlaced."""

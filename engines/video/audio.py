@@ -24,8 +24,8 @@ import av
 import numpy as np
 import torch
 
-from .clip import AudioTrack
-from .errors import InputError
+from ..clip import AudioTrack
+from ..errors import InputError
 from .probe import AudioStreamInfo, decode_packets, probe, with_audio_packets
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .clip import ColorInfo
-from .errors import InputError
+from ..clip import ColorInfo
+from ..errors import InputError
 
 # FFmpeg's enum values (AVColorSpace, AVColorRange, AVColorPrimaries, AVColorTransferCharacteristic)
 MATRIX_NAMES = {0: "gbr", 1: "bt709", 2: "unknown", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",

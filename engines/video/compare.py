@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from .clip import Clip, chunk_frames_for, rechunk
-from .errors import InputError
+from ..clip import Clip, chunk_frames_for, rechunk
+from ..errors import InputError
 
 LAYOUTS = ("side_by_side", "stacked", "wipe", "wipe_sweep")
 RESIZE_FILTERS = ("bicubic", "bilinear", "area", "nearest")

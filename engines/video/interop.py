@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
+from ..clip import AudioTrack, Clip, to_fraction
+from ..errors import InputError
+from ..paths import discard, numbered_output, partial_path
+from ..progress import Progress
 from .audio import load_waveform
-from .clip import AudioTrack, Clip, to_fraction
 from .decode import open_clip
 from .encode import EncodeOptions, save_clip
-from .errors import InputError
-from .paths import discard, numbered_output, partial_path
-from .progress import Progress
 
 
 def audio_track_from_comfy(audio: dict[str, Any] | None) -> AudioTrack | None:

@@ -26,8 +26,8 @@ import av.filter.context
 import numpy as np
 import torch
 
-from .errors import InputError
-from .progress import Progress
+from ..errors import InputError
+from ..progress import Progress
 
 _BLOCKED = (av.BlockingIOError, av.EOFError)
 

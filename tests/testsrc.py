@@ -3,7 +3,7 @@
 Used by the tests and `bench/` to make clips with known content: moving patterns,
 exact YUV code values with chosen colour tags, variable frame timing, tone audio.
 Pictures are built as YUV planes (or converted by FFmpeg's swscale), never through
-`engines.colors`, so decoding them checks vsrkit's conversion against an outside reference.
+`engines.video.colors`, so decoding them checks vsrkit's conversion against an outside reference.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from .colors import MATRIX_CODES, MATRIX_NAMES, PRIMARIES_CODES, RANGE_CODES, TRANSFER_CODES, canonical
+from vsrkit.engines.video.colors import (
+    MATRIX_CODES,
+    MATRIX_NAMES,
+    PRIMARIES_CODES,
+    RANGE_CODES,
+    TRANSFER_CODES,
+    canonical,
+)
 
 
 def pattern_rgb(index: int, width: int, height: int) -> np.ndarray:

@@ -12,7 +12,7 @@ time an output pulls it. Frames are selected on a constant-rate timeline:
    its duration and audio sync are kept);
 4. at most `max_frames` frames are kept (0: all).
 
-YUV is converted to RGB with the stream's own matrix and range (`engines.colors`);
+YUV is converted to RGB with the stream's own matrix and range (`engines.video.colors`);
 10-bit sources go to float without an 8-bit step; display rotation is applied;
 odd sizes are kept; alpha is kept where the pixel format carries it.
 """
@@ -33,7 +33,7 @@ import av
 import numpy as np
 import torch
 
-from .clip import (
+from ..clip import (
     AudioTrack,
     Clip,
     ClipInfo,
@@ -43,8 +43,8 @@ from .clip import (
     normalize_field_order,
     to_fraction,
 )
+from ..errors import InputError
 from .colors import parse_matrix, parse_range, yuv_to_rgb
-from .errors import InputError
 from .probe import (
     MediaInfo,
     VideoStreamInfo,
