@@ -72,6 +72,9 @@ class StabilizeSettings:
     colour_tolerance: float = 0.06
     interpolation: str = "bicubic"
     history_clamp: int = 0
+    colour_at: str = "flow"
+    flow_checks: bool = True
+    difference_tolerance: float = 0.0
 
     def validate(self) -> StabilizeSettings:
         """These settings with checked, clean values; InputError naming the bad one."""
@@ -81,7 +84,8 @@ class StabilizeSettings:
         low = Param("low_frequency", float, 0.0, 1.0).check(self.low_frequency, owner)
         tolerance = Param("colour_tolerance", float, 0.001, 1.0).check(self.colour_tolerance, owner)
         for name, value, options in (("flow_at", self.flow_at, FLOW_AT), ("flow_preset", self.flow_preset, FLOW_PRESETS),
-                                     ("interpolation", self.interpolation, INTERPOLATIONS)):
+                                     ("interpolation", self.interpolation, INTERPOLATIONS),
+                                     ("colour_at", self.colour_at, ("flow", "output"))):
             if value not in options:
                 raise InputError(f"{owner} parameter '{name}' must be one of {', '.join(options)}; got {value!r}")
         return dataclasses.replace(self, strength=strength, scene_threshold=threshold, low_frequency=low,
@@ -106,52 +110,65 @@ class Stabilizer:
         self.device = torch.device(device)
         self.source_size = source_size
         self.output_size = output_size
+        self.flow_size = source_size if self.settings.flow_at == "input" else output_size
+        self.check_size = self.flow_size if self.settings.colour_at == "flow" else output_size
         self._flow = DenseFlow(self.settings.flow_preset, self.settings.flow_finest_scale)
-        self._previous: tuple[torch.Tensor, np.ndarray, torch.Tensor] | None = None
+        self._previous: tuple[np.ndarray, torch.Tensor, torch.Tensor] | None = None
 
     def reset(self) -> None:
         """Forget the previous frame: the next one starts a new shot."""
         self._previous = None
 
+    def _resized(self, frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(frame.shape[-2:]) == size:
+            return frame
+        return F.interpolate(frame, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
     def __call__(self, source: torch.Tensor, frame: torch.Tensor, cut: bool = False) -> torch.Tensor:
         """The stabilised frame [H, W, C] for per-frame output `frame` of input `source` [h, w, c]."""
         if self.settings.strength == 0:
             return frame
-        height, width = self.output_size
-        flow_size = self.source_size if self.settings.flow_at == "input" else self.output_size
-        current = _as_nchw(source, self.device)
-        if flow_size != self.source_size:
-            current = F.interpolate(current, size=flow_size, mode="bicubic", align_corners=False).clamp(0, 1)
-        grey = grey_u8(current[0].permute(1, 2, 0))
+        low = _as_nchw(source, self.device)
+        grey = grey_u8(self._resized(low, self.flow_size)[0].permute(1, 2, 0))
+        check = self._resized(low, self.check_size)
         output = _as_nchw(frame, self.device)
         if cut or self._previous is None:
-            self._previous = (current, grey, output)
+            self._previous = (grey, check, output)
             return frame
-        last_source, last_grey, last_output = self._previous
+        last_grey, last_check, last_output = self._previous
         back = self._flow(grey, last_grey).to(self.device)
-        forth = self._flow(last_grey, grey).to(self.device)
-        trust = self._trust(current, last_source, back, forth)
-        if flow_size != (height, width):
-            back = resize_flow(back, height, width)
-            trust = F.interpolate(trust, size=(height, width), mode="bilinear", align_corners=False)
-        carried = warp(last_output, back, self.settings.interpolation).clamp(0, 1)
+        trust = self._flow_trust(back, self._flow(last_grey, grey).to(self.device)) if self.settings.flow_checks \
+            else inside_frame(back).float()
+        back_check = resize_flow(back, *self.check_size)
+        mismatch = (check - warp(last_check, back_check, self.settings.interpolation)).abs().mean(1, keepdim=True)
+        trust = self._resized_trust(trust, self.check_size) * (1.0 - mismatch / self.settings.colour_tolerance).clamp(0, 1)
+        carried = warp(last_output, resize_flow(back, *self.output_size), self.settings.interpolation).clamp(0, 1)
         if self.settings.history_clamp:
-            k = self.settings.history_clamp
-            carried = torch.minimum(torch.maximum(carried, -F.max_pool2d(-output, 2 * k + 1, 1, k)),
-                                    F.max_pool2d(output, 2 * k + 1, 1, k))
-        blended = output + self._weighted(carried - output, trust)
-        self._previous = (current, grey, blended)
+            radius = self.settings.history_clamp
+            carried = torch.minimum(torch.maximum(carried, -F.max_pool2d(-output, 2 * radius + 1, 1, radius)),
+                                    F.max_pool2d(output, 2 * radius + 1, 1, radius))
+        difference = carried - output
+        trust = self._resized_trust(trust, self.output_size)
+        if self.settings.difference_tolerance:
+            size = difference.abs().mean(1, keepdim=True) / self.settings.difference_tolerance
+            trust = trust * (2.0 - size).clamp(0, 1)
+        blended = output + self._weighted(difference, trust)
+        self._previous = (grey, check, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
         if frame.shape[-1] > 3:
             result = torch.cat([result, frame[..., 3:]], dim=-1)
         return result
 
-    def _trust(self, current: torch.Tensor, last: torch.Tensor, back: torch.Tensor, forth: torch.Tensor
-               ) -> torch.Tensor:
-        """[1, 1, h, w] confidence in the flow back to the previous frame, at the flow's size."""
-        mismatch = (current - warp(last, back, self.settings.interpolation)).abs().mean(1, keepdim=True)
-        colour = (1.0 - mismatch / self.settings.colour_tolerance).clamp(0.0, 1.0)
-        return colour * _ramp(consistency_ratio(back, forth)) * _ramp(boundary_ratio(back)) * inside_frame(back)
+    @staticmethod
+    def _resized_trust(trust: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(trust.shape[-2:]) == size:
+            return trust
+        return F.interpolate(trust, size=size, mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def _flow_trust(back: torch.Tensor, forth: torch.Tensor) -> torch.Tensor:
+        """[1, 1, h, w]: the forward-backward check, motion boundaries and the frame's edge, softened."""
+        return _ramp(consistency_ratio(back, forth)) * _ramp(boundary_ratio(back)) * inside_frame(back)
 
     def _weighted(self, difference: torch.Tensor, trust: torch.Tensor) -> torch.Tensor:
         """`difference` scaled by strength x trust, its coarse part by `low_frequency` of that."""
@@ -162,7 +179,6 @@ class Stabilizer:
         coarse = F.interpolate(F.interpolate(difference, size=self.source_size, mode="area"), size=(height, width),
                                mode="bilinear", align_corners=False)
         return (difference - coarse) * weight + coarse * (weight * self.settings.low_frequency)
-
 
 
 def _paired_frames(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]], settings: StabilizeSettings,
