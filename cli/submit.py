@@ -517,6 +517,9 @@ def stop_on_server(client: ComfyClient, prompt_id: str, output_dir: Path | None,
     except KeyboardInterrupt:
         return (f"asked ComfyUI to interrupt prompt {prompt_id} and stopped waiting before it ended; it may "
                 "still be running (see ComfyUI's queue); nothing was downloaded")
+    except SubmitError as exc:
+        return (f"asked ComfyUI to interrupt prompt {prompt_id}, then could not follow it to its end ({exc}); "
+                "nothing was downloaded")
     if entry is None:
         return f"prompt {prompt_id} was removed from ComfyUI's queue before it started; nothing ran"
     result = RunResult(prompt_id, finished=True)

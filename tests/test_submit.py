@@ -504,6 +504,24 @@ def test_ctrl_c_says_so_when_the_server_does_not_end_the_prompt_in_time(tmp_path
     assert not out.exists()
 
 
+def test_ctrl_c_says_so_when_the_server_goes_away_before_ending_the_prompt(tmp_path, capsys,
+                                                                          python_sigint_handler):
+    def server_stops(fake, prompt_id):
+        start_then_ctrl_c(fake, prompt_id)
+        assert fake.interrupted.wait(10)
+        fake.httpd.shutdown()
+        fake.httpd.server_close()
+
+    with FakeComfy() as fake:
+        fake.script = server_stops
+        code = main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "asked ComfyUI to interrupt prompt p1, then could not follow it to its end (cannot reach ComfyUI" in err
+    assert err.rstrip().endswith("nothing was downloaded")
+    assert not (tmp_path / "o").exists()
+
+
 def test_timeout_interrupts_and_reports_the_outcome(tmp_path, capsys):
     def slow_then_honours_the_interrupt(fake, prompt_id):
         fake.send("execution_start", prompt_id=prompt_id)
