@@ -63,7 +63,7 @@ def describe(info) -> str:
         rate = f"{video.fps.numerator}/{video.fps.denominator}" if video.fps.denominator != 1 else str(video.fps.numerator)
         lines.append(
             f"  video #{video.index}: {video.codec} {video.width}x{video.height} {video.pix_fmt} "
-            f"({video.bit_depth}-bit), {video.frame_count} frames ({video.frame_count_source}) at {rate} fps"
+            f"({video.bit_depth}-bit{', alpha' if video.has_alpha else ''}), {video.frame_count} frames ({video.frame_count_source}) at {rate} fps"
             f"{' VFR' if video.vfr else ''}, {video.duration:.3f} s"
         )
         color = video.color

@@ -409,20 +409,22 @@ def _default_pix_fmt(name: str, spec: CodecSpec, options: EncodeOptions, info: C
 
 def _pick_pix_fmt(name: str, spec: CodecSpec, options: EncodeOptions, info: ClipInfo,
                   source: SourceFormat | None, kind: str | None) -> tuple[str, list[str]]:
-    """(pixel format, what it gives up of the source) for this codec."""
-    if options.pix_fmt:
-        supported = [f.name for f in (av.codec.Codec(spec.encoder, "w").video_formats or [])]
-        if options.pix_fmt not in supported:
-            raise InputError(f"pixel format '{options.pix_fmt}' is not available for {name}; "
-                             f"use one of {', '.join(supported)}")
-        return options.pix_fmt, []
-    if source is None:
-        return _default_pix_fmt(name, spec, options, info), []
+    """(pixel format, what it gives up of the source, or of the clip's alpha without a source) for this codec."""
+    has_alpha = info.channels == 4
+    if options.pix_fmt or source is None:
+        if options.pix_fmt:
+            supported = [f.name for f in (av.codec.Codec(spec.encoder, "w").video_formats or [])]
+            if options.pix_fmt not in supported:
+                raise InputError(f"pixel format '{options.pix_fmt}' is not available for {name}; "
+                                 f"use one of {', '.join(supported)}")
+        pix_fmt = options.pix_fmt or _default_pix_fmt(name, spec, options, info)
+        have = pixel_traits(pix_fmt)
+        wanted = source.traits if source else dataclasses.replace(have, alpha=has_alpha)
+        return pix_fmt, _given_up(name, wanted, have, has_alpha, kind)
     wanted = source.traits
     formats = _writable_formats(name, spec, kind)
     if name == "prores" and (options.preset or "").startswith("4444"):
         formats = [f for f in formats if "444" in f] or formats
-    has_alpha = info.channels == 4
 
     def rank(pix_fmt: str) -> tuple[int, ...]:
         have = pixel_traits(pix_fmt)
