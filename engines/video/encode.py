@@ -35,6 +35,7 @@ from .formats import (
     PRORES_PROFILES,
     CodecSpec,
     EncodeOptions,
+    available_codecs,
     check_rate_options,
     choose_format,
     codec_spec,
@@ -43,7 +44,7 @@ from .formats import (
 )
 from .probe import pix_fmt_traits
 
-__all__ = ["EncodeOptions", "output_color", "planned_output", "save_clip"]
+__all__ = ["EncodeOptions", "available_codecs", "output_color", "planned_output", "save_clip"]
 
 log = logging.getLogger(__name__)
 
