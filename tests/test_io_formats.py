@@ -195,6 +195,8 @@ def test_explicit_requests_work_as_before(tmp_path, capsys):
 
 def test_what_was_given_up_is_printed(tmp_path, capsys):
     alpha = testsrc.write_source("vp9-alpha", tmp_path)
+    assert cli_main(["probe", alpha]) == 0
+    assert "vp9 64x64 yuv420p (8-bit, alpha)" in capsys.readouterr().out
     assert cli_main(["transcode", alpha, "-o", str(tmp_path / "alpha.mp4"), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "gave up: alpha (VP9 in a .mp4 file cannot carry it" in printed

@@ -184,7 +184,6 @@ def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None
     if width < spec.min_size[0] or height < spec.min_size[1]:
         raise InputError(f"{name} cannot encode frames smaller than {spec.min_size[0]}x{spec.min_size[1]} "
                          f"pixels (this clip is {width}x{height}); use h264 or another codec")
-    log.info("%s", choice.describe())
     for item in choice.given_up:
         log.warning("%s gives up %s", final.name, item)
     pictures = _PictureWriter(pix_fmt, width, height, choice.color)
