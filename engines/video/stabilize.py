@@ -77,7 +77,7 @@ class StabilizeSettings:
     flow_preset: str = "medium"
     flow_checks: bool = False
     colour_tolerance: float = 0.15
-    change_tolerance: float = 0.05
+    change_tolerance: float = 0.08
     low_frequency: float = 1.0
     interpolation: str = "bicubic"
 
