@@ -76,7 +76,7 @@ class FlashVSRModels(nn.Module):
     """
 
     def __init__(self, version: str, dit: WanDiT, lq_proj: LQProjector, tcdecoder: TCDecoder,
-                 prompt: torch.Tensor, config: dict[str, dict[str, Any]], files: dict[str, Path]):
+                 prompt: torch.Tensor, *, config: dict[str, dict[str, Any]], files: dict[str, Path]):
         super().__init__()
         self.version = version
         self.dit = dit
@@ -216,7 +216,7 @@ def load_flashvsr(model_dir: str | Path | Sequence[str | Path], *, version: str 
     _check_consistency(files, dit_config, lq_config, dec_config, prompt)
     config = {"dit": dit_config, "lq_proj": lq_config, "tcdecoder": dec_config,
               "prompt": {"shape": tuple(prompt.shape)}}
-    return FlashVSRModels(version, dit, lq_proj, tcdecoder, prompt, config, files).eval()
+    return FlashVSRModels(version, dit, lq_proj, tcdecoder, prompt, config=config, files=files).eval()
 
 
 def lq_proj_config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
