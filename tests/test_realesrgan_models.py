@@ -93,17 +93,15 @@ def ours(model, crop: np.ndarray, cpu_backend: str = "auto") -> np.ndarray:
     return (out * 255).round().to(torch.uint8).numpy()
 
 
-@pytest.mark.parametrize("cpu_backend", ["native", "pytorch", "pytorch-default", "ncnn"])
+@pytest.mark.parametrize("cpu_backend", ["native", "pytorch"])
 @pytest.mark.parametrize("name", ["realesrgan-x4plus", "realesr-animevideov3-x2", "realesr-animevideov3-x4"])
 def test_imported_weights_match_ncnn_on_real_crops(ncnn_models, real_crops, tmp_path, name, cpu_backend):
-    """Every CPU path (ncnn running the graph vsrkit writes included) against the package's own files."""
+    """Both CPU paths against the `ncnn` package running the package's own files."""
     converted = tmp_path / f"{name}.safetensors"
     convert_ncnn(ncnn_models / f"{name}.param", ncnn_models / f"{name}.bin", converted)
     model = load_model_file(converted)
     if cpu_backend == "native" and not native_available():
         pytest.skip("no C++ compiler here to build the native kernel")
-    if cpu_backend == "pytorch" and model.runner(torch.device("cpu"), torch.float32, cpu_backend) != "tuned":
-        pytest.skip("without the tuned kernels (RRDBNet, or no NNPACK) 'pytorch' is the 'pytorch-default' case")
     side = 16 if model.arch == "RRDBNet" else 64
     for crop in real_crops:
         crop = np.ascontiguousarray(crop[:side, :side])

@@ -35,19 +35,14 @@ from ..paths import discard, partial_path, publish, user_data_dir
 from ..progress import Progress
 from ..video.filters import format_number
 from ..weights import load_pickle, open_safetensors
-from .cpu_kernels import nnpack_available, tuned_network
-from .native_runtime import NativeKernelError, NativeNetwork, kernel_library, native_supported
+from .native_runtime import NativeNetwork
 from .ncnn_import import ImportedModel, import_ncnn, save_imported
-from .ncnn_runtime import NcnnNetwork, ncnn_available, ncnn_supported
 from .rrdbnet import RRDBNet, scale_from_channels
 from .srvgg import SRVGGNetCompact
 
 RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 MODEL_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 ProgressFactory = Callable[[int | None, str, str], Progress]
-# How fp32 CPU inference runs: "auto" is ncnn when installed, else PyTorch; "pytorch" uses the
-# tuned kernels of cpu_kernels.py where NNPACK exists; "pytorch-default" is PyTorch's own choice.
-CPU_BACKENDS = ("auto", "native", "ncnn", "pytorch", "pytorch-default")
 # Models converted from core UPSCALE_MODEL descriptors, per live descriptor.
 _FROM_DESCRIPTOR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -158,58 +153,23 @@ class RealESRGANModel:
     def size_multiple(self) -> int:
         return getattr(self.net, "size_multiple", 1)
 
-    def runner(self, device: torch.device, dtype: torch.dtype, cpu_backend: str = "auto") -> str:
-        """What `prepared` gives: "native" (`NativeNetwork`), "ncnn" (`NcnnNetwork`), "tuned"
-        (`cpu_kernels.tuned_network`, NCHW) or "module" (the PyTorch module in channels-last, on any device).
+    def prepared(self, device: torch.device, dtype: torch.dtype, backend: str) -> nn.Module:
+        """The network that runs this model with `backend` ("native" or "pytorch", as
+        `backend.choose_backend` gives it).
 
-        Only fp32 on the CPU has a choice. `auto` takes the first that works here: the native kernel
-        (needs a C++ compiler the first time), ncnn (needs the package), then PyTorch; the tuned
-        network is for SRVGGNetCompact where NNPACK exists (without it, it would be oneDNN in NCHW,
-        slower than channels-last).
+        A native runner is made anew each call: it keeps its buffers, so each stream has its own
+        (the kernel's weights are kept per network). The PyTorch module runs channels-last; on the
+        CPU in fp32 it is `self.net` itself, elsewhere a copy, kept for the last device and precision.
         """
-        if cpu_backend not in CPU_BACKENDS:
-            raise InputError(f"cpu_backend must be one of {', '.join(CPU_BACKENDS)}, got {cpu_backend!r}")
-        if device.type != "cpu" or dtype != torch.float32:
-            return "module"
-        if cpu_backend in ("auto", "native") and native_supported(self.net):
-            try:
-                kernel_library()
-                return "native"
-            except NativeKernelError as exc:
-                if cpu_backend == "native":
-                    raise InputError(f"cpu_backend 'native' is not available here: {exc}; use auto") from exc
-        if cpu_backend == "native":
-            raise InputError(f"cpu_backend 'native' runs RRDBNet and SRVGGNetCompact with feature channels in "
-                             f"multiples of 16 only, not this {type(self.net).__name__}; use auto or pytorch")
-        if cpu_backend in ("auto", "ncnn") and ncnn_available() and ncnn_supported(self.net):
-            return "ncnn"
-        if cpu_backend == "ncnn":
-            if not ncnn_supported(self.net):
-                raise InputError(f"cpu_backend 'ncnn' runs RRDBNet and SRVGGNetCompact only, not "
-                                 f"{type(self.net).__name__}; use auto or pytorch")
-            raise InputError("cpu_backend 'ncnn' needs the ncnn package: pip install ncnn (or use auto)")
-        if cpu_backend != "pytorch-default" and self.arch == "SRVGGNetCompact" and nnpack_available():
-            return "tuned"
-        return "module"
-
-    def prepared(self, device: torch.device, dtype: torch.dtype, cpu_backend: str = "auto") -> nn.Module:
-        """The network ready to run on `device` in `dtype`, as `runner` describes; `self.net` stays fp32
-        on the CPU (and is itself the "module" runner on the CPU in fp32). The last one is kept."""
-        runner = self.runner(device, dtype, cpu_backend)
-        key = (str(device), dtype, runner)
+        if backend == "native":
+            return NativeNetwork(self.net)
+        key = (str(device), dtype)
         cached = self.__dict__.get("_prepared")
         if cached is not None and cached[0] == key:
             return cached[1]
         self.__dict__.pop("_prepared", None)
-        if runner == "native":
-            net: nn.Module = NativeNetwork(self.net)
-        elif runner == "ncnn":
-            net = NcnnNetwork(self.net)
-        elif runner == "tuned":
-            net = tuned_network(self.net.to(memory_format=torch.contiguous_format).eval())
-        else:
-            net = self.net if (device.type == "cpu" and dtype == torch.float32) else copy.deepcopy(self.net)
-            net = net.to(device=device, dtype=dtype).to(memory_format=torch.channels_last).eval()
+        net = self.net if (device.type == "cpu" and dtype == torch.float32) else copy.deepcopy(self.net)
+        net = net.to(device=device, dtype=dtype).to(memory_format=torch.channels_last).eval()
         self.__dict__["_prepared"] = (key, net)
         return net
 
@@ -375,7 +335,7 @@ def model_from_upscale_model(descriptor: Any) -> RealESRGANModel:
     """Accept ComfyUI core's UPSCALE_MODEL (a spandrel descriptor) by duck typing: `.model.state_dict()`.
 
     The result is kept for as long as the descriptor lives, so a graph run again reuses the
-    network and what `prepared` made of it (the ncnn graph, the tuned kernels) instead of
+    network and what was made of it (the native kernel's weights, a device copy) instead of
     converting the weights anew.
     """
     module = getattr(descriptor, "model", None)
