@@ -90,7 +90,7 @@ def peak_rss_mb() -> float:
 
 def run_vsrkit(frames: np.ndarray, model_file: Path, device: str, cpu_backend: str) -> tuple[float, np.ndarray]:
     from vsrkit.engines.clip import Clip
-    from vsrkit.engines.realesrgan.models import load_model_file
+    from vsrkit.engines.realesrgan.loading import load_model_file
     from vsrkit.engines.realesrgan.upscale import upscale_clip
 
     model = load_model_file(model_file)
@@ -233,8 +233,8 @@ def main() -> None:
         worker(args)
         return
 
-    from vsrkit.engines.realesrgan.models import package_models_dir
     from vsrkit.engines.realesrgan.ncnn_import import convert_ncnn
+    from vsrkit.engines.realesrgan.resolve import package_models_dir
 
     package = package_models_dir()
     if package is None:

@@ -64,7 +64,9 @@ def realesrgan_stage(clip, args: argparse.Namespace):
     from ..engines.errors import InputError
     from ..engines.realesrgan.backend import choose_backend, describe_backend
     from ..engines.realesrgan.inference import default_device, resolve_precision
-    from ..engines.realesrgan.models import DEFAULT_MODEL_FOR_SCALE, load_model, standalone_model_dir
+    from ..engines.realesrgan.loading import load_model
+    from ..engines.realesrgan.official import DEFAULT_MODEL_FOR_SCALE
+    from ..engines.realesrgan.resolve import standalone_model_dir
     from ..engines.realesrgan.upscale import upscale_clip
 
     name = args.model

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vsrkit.engines.realesrgan.models import load_model_file, package_models_dir
+from vsrkit.engines.realesrgan.loading import load_model_file
+from vsrkit.engines.realesrgan.resolve import package_models_dir
 from vsrkit.engines.video.probe import probe
 
 
@@ -142,13 +143,13 @@ def test_every_cpu_backend_is_accepted_and_reaches_the_engine(monkeypatch):
     from vsrkit.cli.upscale import realesrgan_stage
     from vsrkit.engines.clip import Clip
     from vsrkit.engines.realesrgan import backend as backend_module
-    from vsrkit.engines.realesrgan import models, upscale
+    from vsrkit.engines.realesrgan import loading, upscale
     from vsrkit.engines.realesrgan.backend import CPU_BACKENDS
-    from vsrkit.engines.realesrgan.models import RealESRGANModel
+    from vsrkit.engines.realesrgan.loading import RealESRGANModel
     from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 
     small = RealESRGANModel(SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2), "SRVGGNetCompact", 2, "small")
-    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: small)
+    monkeypatch.setattr(loading, "load_model", lambda *args, **kwargs: small)
     received, asked = [], []
     monkeypatch.setattr(upscale, "upscale_clip", lambda clip, model, **kwargs: received.append(kwargs["cpu_backend"]))
     # The model line's backend is chosen with the user's word too (this network is too narrow to run natively).

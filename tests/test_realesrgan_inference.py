@@ -12,7 +12,8 @@ import torch
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.realesrgan.inference import Upscaler, bytes_per_input_pixel, plan_tiles
-from vsrkit.engines.realesrgan.models import RealESRGANModel, load_model_file, package_models_dir
+from vsrkit.engines.realesrgan.loading import RealESRGANModel, load_model_file
+from vsrkit.engines.realesrgan.resolve import package_models_dir
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 from vsrkit.engines.realesrgan.upscale import upscale_clip

@@ -20,7 +20,7 @@ from vsrkit.engines.realesrgan import backend as backend_module
 from vsrkit.engines.realesrgan import native_runtime
 from vsrkit.engines.realesrgan.backend import choose_backend
 from vsrkit.engines.realesrgan.inference import Upscaler
-from vsrkit.engines.realesrgan.models import RealESRGANModel
+from vsrkit.engines.realesrgan.loading import RealESRGANModel
 from vsrkit.engines.realesrgan.native_runtime import (
     NativeKernelError,
     NativeNetwork,

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..errors import InputError
 from .backend import choose_backend
-from .models import RealESRGANModel
+from .loading import RealESRGANModel
 
 MIN_TILE = 32
 CPU_BUDGET_BYTES = 1536 * 1024 * 1024

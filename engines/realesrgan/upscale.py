@@ -11,7 +11,7 @@ from ..errors import InputError
 from ..progress import Progress, open_progress
 from .backend import choose_backend
 from .inference import MAX_BATCH, Upscaler, default_device, output_size, resolve_precision
-from .models import RealESRGANModel
+from .loading import RealESRGANModel
 
 
 def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = None, tile: int = 0,
