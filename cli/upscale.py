@@ -99,7 +99,7 @@ def flashvsr_stage(clip, args: argparse.Namespace):
     """Load FlashVSR Tiny (--flashvsr-version) from --model-dir, or the default search path, and return
     the lazily upscaled clip; a --tile size is rounded up to the model's multiple of 128 pixels."""
     from ..engines.flashvsr.loader import default_model_dirs, load_flashvsr
-    from ..engines.flashvsr.pipeline import SIZE_MULTIPLE
+    from ..engines.flashvsr.settings import SIZE_MULTIPLE
     from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, upscale_clip
     from ..engines.tiling import round_up
 

@@ -19,7 +19,7 @@ from ..engines.flashvsr.loader import (
     check_version,
     load_flashvsr,
 )
-from ..engines.flashvsr.pipeline import MODES
+from ..engines.flashvsr.settings import MODES
 from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, SCALES, auto_tile_size, upscale_clip
 from . import host
 from .common import on_device, upscale_outputs

@@ -20,7 +20,8 @@ from vsrkit.engines.errors import InputError
 from vsrkit.engines.flashvsr.bicubic import bicubic_resize
 from vsrkit.engines.flashvsr.loader import load_flashvsr
 from vsrkit.engines.flashvsr.noise import FixedNoise
-from vsrkit.engines.flashvsr.pipeline import FlashVSRPipeline, StreamSettings, plan_tiles
+from vsrkit.engines.flashvsr.pipeline import FlashVSRPipeline, StreamSettings
+from vsrkit.engines.flashvsr.settings import plan_tiles
 from vsrkit.engines.tiling import BlendWeights, TileBlender
 
 ATOL = 1e-4

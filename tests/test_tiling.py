@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vsrkit.engines import tiling
-from vsrkit.engines.flashvsr.pipeline import plan_tiles
+from vsrkit.engines.flashvsr.settings import plan_tiles
 from vsrkit.engines.realesrgan.inference import network_tiles
 from vsrkit.engines.realesrgan.loading import RealESRGANModel
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
