@@ -76,9 +76,10 @@ def realesrgan_stage(clip, args: argparse.Namespace):
     where it came from, and return the lazily upscaled clip."""
     import torch
 
+    from ..engines.device import resolve_device
     from ..engines.errors import InputError
     from ..engines.realesrgan.backend import choose_backend, describe_backend
-    from ..engines.realesrgan.inference import default_device, resolve_precision
+    from ..engines.realesrgan.inference import network_precision
     from ..engines.realesrgan.loading import load_model
     from ..engines.realesrgan.official import DEFAULT_MODEL_FOR_SCALE
     from ..engines.realesrgan.resolve import standalone_model_dir
@@ -97,15 +98,15 @@ def realesrgan_stage(clip, args: argparse.Namespace):
         return ConsoleProgress(total, desc, unit=unit, quiet=args.quiet)
 
     model = load_model(name, [standalone_model_dir()], progress=console)
-    device = torch.device(args.device) if args.device else default_device()
-    dtype = resolve_precision(args.precision, device)
+    device = resolve_device(args.device)
+    dtype = network_precision(args.precision, device)
     backend = choose_backend(model.net, device, dtype, args.cpu_backend)
     if not args.quiet:
         print(f"model: {model.describe()}, {describe_backend(backend, device, dtype)}\n  source: {model.origin}",
               file=sys.stderr)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=args.device,
+    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=device,
                         cpu_backend=args.cpu_backend)
 
 
@@ -113,22 +114,22 @@ def flashvsr_stage(clip, args: argparse.Namespace):
     """Load FlashVSR Tiny (--flashvsr-version) from --model-dir, or the default search path, and return
     the lazily upscaled clip; a --tile size is rounded up to the model's multiple of 128 pixels."""
     from ..engines.flashvsr.loader import default_model_dirs, load_flashvsr
-    from ..engines.flashvsr.pipeline import SIZE_MULTIPLE
+    from ..engines.flashvsr.settings import SIZE_MULTIPLE
     from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, upscale_clip
+    from ..engines.tiling import round_up
 
     folders = [args.model_dir] if args.model_dir else default_model_dirs()
     models = load_flashvsr(folders, version=args.flashvsr_version, dtype=args.precision or "auto",
                            device=args.device)
     tile = int(args.tile or 0)
-    tile = -(-tile // SIZE_MULTIPLE) * SIZE_MULTIPLE if tile > 0 else 0
+    tile = round_up(tile, SIZE_MULTIPLE) if tile > 0 else 0
     return upscale_clip(clip, models, scale=int(args.scale), tile_size=tile,
                         tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP,
                         scene_threshold=scene_threshold(args))
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ..engines.device import resolve_device
     from ..engines.video.decode import open_clip
     from ..engines.video.encode import planned_output, save_clip
     from ..engines.video.formats import EncodeOptions, choose_format
@@ -147,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
         strength = DEFAULT_STRENGTH if args.engine == "realesrgan" else 0.0
     settings = StabilizeSettings(strength=strength, scene_threshold=cuts).validate()
     engine = realesrgan_stage if args.engine == "realesrgan" else flashvsr_stage
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    clip = stabilized_upscale(clip, lambda source: engine(source, args), settings, device)
+    clip = stabilized_upscale(clip, lambda source: engine(source, args), settings, resolve_device(args.device))
     options = EncodeOptions(codec=args.codec, crf=args.crf)
     choice = choose_format(clip.info, options, args.output)
     with ConsoleProgress(clip.info.frame_count, "upscale", quiet=args.quiet) as progress:
