@@ -27,8 +27,13 @@ EXPORT = ROOT / "tests" / "data" / "comfyui_object_info.json"
 NTSC = Fraction(30000, 1001)
 
 
+def api_path(name: str) -> Path:
+    """The API twin of the shipped UI workflow `name` (its title), in workflows/api/."""
+    return WORKFLOWS / "api" / f"{name}.json"
+
+
 def api_workflow(name: str) -> dict:
-    return json.loads((WORKFLOWS / f"{name}.api.json").read_text(encoding="utf-8"))
+    return json.loads(api_path(name).read_text(encoding="utf-8"))
 
 
 def node_of(prompt: dict, class_type: str) -> str:
@@ -97,7 +102,7 @@ def test_fast_path_workflow_runs_headless_on_a_real_clip(comfy_host, footage, tm
     prompt = api_workflow("upscale_fast_animevideov3_x2")
     load = node_of(prompt, "vsrkitLoadVideo")
     out = tmp_path / "out"
-    result = run_submit(comfy_host, WORKFLOWS / "upscale_fast_animevideov3_x2.api.json", out,
+    result = run_submit(comfy_host, api_path("Fast upscale x2, Real-ESRGAN"), out,
                         "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}",
                         "--set", f"{load}.frame_load_cap=30")
     assert result.returncode == 0, result.stderr[-3000:] + comfy_host.log()[-3000:]
@@ -112,14 +117,14 @@ def test_fast_path_workflow_runs_headless_on_a_real_clip(comfy_host, footage, tm
 
 def test_preprocessing_workflow_runs_headless_and_keeps_the_audio(comfy_host, footage, tmp_path):
     comfy_host.idle()
-    name = "upscale_realesrgan_x4_deinterlace_denoise"
+    name = "Restore old video, Real-ESRGAN x4"
     prompt = api_workflow(name)
     load = node_of(prompt, "vsrkitLoadVideo")
     loader = node_of(prompt, "vsrkitRealESRGANLoader")
     out = tmp_path / "out"
     # The published x4 model is slow on a CPU; the small x2 model runs the same graph. 8 frames of
     # 720x480 keep the run to a minute or two.
-    result = run_submit(comfy_host, WORKFLOWS / f"{name}.api.json", out,
+    result = run_submit(comfy_host, api_path(name), out,
                         "--upload", f"{load}.video={footage / 'ntsc480i_tff_bt601_ac3.mkv'}",
                         "--set", f"{load}.frame_load_cap=8",
                         "--set", f"{loader}.model_name=realesr-animevideov3-x2", timeout=900)
@@ -138,7 +143,7 @@ def test_comparison_workflow_runs_headless(comfy_host, footage, tmp_path):
     prompt = api_workflow("compare_before_after")
     load = node_of(prompt, "vsrkitLoadVideo")
     compare = node_of(prompt, "vsrkitCompare")
-    result = run_submit(comfy_host, WORKFLOWS / "compare_before_after.api.json", tmp_path / "out",
+    result = run_submit(comfy_host, api_path("Before and after comparison"), tmp_path / "out",
                         "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}",
                         "--set", f"{load}.frame_load_cap=12", "--set", f"{compare}.layout=\"side_by_side\"",
                         "--set", f"{compare}.crop_width=0", "--set", f"{compare}.crop_height=0")
@@ -159,7 +164,7 @@ def test_interrupt_mid_run_leaves_no_partial_output(comfy_host, footage, tmp_pat
     load = node_of(prompt, "vsrkitLoadVideo")
     out = tmp_path / "out"
     # All 120 frames of carphone take minutes on a CPU, in batches short enough to stop promptly.
-    command = comfy_host.submit_command(str(WORKFLOWS / "upscale_fast_animevideov3_x2.api.json"), "-o", str(out),
+    command = comfy_host.submit_command(str(api_path("Fast upscale x2, Real-ESRGAN")), "-o", str(out),
                                         "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:

@@ -28,7 +28,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 
 
 def ui_files() -> list[Path]:
-    return sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
+    return sorted(WORKFLOWS.glob("*.json"))
 
 
 class DevTools:
@@ -129,6 +129,6 @@ def test_frontend_loads_the_workflow_and_queues_our_api_file(page, path):
     for node in published["nodes"]:
         assert saved[node["id"]]["widgets_values"] == node["widgets_values"], f"node {node['id']} widgets"
     assert sorted(map(tuple, result["saved"]["links"])) == sorted(map(tuple, published["links"]))
-    api = json.loads(path.with_name(path.name.removesuffix(".json") + ".api.json").read_text(encoding="utf-8"))
+    api = json.loads((WORKFLOWS / "api" / path.name).read_text(encoding="utf-8"))
     for node_id in sorted(set(api) | set(result["output"]), key=int):
         assert result["output"].get(node_id) == api.get(node_id), f"node {node_id} differs"
