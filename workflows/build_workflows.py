@@ -217,7 +217,7 @@ FLASHVSR_FILES = ("diffusion_pytorch_model_streaming_dmd.safetensors", "LQ_proj_
 COLOR_LOAD, COLOR_MODEL, COLOR_SAVE = ("#223", "#335"), ("#323", "#535"), ("#232", "#353")
 GROUP_INPUT, GROUP_MODEL, GROUP_WORK, GROUP_OUTPUT = "#3f5f9e", "#8a5fa6", "#3f789e", "#4f8a4f"
 GROUP_GENERATE = "#a1743f"
-NOTE_SIZE = (2 * WIDTH + GAP, 230)
+NOTE_SIZE = (2 * WIDTH + GAP, 170)
 
 
 def column(index: int, widths: tuple[float, ...] = ()) -> float:
