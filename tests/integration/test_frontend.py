@@ -210,21 +210,22 @@ TEMPLATES = """async (titles) => {
     const find = text => Array.from(document.querySelectorAll('[role=dialog] *'))
         .find(e => e.textContent.trim() === text && e.children.length <= 2);
     let entry = null;
-    for (let i = 0; i < 100 && !(entry = find('vsrkit')); i++) await sleep(100);
+    for (let i = 0; i < 300 && !(entry = find('vsrkit')); i++) await sleep(100);
     if (!entry) return {listed, error: 'no vsrkit entry in the Templates browser'};
     entry.click();
     const cards = {};
     for (const title of titles) {
         const placeholder = image => /default-template/.test(image.getAttribute('src') || '');
         let image = null;
-        for (let i = 0; i < 100 && !(image && image.complete && image.naturalWidth && !placeholder(image)); i++) {
+        for (let i = 0; i < 300 && !(image && image.complete && image.naturalWidth && !placeholder(image)); i++) {
             let card = find(title);
             while (card && !card.querySelector('img')) card = card.parentElement;
             image = card && card.querySelector('img');
             if (card) card.scrollIntoView();
             await sleep(100);
         }
-        cards[title] = image && {width: image.naturalWidth, height: image.naturalHeight, placeholder: placeholder(image)};
+        cards[title] = image ? {width: image.naturalWidth, height: image.naturalHeight, placeholder: placeholder(image)}
+                             : null;
     }
     const requested = performance.getEntriesByType('resource').map(e => decodeURIComponent(new URL(e.name).pathname))
         .filter(path => path.includes('/workflow_templates/vsrkit/'));
