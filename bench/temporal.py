@@ -13,7 +13,7 @@ beside bicubic and the ground truth itself:
 
 Cost (--cost): CPU time per frame of realesr-animevideov3-x2 on 320x240 real frames against
 the stabiliser's on the same frames and outputs, alternating rounds (ratios within one run).
-Memory (--memory): peak RSS of the stage over a short and a 4x longer clip, each in its own
+Memory (--memory): peak RSS of the stage over a short and a 4x longer clip (64x48 -> 256x192), each in its own
 process (frames made on the fly, so only the stage's own memory can grow).
 Per-frame upscales are cached in --cache (default /tmp/vsrkit-bench-temporal).
 """
@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from vsrkit.engines.clip import Clip
-from vsrkit.engines.realesrgan.models import load_model, standalone_model_dir
+from vsrkit.engines.realesrgan.loading import load_model
+from vsrkit.engines.realesrgan.resolve import standalone_model_dir
 from vsrkit.engines.realesrgan.upscale import upscale_clip
 from vsrkit.engines.video.decode import open_clip
 from vsrkit.engines.video.flicker import measure_flicker
@@ -62,6 +63,7 @@ VARIANTS = {
     "change 0.05": {"change_tolerance": 0.05},
     "low band 0.5": {"low_frequency": 0.5},
     "bilinear warp": {"interpolation": "bilinear"},
+    "strength 0.7": {"strength": 0.7},
     "strength 0.9": {"strength": 0.9},
 }
 COST_SIZE = (240, 320)
@@ -220,7 +222,8 @@ def main() -> None:
                         help="torch and OpenCV threads (0: their defaults); 1 measures work without the spinning "
                         "that threads waiting for a busy shared CPU add to CPU time")
     parser.add_argument("--memory", action="store_true", help="peak RSS over a short and a 4x longer clip")
-    parser.add_argument("--memory-frames", type=int, default=30)
+    parser.add_argument("--memory-frames", type=int, default=160,
+                        help="frames of the short clip (default 160: past the first output chunks)")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("VSRKIT_OFFLINE", "1")

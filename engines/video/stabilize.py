@@ -1,18 +1,20 @@
 """Temporal stabilisation of per-frame upscales: the previous result, moved along the optical flow
-of the low-resolution input, blended into each new frame where the flow can be trusted.
+of the low-resolution input, blended into each new frame where it can be trusted.
 
 An image upscaler run frame by frame invents its fine texture anew in every frame, which shows as
-shimmer on video. For each frame t this stage measures the flow between input frames t and t-1
-(OpenCV's DIS, `flow.py`), warps the previous stabilised output onto frame t, and blends it with
-the new per-frame output by `strength` times a per-pixel confidence. The confidence is zero where
-the flow fails its forward-backward check, on motion boundaries, outside the frame, and where the
-input's own colours do not match along the flow (something appeared or changed), so moving objects
-leave no ghost. At scene cuts (scdet, `scenes.py`) the stage starts afresh: the first frame of a
-shot is the per-frame output itself.
+shimmer on video. For each frame t this stage measures the flow from input frame t back to t-1
+(OpenCV's DIS on the input upscaled to the output size, `flow.py`), moves the previous stabilised
+output along it, and blends it into the new per-frame output by `strength` times a per-pixel
+trust. Trust is zero where the flow leaves the frame, falls where the upscaled input's colours do
+not match along the flow (something appeared, was uncovered or changed) and where the carried and
+the new frame differ by more than invented texture does once averaged over an input pixel's
+footprint (a misplaced edge, a real change), so moving objects leave no ghost. At scene cuts
+(scdet, `scenes.py`) the stage starts afresh: the first frame of a shot is the per-frame output.
 
 It streams: it keeps only the previous input and output frame, so chunked output equals the whole
 clip's bit for bit and memory does not grow with the clip. Strength 0 returns the per-frame frames
-untouched. Warping and blending run with torch on the chosen device; flow runs in OpenCV on the CPU.
+untouched. Resampling and blending run with torch on the chosen device; flow runs in OpenCV on the
+CPU. docs/temporal.md says how the defaults were chosen.
 """
 
 from __future__ import annotations
@@ -115,6 +117,14 @@ def _resized(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
     return F.interpolate(frames, size=size, mode=mode, align_corners=False)
 
 
+def _footprint_mean(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[N, C, H, W] averaged over each pixel's footprint of a `size` grid (area resampling)."""
+    height, width = frames.shape[-2:]
+    if height % size[0] == 0 and width % size[1] == 0:  # the same, by a cheaper kernel
+        return F.avg_pool2d(frames, (height // size[0], width // size[1]))
+    return F.interpolate(frames, size=size, mode="area")
+
+
 def _inside(grid: torch.Tensor) -> torch.Tensor:
     """[N, 1, H, W]: 1 where a `sampling_grid` point lies within the outer pixel centres, else 0."""
     height, width = grid.shape[1:3]
@@ -161,7 +171,7 @@ class Stabilizer:
         carried = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1)
         difference = carried - output
         if self.settings.change_tolerance:
-            change = F.interpolate(difference, size=self.source_size, mode="area").abs_().mean(1, keepdim=True)
+            change = _footprint_mean(difference, self.source_size).abs_().mean(1, keepdim=True)
             trust = trust * _resized(_ramp(change / self.settings.change_tolerance), self.output_size)
         blended = output + self._weighted(difference, trust)
         self._previous = (grey, upscaled, blended)
@@ -175,7 +185,7 @@ class Stabilizer:
         weight = trust * self.settings.strength
         if self.settings.low_frequency == 1.0:
             return difference * weight
-        coarse = _resized(F.interpolate(difference, size=self.source_size, mode="area"), self.output_size)
+        coarse = _resized(_footprint_mean(difference, self.source_size), self.output_size)
         return (difference - coarse) * weight + coarse * (weight * self.settings.low_frequency)
 
 
@@ -247,7 +257,7 @@ def stabilized_upscale(source: Clip, upscale: Callable[[Clip], Clip], settings: 
     if settings.strength == 0:
         return upscale(source)
     opencv()
-    held: deque[deque[torch.Tensor]] = deque()
+    held: list[deque[torch.Tensor]] = []  # the low-resolution frames of each pass in progress
 
     def teed() -> Iterator[torch.Tensor]:
         frames = held[-1]
@@ -274,6 +284,6 @@ def stabilized_upscale(source: Clip, upscale: Callable[[Clip], Clip], settings: 
 
             yield from _paired_frames(pairs(), settings, source, (info.height, info.width), target, Progress())
         finally:
-            held.remove(frames)
+            held[:] = [other for other in held if other is not frames]
 
     return Clip(info.replace(extra={**info.extra, "stabilize": dataclasses.asdict(settings)}), stage)
