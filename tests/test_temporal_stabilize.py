@@ -94,15 +94,22 @@ def test_a_moving_object_leaves_no_ghost_on_the_still_background():
     clean, masks = zip(*(scene(h * SCALE, w * SCALE, SCALE, t) for t in range(FRAMES)), strict=True)
     clean = torch.stack(clean)
     per_frame = hallucinated(clean)
-    steady = stabilised(per_frame, source)
-    for t in range(1, FRAMES):
-        now, before = masks[t].float()[None, None], masks[t - 1].float()[None, None]
-        grown = torch.nn.functional.max_pool2d(torch.maximum(now, before), 17, 1, 8)
-        shrunk = -torch.nn.functional.max_pool2d(-torch.minimum(now, before), 17, 1, 8)
-        near_edges = (grown - shrunk)[0, 0].bool()  # a band 8 output px either side of both outlines
-        plain_error = (per_frame[t] - clean[t])[near_edges].square().mean()
-        steady_error = (steady[t] - clean[t])[near_edges].square().mean()
-        assert steady_error <= plain_error, f"frame {t}: {steady_error:.6f} > {plain_error:.6f}"
+
+    def worst_edge_error(steady: torch.Tensor) -> float:
+        """The largest ratio over frames of the error near the object's outlines to per-frame's there."""
+        worst = 0.0
+        for t in range(1, FRAMES):
+            now, before = masks[t].float()[None, None], masks[t - 1].float()[None, None]
+            grown = torch.nn.functional.max_pool2d(torch.maximum(now, before), 17, 1, 8)
+            shrunk = -torch.nn.functional.max_pool2d(-torch.minimum(now, before), 17, 1, 8)
+            near_edges = (grown - shrunk)[0, 0].bool()  # a band 8 output px either side of both outlines
+            plain_error = (per_frame[t] - clean[t])[near_edges].square().mean()
+            worst = max(worst, float((steady[t] - clean[t])[near_edges].square().mean() / plain_error))
+        return worst
+
+    assert worst_edge_error(stabilised(per_frame, source)) <= 1.0
+    # The check on the size of the change is what keeps the ghost away here.
+    assert worst_edge_error(stabilised(per_frame, source, change_tolerance=0)) > 1.2
 
 
 def test_strength_0_is_the_per_frame_output_bit_for_bit(moving_texture):
