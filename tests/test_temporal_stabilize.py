@@ -207,3 +207,20 @@ def test_nodes_stabilise_clips_and_image_batches(moving_texture):
     assert torch.equal(images, lazy.to_tensor()) and torch.equal(images, stabilised(per_frame, source))
     with pytest.raises(InputError, match="one upscaled input"):
         node.stabilize(DEFAULT_STRENGTH, device="cpu", images=per_frame)
+
+
+def test_realesrgan_upscale_node_stabilises_by_default_and_0_gives_the_per_frame_frames(moving_texture):
+    from vsrkit.engines.realesrgan.loading import model_from_state
+    from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
+    from vsrkit.engines.realesrgan.upscale import upscale_clip
+    from vsrkit.nodes.realesrgan import RealESRGANUpscale
+
+    source, _, _ = moving_texture
+    torch.manual_seed(0)
+    model = model_from_state(SRVGGNetCompact(num_feat=16, num_conv=2, upscale=4).state_dict(), "tiny")
+    per_frame = upscale_clip(clip(source), model, device="cpu").to_tensor()
+    node = RealESRGANUpscale()
+    _, plain = node.upscale(model, device="cpu", images=source, stabilize=0.0)
+    _, steady = node.upscale(model, device="cpu", images=source)
+    assert torch.equal(plain, per_frame)
+    assert torch.equal(steady, stabilised(per_frame, source)) and not torch.equal(steady, per_frame)
