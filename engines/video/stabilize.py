@@ -162,18 +162,17 @@ class Stabilizer:
         last_grey, last_upscaled, last_output = self._previous
         back = self._flow(grey, last_grey).to(self.device)
         grid = sampling_grid(resize_flow(back, *self.output_size))
-        mismatch = (upscaled - sample(last_upscaled, grid)).abs_().mean(1, keepdim=True)
-        trust = (1.0 - mismatch / self.settings.colour_tolerance).clamp_(0.0, 1.0)
+        mismatch = sample(last_upscaled, grid).sub_(upscaled).abs_().mean(1, keepdim=True)
+        trust = mismatch.div_(-self.settings.colour_tolerance).add_(1.0).clamp_(0.0, 1.0)
         trust *= _inside(grid)
         if self.settings.flow_checks:
             checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
             trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
-        carried = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1)
-        difference = carried - output
+        difference = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1).sub_(output)
         if self.settings.change_tolerance:
             change = _footprint_mean(difference, self.source_size).abs_().mean(1, keepdim=True)
-            trust = trust * _resized(_ramp(change / self.settings.change_tolerance), self.output_size)
-        blended = output + self._weighted(difference, trust)
+            trust *= _resized(_ramp(change.div_(self.settings.change_tolerance)), self.output_size)
+        blended = self._weighted(difference, trust).add_(output)
         self._previous = (grey, upscaled, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
         if frame.shape[-1] > 3:
@@ -182,9 +181,9 @@ class Stabilizer:
 
     def _weighted(self, difference: torch.Tensor, trust: torch.Tensor) -> torch.Tensor:
         """`difference` scaled by strength x trust, its coarse part by `low_frequency` of that."""
-        weight = trust * self.settings.strength
+        weight = trust.mul_(self.settings.strength)
         if self.settings.low_frequency == 1.0:
-            return difference * weight
+            return difference.mul_(weight)
         coarse = _resized(_footprint_mean(difference, self.source_size), self.output_size)
         return (difference - coarse) * weight + coarse * (weight * self.settings.low_frequency)
 
