@@ -72,14 +72,22 @@ def grey_u8(frame: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(np.rint(luma * 255.0).astype(np.uint8))
 
 
-def sampling_grid(flow: torch.Tensor) -> torch.Tensor:
-    """grid_sample's normalised grid [N, H, W, 2] for the points x + flow(x) (pixel centres, align_corners=False)."""
+def pixel_centres(height: int, width: int, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[1, H, W, 2] the pixel centres in grid_sample's normalised coordinates (align_corners=False)."""
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) * (2.0 / height) - 1.0
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) * (2.0 / width) - 1.0
+    return torch.stack(torch.broadcast_tensors(xs.view(1, width), ys.view(height, 1)), dim=-1)[None]
+
+
+def sampling_grid(flow: torch.Tensor, centres: torch.Tensor | None = None) -> torch.Tensor:
+    """grid_sample's normalised grid [N, H, W, 2] for the points x + flow(x); `centres` (from
+    `pixel_centres`) may be passed in when many flows of one size are sampled."""
     _, _, height, width = flow.shape
-    ys = torch.arange(height, device=flow.device, dtype=flow.dtype).view(1, height, 1)
-    xs = torch.arange(width, device=flow.device, dtype=flow.dtype).view(1, 1, width)
-    gx = (xs + flow[:, 0] + 0.5) * (2.0 / width) - 1.0
-    gy = (ys + flow[:, 1] + 0.5) * (2.0 / height) - 1.0
-    return torch.stack((gx, gy), dim=-1)
+    if centres is None:
+        centres = pixel_centres(height, width, flow.device, flow.dtype)
+    step = torch.tensor([2.0 / width, 2.0 / height], device=flow.device, dtype=flow.dtype)
+    return flow.permute(0, 2, 3, 1).mul(step).add_(centres)
 
 
 def sample(images: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:

@@ -38,6 +38,7 @@ from .flow import (
     consistency_ratio,
     grey_u8,
     opencv,
+    pixel_centres,
     resize_flow,
     sample,
     sampling_grid,
@@ -143,6 +144,7 @@ class Stabilizer:
         self.output_size = output_size
         self._flow = DenseFlow(self.settings.flow_preset)
         self._previous: tuple[np.ndarray, torch.Tensor, torch.Tensor] | None = None
+        self._centres: torch.Tensor | None = None
 
     def reset(self) -> None:
         """Forget the previous frame: the next one starts a new shot."""
@@ -161,7 +163,9 @@ class Stabilizer:
             return frame
         last_grey, last_upscaled, last_output = self._previous
         back = self._flow(grey, last_grey).to(self.device)
-        grid = sampling_grid(resize_flow(back, *self.output_size))
+        if self._centres is None:
+            self._centres = pixel_centres(*self.output_size, self.device)
+        grid = sampling_grid(resize_flow(back, *self.output_size), self._centres)
         mismatch = sample(last_upscaled, grid).sub_(upscaled).abs_().mean(1, keepdim=True)
         trust = mismatch.div_(-self.settings.colour_tolerance).add_(1.0).clamp_(0.0, 1.0)
         trust *= _inside(grid)
