@@ -179,7 +179,7 @@ def _ms(values: list[float]) -> str:
 
 
 def memory_child(frames: int) -> None:
-    """Stabilise `frames` generated frames (64x48 -> 256x192) and print the peak RSS in KiB."""
+    """Stabilise `frames` generated frames (64x48 -> 256x192); print the peak RSS in KiB after each chunk."""
     height, width = 48, 64
 
     def frames_of(scale: int):
@@ -192,9 +192,8 @@ def memory_child(frames: int) -> None:
     info = Clip.from_tensor(torch.zeros(1, height, width, 3), 24).info.replace(frame_count=frames)
     low = Clip(info, frames_of(1))
     high = Clip(info.replace(width=width * 4, height=height * 4), frames_of(4))
-    for _ in stabilize_clip(high, low).chunks():
-        pass
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    peaks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss for _ in stabilize_clip(high, low).chunks()]
+    print(" ".join(str(kib) for kib in peaks))
 
 
 def memory(args: argparse.Namespace) -> None:
@@ -202,9 +201,10 @@ def memory(args: argparse.Namespace) -> None:
     for frames in (args.memory_frames, 4 * args.memory_frames):
         command = [sys.executable, __file__, "--memory-child", str(frames)]
         done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ})
-        results[frames] = int(done.stdout.strip().splitlines()[-1])
-    for frames, kib in results.items():
-        print(f"{frames} frames: peak RSS {kib / 1024:.1f} MiB")
+        results[frames] = [int(kib) for kib in done.stdout.strip().splitlines()[-1].split()]
+    for frames, peaks in results.items():
+        trace = ", ".join(f"{kib / 1024:.0f}" for kib in peaks)
+        print(f"{frames} frames: peak RSS {peaks[-1] / 1024:.1f} MiB (after each output chunk: {trace} MiB)")
 
 
 def main() -> None:
