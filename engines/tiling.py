@@ -14,8 +14,12 @@ a plan is the grid of row spans by column spans. Two layouts exist:
   windows on an alignment grid, overlapping by at least `overlap`, each kept whole and
   cross-faded across the overlaps with its neighbours.
 
-Weights are computed in float64 and used in float32. Real-ESRGAN's output scale enters
-as `scale`: weights cover the kept region's output pixels.
+Cross-fades of core spans are complementary (where one tile fades out its neighbour fades
+in), so their weights sum to one by construction: `BlendWeights` keeps only each tile's axis
+weights and the blend needs no division. Overlapping windows may overlap more than their
+neighbours; their blend keeps whole weight maps and divides by the weights' sum. Weights are
+computed in float64 and used in float32; Real-ESRGAN's output scale enters as `scale`:
+weights cover the kept region's output pixels.
 """
 
 from __future__ import annotations
@@ -41,13 +45,15 @@ class Fade:
 @dataclasses.dataclass(frozen=True)
 class Span:
     """One tile along one axis, in input pixels: the network reads [start, stop); its output
-    over [keep_start, keep_stop) enters the blend, weighted by `fades`."""
+    over [keep_start, keep_stop) enters the blend, weighted by `fades`, which are
+    `complementary` when the neighbours' fades add up to one."""
 
     start: int
     stop: int
     keep_start: int
     keep_stop: int
     fades: tuple[Fade, ...] = ()
+    complementary: bool = False
 
     @property
     def size(self) -> int:
@@ -90,13 +96,26 @@ class Tile:
     def width(self) -> int:
         return self.cols.size
 
+    @property
+    def complementary(self) -> bool:
+        return self.rows.complementary and self.cols.complementary
+
     def crop(self, frames: torch.Tensor) -> torch.Tensor:
         """The window of [..., H, W] frames that this tile reads."""
         return frames[..., self.rows.start:self.rows.stop, self.cols.start:self.cols.stop]
 
+    def axis_weights(self, scale: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 weights along the rows and the columns of the kept region's output pixels."""
+        return self.rows.weights(scale).float(), self.cols.weights(scale).float()
+
     def weights(self, scale: int = 1) -> torch.Tensor:
-        """[h, w] float32 blend weights over the kept region's output pixels."""
-        return (self.rows.weights(scale)[:, None] * self.cols.weights(scale)[None, :]).float()
+        """[h, w] float32 blend weights over the kept region's output pixels: the product of the
+        axis weights (in float32 for complementary tiles, which keep only those)."""
+        if self.complementary:
+            rows, cols = self.axis_weights(scale)
+        else:
+            rows, cols = self.rows.weights(scale), self.cols.weights(scale)
+        return (rows[:, None] * cols[None, :]).float()
 
 
 def grid(rows: Sequence[Span], cols: Sequence[Span]) -> list[Tile]:
@@ -106,7 +125,7 @@ def grid(rows: Sequence[Span], cols: Sequence[Span]) -> list[Tile]:
 
 def whole(length: int) -> list[Span]:
     """One span over the whole axis."""
-    return [Span(0, length, 0, length)]
+    return [Span(0, length, 0, length, complementary=True)]
 
 
 def overlapping_spans(length: int, size: int, overlap: int, align: int = 1) -> list[Span]:
@@ -160,12 +179,14 @@ def core_spans(length: int, tile: int, context: int, feather: int, multiple: int
             fades.append(Fade(low - feather, low + feather, rising=True))
         if feather > 0 and high < length:
             fades.append(Fade(high - feather, high + feather, rising=False))
-        spans.append(Span(start, stop, max(start, low - feather), min(stop, high + feather), tuple(fades)))
+        spans.append(Span(start, stop, max(start, low - feather), min(stop, high + feather), tuple(fades),
+                          complementary=True))
     return spans
 
 
 class BlendWeights:
-    """The tiles' blend weights on one device, and their sum over the output frame.
+    """The tiles' blend weights on one device: for complementary tiles each tile's axis weights,
+    otherwise each tile's weight map and their sum over the output frame (`total`).
 
     Computed once per frame size and shared by the blenders of every batch or chunk.
     """
@@ -173,15 +194,31 @@ class BlendWeights:
     def __init__(self, tiles: Sequence[Tile], device: torch.device | str, scale: int = 1):
         self.tiles = list(tiles)
         self.scale = scale
+        self.device = torch.device(device)
         self.height = max(tile.rows.keep_stop for tile in self.tiles) * scale
         self.width = max(tile.cols.keep_stop for tile in self.tiles) * scale
+        self.complementary = all(tile.complementary for tile in self.tiles)
+        self.axes: dict[Tile, tuple[torch.Tensor, torch.Tensor]] = {}
         self.maps: dict[Tile, torch.Tensor] = {}
         self.total: torch.Tensor | None = None
-        if len(self.tiles) > 1:
-            self.total = torch.zeros(self.height, self.width, device=device)
+        if len(self.tiles) == 1:
+            return
+        if self.complementary:
             for tile in self.tiles:
-                self.maps[tile] = tile.weights(scale).to(device)
-                self.total[self.kept(tile)] += self.maps[tile]
+                rows, cols = tile.axis_weights(scale)
+                self.axes[tile] = (rows.to(self.device), cols.to(self.device))
+            return
+        self.total = torch.zeros(self.height, self.width, device=self.device)
+        for tile in self.tiles:
+            self.maps[tile] = tile.weights(scale).to(self.device)
+            self.total[self.kept(tile)] += self.maps[tile]
+
+    def weight(self, tile: Tile) -> torch.Tensor:
+        """`tile`'s [h, w] weights on the device (`Tile.weights`)."""
+        if self.complementary:
+            rows, cols = self.axes[tile]
+            return rows[:, None] * cols[None, :]
+        return self.maps[tile]
 
     def kept(self, tile: Tile) -> tuple[slice, slice]:
         """The output rows and columns that `tile` contributes to."""
@@ -192,13 +229,14 @@ class BlendWeights:
 
 class TileBlender:
     """Accumulates tiles' outputs [N, C, h, w] into whole frames [N, C, H, W], weighted by
-    their `BlendWeights` and divided by the weights' sum. One tile passes through as float."""
+    their `BlendWeights` (and divided by the weights' sum unless they are complementary).
+    One tile passes through as float."""
 
     def __init__(self, weights: BlendWeights, frames: int, channels: int):
         self.weights = weights
         self.single = len(weights.tiles) == 1
         self.sum = None if self.single else torch.zeros(frames, channels, weights.height, weights.width,
-                                                        device=weights.total.device)
+                                                        device=weights.device)
         self.result: torch.Tensor | None = None
 
     def add(self, tile: Tile, output: torch.Tensor) -> None:
@@ -210,7 +248,7 @@ class TileBlender:
         rows, cols = tile.rows, tile.cols
         part = output[..., (rows.keep_start - rows.start) * scale:(rows.keep_stop - rows.start) * scale,
                       (cols.keep_start - cols.start) * scale:(cols.keep_stop - cols.start) * scale]
-        weight = self.weights.maps[tile].to(part.device)
+        weight = self.weights.weight(tile).to(part.device)
         rows_out, cols_out = self.weights.kept(tile)
         self.sum[:, :, rows_out, cols_out] += part.float() * weight
 
@@ -218,6 +256,8 @@ class TileBlender:
         """The blended frames (float32)."""
         if self.single:
             return self.result
+        if self.weights.total is None:
+            return self.sum
         return self.sum / self.weights.total.clamp_min(1e-12)
 
 

@@ -58,19 +58,23 @@ def test_overlapping_spans_are_equal_aligned_windows_that_overlap_enough():
 RRDB_X2 = RealESRGANModel(RRDBNet(num_feat=8, num_block=1, num_grow_ch=8, scale=2), "RRDBNet", 2, "x2")
 
 
-@pytest.mark.parametrize("tiles,scale,partition", [
-    (plan_tiles(640, 896, tile_size=384, overlap=128), 1, True),
-    (plan_tiles(384, 1152, tile_size=256, overlap=128), 1, True),
-    (network_tiles(RRDB_X2, 48, 64, 20, 12), 2, True),
+@pytest.mark.parametrize("tiles,scale,partition,complementary", [
+    (plan_tiles(640, 896, tile_size=384, overlap=128), 1, True, False),
+    (plan_tiles(384, 1152, tile_size=256, overlap=128), 1, True, False),
+    (network_tiles(RRDB_X2, 48, 64, 20, 12), 2, True, True),
     # Windows 0 and 2 overlap too: their cross-fades meet, and the blend divides by the weights' sum.
-    (plan_tiles(128, 2688, tile_size=1280, overlap=640), 1, False),
+    (plan_tiles(128, 2688, tile_size=1280, overlap=640), 1, False, False),
 ])
-def test_blend_weights_sum_to_one_and_agreeing_tiles_blend_back_to_the_whole(tiles, scale, partition):
+def test_blend_weights_sum_to_one_and_agreeing_tiles_blend_back_to_the_whole(tiles, scale, partition,
+                                                                             complementary):
     assert len(tiles) > 2
     total = weight_sum(tiles, scale)
     assert torch.allclose(total, torch.ones_like(total), atol=1e-6) == partition
     assert float(total.min()) > 0
     weights = tiling.BlendWeights(tiles, "cpu", scale)
+    # Complementary cross-fades keep only axis weights and need no division by the weights' sum.
+    assert weights.complementary == complementary and (weights.total is None) == complementary
+    assert all(torch.equal(weights.weight(tile), tile.weights(scale)) for tile in tiles)
     frame = torch.rand(2, 3, weights.height // scale, weights.width // scale)
     blender = tiling.TileBlender(weights, 2, 3)
     for tile in tiles:
