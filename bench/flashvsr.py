@@ -165,7 +165,8 @@ def main() -> int:
     parser.add_argument("--sparse-ratio", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 2; 1 in a dry run, "
                         "where tiny layers run fastest on one)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs of 25 frames (9 in a dry run)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs of 25 frames (default 1; "
+                        "none in a dry run)")
     args = parser.parse_args()
     settings = StreamSettings(mode=args.mode, sparse_ratio=args.sparse_ratio)
     stamp = datetime.date.today().isoformat()
@@ -173,6 +174,7 @@ def main() -> int:
               "cuda": torch.version.cuda, "mode": args.mode, "sparse_ratio": args.sparse_ratio, "scale": 2}
 
     args.threads = args.threads or (1 if args.dry_run else 2)
+    args.warmup = (0 if args.dry_run else 1) if args.warmup is None else args.warmup
     if not args.gpu and not args.dry_run:
         torch.set_num_threads(args.threads)
         frames = args.frames or 25

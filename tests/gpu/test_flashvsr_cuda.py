@@ -39,20 +39,6 @@ def exact_fp32(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
-@pytest.mark.parametrize("case", sorted(FIXTURE_CASES))
-def test_flex_equals_sdpa_through_the_fixture_sized_pipeline(exact_fp32, bench, case):
-    (height, width), scale, count, settings = FIXTURE_CASES[case]
-    models = bench.random_models(bench.TINY, torch.float32, torch.device("cuda"))
-    frames = torch.cat(list(bench.moving_frames(count, height, width)))
-    outputs = {}
-    for backend in ("sdpa", "flex"):
-        pipeline = FlashVSRPipeline.from_models(models, backend)
-        outputs[backend] = torch.cat(list(pipeline.upscale(iter([frames]), scale, settings)))
-    assert outputs["flex"].shape == outputs["sdpa"].shape == (count, height * scale, width * scale, 3)
-    difference = float((outputs["flex"] - outputs["sdpa"]).abs().max())
-    assert difference <= FIXTURE_ATOL, f"case {case}: flex and sdpa differ by {difference:.2e}"
-
-
 def official_chunk(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """q, k, v and block mask of one steady Tiny-Long chunk at 1024x1024 output with Wan 2.1 1.3B
     heads (12 x 128): 64x64 tokens in 8x8 windows per time slice, one query slice over itself and
@@ -111,3 +97,17 @@ def test_official_size_model_upscales_a_33_frame_512x512_clip(bench):
         assert bool(torch.isfinite(chunk).all())
         produced += chunk.shape[0]
     assert produced == 33
+
+
+@pytest.mark.parametrize("case", sorted(FIXTURE_CASES))
+def test_flex_equals_sdpa_through_the_fixture_sized_pipeline(exact_fp32, bench, case):
+    (height, width), scale, count, settings = FIXTURE_CASES[case]
+    models = bench.random_models(bench.TINY, torch.float32, torch.device("cuda"))
+    frames = torch.cat(list(bench.moving_frames(count, height, width)))
+    outputs = {}
+    for backend in ("sdpa", "flex"):
+        pipeline = FlashVSRPipeline.from_models(models, backend)
+        outputs[backend] = torch.cat(list(pipeline.upscale(iter([frames]), scale, settings)))
+    assert outputs["flex"].shape == outputs["sdpa"].shape == (count, height * scale, width * scale, 3)
+    difference = float((outputs["flex"] - outputs["sdpa"]).abs().max())
+    assert difference <= FIXTURE_ATOL, f"case {case}: flex and sdpa differ by {difference:.2e}"
