@@ -29,9 +29,9 @@ def register(subparsers) -> None:
     parser.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: automatic)")
     parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--cpu-backend", choices=("auto", "native", "ncnn", "pytorch", "pytorch-default"),
-                        default="auto", help="Real-ESRGAN in fp32 on the CPU: vsrkit's compiled kernel where a "
-                        "C++ compiler is found, else ncnn when installed (auto), or PyTorch")
+    parser.add_argument("--cpu-backend", choices=("auto", "native", "pytorch"), default="auto",
+                        help="Real-ESRGAN in fp32 on the CPU: vsrkit's native kernel where a C++ compiler is "
+                        "found, else PyTorch (auto); or insist on one of them")
     parser.add_argument("--deinterlace", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--denoise", choices=("none", "light", "medium", "strong"), default="none")
     parser.add_argument("--codec", default="auto", help="output codec: auto (default: the source's codec family, "
@@ -58,13 +58,16 @@ class MegabyteProgress(ConsoleProgress):
 
 
 def realesrgan_stage(clip, args: argparse.Namespace):
-    """Resolve the model (default realesr-animevideov3 at --scale), say which one and where it came
-    from, and return the lazily upscaled clip."""
+    """Resolve the model (default realesr-animevideov3 at --scale), say which one, what runs it and
+    where it came from, and return the lazily upscaled clip."""
     import torch
 
     from ..engines.errors import InputError
-    from ..engines.realesrgan.inference import default_device
-    from ..engines.realesrgan.models import DEFAULT_MODEL_FOR_SCALE, load_model, standalone_model_dir
+    from ..engines.realesrgan.backend import choose_backend, describe_backend
+    from ..engines.realesrgan.inference import default_device, resolve_precision
+    from ..engines.realesrgan.loading import load_model
+    from ..engines.realesrgan.official import DEFAULT_MODEL_FOR_SCALE
+    from ..engines.realesrgan.resolve import standalone_model_dir
     from ..engines.realesrgan.upscale import upscale_clip
 
     name = args.model
@@ -80,9 +83,13 @@ def realesrgan_stage(clip, args: argparse.Namespace):
         return ConsoleProgress(total, desc, unit=unit, quiet=args.quiet)
 
     model = load_model(name, [standalone_model_dir()], progress=console)
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = resolve_precision(args.precision, device)
+    backend = choose_backend(model.net, device, dtype, args.cpu_backend)
     if not args.quiet:
-        print(f"model: {model.describe()}\n  source: {model.origin}", file=sys.stderr)
-    if str(args.device or default_device().type).startswith("cuda"):
+        print(f"model: {model.describe()}, {describe_backend(backend, device, dtype)}\n  source: {model.origin}",
+              file=sys.stderr)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=args.device,
                         cpu_backend=args.cpu_backend)

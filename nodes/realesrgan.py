@@ -8,12 +8,8 @@ import torch
 
 from ..engines.clip import Clip
 from ..engines.errors import InputError
-from ..engines.realesrgan.models import (
-    RealESRGANModel,
-    load_model,
-    model_from_upscale_model,
-    official_names,
-)
+from ..engines.realesrgan.loading import RealESRGANModel, load_model, model_from_upscale_model
+from ..engines.realesrgan.official import official_names
 from ..engines.realesrgan.upscale import upscale_clip
 from . import host
 from .common import around_each_pull, device_choices, resolve_device, upscale_outputs

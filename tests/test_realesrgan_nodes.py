@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError, ModelNotFoundError
-from vsrkit.engines.realesrgan.models import load_model, package_models_dir
+from vsrkit.engines.realesrgan.loading import load_model
+from vsrkit.engines.realesrgan.resolve import package_models_dir
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 from vsrkit.nodes.realesrgan import NODE_CLASS_MAPPINGS, RealESRGANLoader, RealESRGANUpscale
 

@@ -184,7 +184,7 @@ COLOR_LOAD, COLOR_MODEL, COLOR_SAVE = ("#223", "#335"), ("#323", "#535"), ("#232
 
 
 def realesrgan_hint(model: str) -> list[dict]:
-    from vsrkit.engines.realesrgan.models import official_model
+    from vsrkit.engines.realesrgan.official import official_model
 
     official = official_model(model)
     return [hint(official.file_name, official.url, "upscale_models")]

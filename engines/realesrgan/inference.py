@@ -18,9 +18,9 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
-from ..cpu_memory import keep_freed_memory
 from ..errors import InputError
-from .models import RealESRGANModel
+from .backend import choose_backend
+from .loading import RealESRGANModel
 
 MIN_TILE = 32
 CPU_BUDGET_BYTES = 1536 * 1024 * 1024
@@ -88,9 +88,9 @@ class TilePlan:
 
 def plan_tiles(model: RealESRGANModel, height: int, width: int, frames: int, dtype: torch.dtype,
                device: torch.device, tile: int = 0, overlap: int | None = None, batch: int | None = None,
-               budget_bytes: int | None = None, cpu_batch: int = 1) -> TilePlan:
+               budget_bytes: int | None = None) -> TilePlan:
     """Pick tile size (0 = whole frame) and batch so one step fits the memory budget; on the CPU the
-    batch is at most `cpu_batch`, the frames the network runs side by side."""
+    batch is one frame."""
     if overlap is None:
         overlap = auto_overlap(model)
     if budget_bytes is None:
@@ -106,7 +106,7 @@ def plan_tiles(model: RealESRGANModel, height: int, width: int, frames: int, dty
             fit = max(1, budget_bytes // max(1, frame_cost))
             # On the CPU a batch that one network call works through as a whole only adds memory
             # traffic (measured 2x slower per frame at 3).
-            most = MAX_BATCH if device.type == "cuda" else cpu_batch
+            most = MAX_BATCH if device.type == "cuda" else 1
             return TilePlan(0, overlap, batch or int(min(most, fit, max(1, frames))))
         side = int(math.sqrt(budget_bytes / per_pixel)) - 2 * overlap
         tile = max(MIN_TILE, side // 16 * 16)
@@ -225,8 +225,8 @@ class Upscaler:
         self.batch = batch
         self.budget_bytes = budget_bytes
         self.plan: TilePlan | None = None
-        self.runner = model.runner(self.device, self.dtype, cpu_backend)
-        self.net = model.prepared(self.device, self.dtype, cpu_backend)
+        self.backend = choose_backend(model.net, self.device, self.dtype, cpu_backend)
+        self.net = model.prepared(self.device, self.dtype, self.backend)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return output_size(height, width, self.scale)
@@ -234,8 +234,7 @@ class Upscaler:
     def _plan(self, height: int, width: int, frames: int) -> TilePlan:
         if self.plan is None:
             self.plan = plan_tiles(self.model, height, width, frames, self.dtype, self.device, self.tile,
-                                   self.overlap, self.batch, self.budget_bytes,
-                                   getattr(self.net, "frames_in_parallel", 1))
+                                   self.overlap, self.batch, self.budget_bytes)
         return self.plan
 
     def _shrink(self, height: int, width: int) -> None:
@@ -257,8 +256,8 @@ class Upscaler:
         height, width = frames.shape[-2:]
         out_h, out_w = self.output_size(height, width)
         x = pad_to_multiple(frames.to(self.dtype), self.model.size_multiple)
-        # The PyTorch module is fastest channels-last; ncnn and the tuned network take NCHW.
-        x = x.contiguous(memory_format=torch.channels_last) if self.runner == "module" else x.contiguous()
+        # The PyTorch module is fastest channels-last; the native kernel takes NCHW.
+        x = x.contiguous(memory_format=torch.channels_last if self.backend == "pytorch" else torch.contiguous_format)
         plan = self._plan(height, width, frames.shape[0])
         while True:
             try:
@@ -295,9 +294,8 @@ class Upscaler:
         """Upscale a stream of [B, H, W, C] batches; on CUDA the next batch's upload and the previous
         batch's download overlap the current batch's compute."""
         if self.device.type != "cuda":
-            with keep_freed_memory():
-                for frames in batches:
-                    yield self._finish(self._compute(frames.to(self.device)))
+            for frames in batches:
+                yield self._finish(self._compute(frames.to(self.device)))
             return
         copy_stream = torch.cuda.Stream(self.device)
         compute_stream = torch.cuda.current_stream(self.device)
