@@ -86,7 +86,7 @@ print({JSON_MARK!r} + json.dumps(info))
 IMPORTS = f"""
 import json, torch, numpy, safetensors, av, pytest, vsrkit
 import vsrkit.engines.realesrgan.upscale, vsrkit.engines.flashvsr.upscale
-from vsrkit.engines.realesrgan.models import package_models_dir
+from vsrkit.engines.realesrgan.resolve import package_models_dir
 import os
 print({JSON_MARK!r} + json.dumps({{"vsrkit": os.path.realpath(vsrkit.__file__), "av": av.__version__,
       "ncnn_models": str(package_models_dir())}}))
@@ -353,7 +353,7 @@ def prepare(python_version: str) -> int:
     subprocess.run(command, check=True, timeout=600)
     sys.path.insert(0, str(ROOT.parent))
     try:
-        from vsrkit.engines.realesrgan.models import package_models_dir
+        from vsrkit.engines.realesrgan.resolve import package_models_dir
     except ImportError:
         sys.exit("cannot import vsrkit: run this with the project's environment (pip install -e '.[test]')")
     package = package_models_dir()

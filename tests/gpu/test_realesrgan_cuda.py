@@ -11,7 +11,7 @@ import torch
 from tests.conftest import NETWORKS
 from tests.gpu.helpers import calibrated, well_conditioned
 from vsrkit.engines.realesrgan.inference import Upscaler
-from vsrkit.engines.realesrgan.models import RealESRGANModel
+from vsrkit.engines.realesrgan.loading import RealESRGANModel
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 from vsrkit.engines.video.sample import sample_frame
