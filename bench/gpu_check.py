@@ -62,7 +62,6 @@ BUDGETS_S = {"setup": 45, "probe": 30, "gpu-tests": 170, "realesrgan": 85, "flas
 GPU_TESTS = ("tests/gpu/test_realesrgan_cuda.py", "tests/gpu/test_flashvsr_cuda.py")
 OUTCOME = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 STEPS = tuple(BUDGETS_S)
-NEEDED_MODULES = ("torch", "numpy", "safetensors", "av", "pytest")
 PREPARE_PACKAGES = ("av", "spandrel")
 PREPARE_MODELS = ("realesr-animevideov3-x2", "realesr-animevideov3-x4")
 JSON_MARK = "GPU_CHECK_JSON "
@@ -155,9 +154,13 @@ class Check:
             record["returncode"] = process.wait(timeout=timeout)
             status = "ok" if record["returncode"] == 0 else "failed"
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
             status = "timeout"
+        # The step's whole process group goes, also what it left behind (compile workers, say).
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
         reader.join(timeout=10)
         record["seconds"] = round(time.monotonic() - started, 1)
         record["status"] = status
