@@ -62,9 +62,10 @@ def realesrgan_stage(clip, args: argparse.Namespace):
     where it came from, and return the lazily upscaled clip."""
     import torch
 
+    from ..engines.device import resolve_device
     from ..engines.errors import InputError
     from ..engines.realesrgan.backend import choose_backend, describe_backend
-    from ..engines.realesrgan.inference import default_device, resolve_precision
+    from ..engines.realesrgan.inference import network_precision
     from ..engines.realesrgan.loading import load_model
     from ..engines.realesrgan.official import DEFAULT_MODEL_FOR_SCALE
     from ..engines.realesrgan.resolve import standalone_model_dir
@@ -83,15 +84,15 @@ def realesrgan_stage(clip, args: argparse.Namespace):
         return ConsoleProgress(total, desc, unit=unit, quiet=args.quiet)
 
     model = load_model(name, [standalone_model_dir()], progress=console)
-    device = torch.device(args.device) if args.device else default_device()
-    dtype = resolve_precision(args.precision, device)
+    device = resolve_device(args.device)
+    dtype = network_precision(args.precision, device)
     backend = choose_backend(model.net, device, dtype, args.cpu_backend)
     if not args.quiet:
         print(f"model: {model.describe()}, {describe_backend(backend, device, dtype)}\n  source: {model.origin}",
               file=sys.stderr)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=args.device,
+    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=device,
                         cpu_backend=args.cpu_backend)
 
 
@@ -101,12 +102,13 @@ def flashvsr_stage(clip, args: argparse.Namespace):
     from ..engines.flashvsr.loader import default_model_dirs, load_flashvsr
     from ..engines.flashvsr.pipeline import SIZE_MULTIPLE
     from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, upscale_clip
+    from ..engines.tiling import round_up
 
     folders = [args.model_dir] if args.model_dir else default_model_dirs()
     models = load_flashvsr(folders, version=args.flashvsr_version, dtype=args.precision or "auto",
                            device=args.device)
     tile = int(args.tile or 0)
-    tile = -(-tile // SIZE_MULTIPLE) * SIZE_MULTIPLE if tile > 0 else 0
+    tile = round_up(tile, SIZE_MULTIPLE) if tile > 0 else 0
     return upscale_clip(clip, models, scale=int(args.scale), tile_size=tile,
                         tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP)
 

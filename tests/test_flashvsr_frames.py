@@ -14,23 +14,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.flashvsr_stages import PipelineRecorder
 from vsrkit.cli.upscale import flashvsr_stage
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError
+from vsrkit.engines.flashvsr.chunks import chunk_count, pad_index, padded_frame_count, plan_chunk
 from vsrkit.engines.flashvsr.loader import FlashVSRModels
 from vsrkit.engines.flashvsr.lq_proj import CausalLQProjector
-from vsrkit.engines.flashvsr.pipeline import (
-    FlashVSRPipeline,
-    StreamSettings,
-    chunk_count,
-    pad_index,
-    pad_to,
-    padded_frame_count,
-    plan_chunk,
-)
+from vsrkit.engines.flashvsr.pipeline import FlashVSRPipeline, StreamSettings
 from vsrkit.engines.flashvsr.tcdecoder import TCDecoder
 from vsrkit.engines.flashvsr.upscale import upscale_clip
 from vsrkit.engines.flashvsr.wan_dit import WanDiT
+from vsrkit.engines.tiling import pad_to
 
 FRAME_COUNTS = [1, 2, 7, 20, 21, 24, 25, 29, 33, 40, 100]
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr" / "fixture"
@@ -101,25 +96,16 @@ def test_chunk_plan_matches_the_reference_plan():
 
 @pytest.mark.parametrize("mode", ["tiny-long", "tiny"])
 @pytest.mark.parametrize("frames", [1, 21, 22, 30, 41])
-def test_stream_runs_the_planned_chunks_on_the_padded_clip(pipeline, monkeypatch, mode, frames):
+def test_stream_runs_the_planned_chunks_on_the_padded_clip(pipeline, mode, frames):
     """A real stream (input in chunks of 5, its end found late) runs chunk_count(N) chunks, and
     the model sees exactly the clip padded per pad_index: padded_frame_count(N) frames."""
     lq = (torch.arange(frames, dtype=torch.float32) / 100).reshape(frames, 1, 1, 1).expand(frames, 3, 128, 128)
-    chunks_run: list[int] = []
-    seen: list[torch.Tensor] = []
-    denoise = pipeline._denoise
-
-    def counting(stream, plan, lq_frames, warm_up, noise_chunk, trace):
-        chunks_run.append(plan.index)
-        seen.extend(frames for frames in (warm_up, lq_frames) if frames is not None)
-        return denoise(stream, plan, lq_frames, warm_up, noise_chunk, trace)
-
-    monkeypatch.setattr(pipeline, "_denoise", counting)
     source = [lq[i:i + 5] for i in range(0, frames, 5)]
-    out = torch.cat(list(pipeline.stream(source, settings=StreamSettings(mode=mode, color_fix="none"))))
+    with PipelineRecorder(pipeline) as recorder:
+        out = torch.cat(list(pipeline.stream(source, settings=StreamSettings(mode=mode, color_fix="none"))))
     assert out.shape == (frames, 3, 128, 128)
-    assert chunks_run == list(range(chunk_count(frames)))
-    model_frames = torch.cat(seen)[:, 0, 0, 0]
+    assert recorder.latent_starts == [plan_chunk(index).latent_start for index in range(chunk_count(frames))]
+    model_frames = torch.cat(recorder.projector_frames)
     assert model_frames.shape[0] == padded_frame_count(frames)
     assert torch.equal(model_frames, torch.tensor(pad_index(frames), dtype=torch.float32) / 100)
 
@@ -150,9 +136,9 @@ def test_output_size_is_exactly_scale_times_input(pipeline, height, width, scale
 def test_padding_is_cropped_back_from_the_top_left(pipeline):
     """The model sees the frame padded on the bottom and right; the output is the top-left crop."""
     lq = torch.rand(25, 3, 128, 256) * 2 - 1
-    trace: dict = {}
-    out = torch.cat(list(pipeline.stream([lq], (80, 144), StreamSettings(color_fix="none"), trace=trace)))
-    padded = torch.cat(trace["video_pre_colorfix"])
+    with PipelineRecorder(pipeline) as recorder:
+        out = torch.cat(list(pipeline.stream([lq], (80, 144), StreamSettings(color_fix="none"))))
+    padded = torch.cat(recorder.stages["video_pre_colorfix"])
     assert padded.shape == (21 + 8, 3, 128, 256) and out.shape == (25, 3, 80, 144)
     assert torch.equal(out, padded[:25, :, :80, :144])
 
