@@ -65,6 +65,8 @@ STEPS = tuple(BUDGETS_S)
 PREPARE_PACKAGES = ("av", "spandrel")
 PREPARE_MODELS = ("realesr-animevideov3-x2", "realesr-animevideov3-x4")
 JSON_MARK = "GPU_CHECK_JSON "
+# fp16 vsrkit against the ComfyUI-core way (fp32) in frames/s: issue 16's target.
+SPEEDUP_TARGET = 2.0
 
 PROBE = f"""
 import json, platform, shutil, subprocess, torch
@@ -285,9 +287,10 @@ def summarise(report: dict) -> dict:
     for config, entry in ((report.get("realesrgan") or {}).get("configs") or {}).items():
         methods = entry.get("methods", {})
         vsrkit, core = methods.get("vsrkit", {}), methods.get("core", {})
+        speedup = entry.get("compare", {}).get("core", {}).get("vsrkit_speedup")
         summary.setdefault("realesrgan", {})[config] = {
-            "vsrkit_fps": vsrkit.get("fps"), "core_fps": core.get("fps"),
-            "speedup_vs_core": entry.get("compare", {}).get("core", {}).get("vsrkit_speedup"),
+            "vsrkit_fps": vsrkit.get("fps"), "core_fps": core.get("fps"), "speedup_vs_core": speedup,
+            "target_speedup": SPEEDUP_TARGET, "meets_target": None if speedup is None else speedup >= SPEEDUP_TARGET,
             "psnr_vs_core_db": entry.get("compare", {}).get("core", {}).get("psnr_db"),
             "vsrkit_peak_gpu_mib": vsrkit.get("peak_gpu_mib")}
     for case, entry in ((report.get("flashvsr") or {}).get("cases") or {}).items():

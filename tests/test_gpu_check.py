@@ -95,7 +95,8 @@ def test_dry_run_reports_every_realesrgan_figure(dry_run):
         if core["status"] == "ok":
             assert {"max_levels", "psnr_db", "vsrkit_speedup"} <= config["compare"]["core"].keys()
     for entry in report["summary"]["realesrgan"].values():
-        assert {"vsrkit_fps", "core_fps", "speedup_vs_core", "psnr_vs_core_db", "vsrkit_peak_gpu_mib"} <= entry.keys()
+        assert {"vsrkit_fps", "core_fps", "speedup_vs_core", "target_speedup", "meets_target", "psnr_vs_core_db",
+                "vsrkit_peak_gpu_mib"} <= entry.keys()
 
 
 def test_dry_run_reports_every_flashvsr_figure(dry_run):
