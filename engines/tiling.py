@@ -260,3 +260,10 @@ def smaller_tile(tile: int, frame_side: int, minimum: int, multiple: int = 1) ->
     current = tile if 0 < tile < frame_side else frame_side
     smaller = max(minimum, current // 2 // multiple * multiple)
     return smaller if smaller < current else None
+
+
+def free_cached_memory(device: torch.device) -> None:
+    """Return the caching allocator's unused blocks on `device` to the driver (after an out-of-memory
+    error, before retrying smaller)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

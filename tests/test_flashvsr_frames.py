@@ -172,6 +172,48 @@ def test_tiled_run_keeps_frames_and_size(pipeline, models):
     assert torch.equal(upscale(parked, frames, scale=2, tile_size=128, tile_overlap=64), tiled)
 
 
+def out_of_memory_above(pipeline, monkeypatch, latent_pixels: int, from_chunk: int = 0) -> list[tuple[int, int]]:
+    """Make the DiT step run out of memory (CUDA's error) on more than `latent_pixels` latent pixels,
+    from the chunk whose first latent is `from_chunk`'s on; returns the latent sizes it was asked for."""
+    sizes: list[tuple[int, int]] = []
+    step = pipeline.dit.forward_chunk
+
+    def limited(latents, lq_tokens, caches, first_frame, context):
+        sizes.append(tuple(latents.shape[-2:]))
+        if first_frame >= plan_chunk(from_chunk).latent_start and latents.shape[-2] * latents.shape[-1] > latent_pixels:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return step(latents, lq_tokens, caches, first_frame, context)
+
+    monkeypatch.setattr(pipeline.dit, "forward_chunk", limited)
+    return sizes
+
+
+def test_out_of_memory_in_the_first_chunk_retries_on_smaller_tiles(pipeline, monkeypatch, caplog):
+    frames = frames_with_levels(1, 64, 64)
+    explicit = upscale(pipeline, frames, scale=4, tile_size=128, tile_overlap=64)
+    sizes = out_of_memory_above(pipeline, monkeypatch, 16 * 16)
+    shrunk = upscale(pipeline, frames, scale=4, tile_overlap=64)
+    assert sizes[0] == (32, 32) and set(sizes[1:]) == {(16, 16)} and len(sizes) == 1 + 9
+    assert torch.equal(shrunk, explicit)
+    assert "ran out of memory on whole frames; continuing with 128 px tiles" in caplog.text
+
+
+def test_out_of_memory_that_smaller_tiles_cannot_fix_is_raised(pipeline, monkeypatch):
+    frames = frames_with_levels(22, 16, 16)
+    sizes = out_of_memory_above(pipeline, monkeypatch, 8 * 8)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        upscale(pipeline, frames, tile_overlap=64)
+    assert sizes == [(16, 16)], "a 128 px frame has no smaller tiles"
+
+
+def test_out_of_memory_after_the_first_chunk_is_raised(pipeline, monkeypatch):
+    """Past the first chunk, frames have gone out: the error is raised, not retried on other tiles."""
+    sizes = out_of_memory_above(pipeline, monkeypatch, 8 * 8, from_chunk=1)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        upscale(pipeline, frames_with_levels(22, 64, 64), scale=4, tile_overlap=64)
+    assert sizes == [(32, 32), (32, 32)]
+
+
 def test_seed_fixes_the_noise(pipeline):
     frames = frames_with_levels(2, 12, 20)
     first = upscale(pipeline, frames, seed=3, color_fix="none")

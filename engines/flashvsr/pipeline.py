@@ -10,13 +10,15 @@ decodes and colour-fixes each chunk as it is produced, so memory stays bounded: 
 self-attention cache holds at most a few time slices, and only the ~12 input frames a
 chunk needs are kept. Both give the same frames. Large frames can be processed in
 overlapping spatial tiles, each a separate stream (`streams.TileStream`), blended with
-feathered weights (`engines.tiling`).
+feathered weights (`engines.tiling`); a first chunk that runs out of memory starts over on
+smaller tiles, which the rest of the stream keeps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -24,7 +26,18 @@ import torch
 
 from ..errors import InputError
 from ..progress import Progress
-from ..tiling import BlendWeights, Tile, TileBlender, grid, overlapping_spans, pad_to, round_up
+from ..tiling import (
+    BlendWeights,
+    Tile,
+    TileBlender,
+    free_cached_memory,
+    grid,
+    is_out_of_memory,
+    overlapping_spans,
+    pad_to,
+    round_up,
+    smaller_tile,
+)
 from .bicubic import bicubic_resize
 from .chunks import ChunkPlan, FrameWindow, chunk_count, plan_chunk
 from .colorfix import METHODS as COLOR_FIX_METHODS
@@ -39,6 +52,7 @@ from .wan_dit import StreamContext, WanDiT
 SIZE_MULTIPLE = 128
 TILE_ALIGN = 16
 MODES = ("tiny", "tiny-long")
+logger = logging.getLogger(__name__)
 
 
 def model_size(height: int, width: int) -> tuple[int, int]:
@@ -114,13 +128,15 @@ class _ChunkInputs:
 
 @dataclasses.dataclass
 class _Run:
-    """What stays fixed during one `FlashVSRPipeline.stream` call."""
+    """One `FlashVSRPipeline.stream` call: its settings, the padded frame size, the content size
+    to crop to, and one stream per tile with the tiles' blend weights (`FlashVSRPipeline._tile`)."""
 
     settings: StreamSettings
+    size: tuple[int, int]
     content: tuple[int, int]
-    streams: list[TileStream]
-    weights: BlendWeights
     progress: Progress | None
+    streams: list[TileStream] = dataclasses.field(default_factory=list)
+    weights: BlendWeights | None = None
 
 
 class FlashVSRPipeline:
@@ -202,9 +218,7 @@ class FlashVSRPipeline:
         if padded_h % SIZE_MULTIPLE or padded_w % SIZE_MULTIPLE:
             raise ValueError(f"model-size frames must be multiples of {SIZE_MULTIPLE}, got {padded_w}x{padded_h}")
         noise = noise or SeededNoise(settings.seed, self.dit.in_dim)
-        tiles = plan_tiles(padded_h, padded_w, settings.tile_size, settings.tile_overlap)
-        run = _Run(settings, content_size or (padded_h, padded_w), self._open_streams(tiles, settings),
-                   BlendWeights(tiles, self.device), progress)
+        run = _Run(settings, (padded_h, padded_w), content_size or (padded_h, padded_w), progress)
         tiny = settings.mode == "tiny"
         kept_lq: list[torch.Tensor] = []
         emitted = 0
@@ -220,19 +234,12 @@ class FlashVSRPipeline:
             inputs = _ChunkInputs(window.get(plan.lq_start, plan.lq_stop), window.get(0, 1) if index == 0 else None,
                                   window.get(plan.output_start, plan.output_stop),
                                   noise(plan.latent_start, plan.latent_count, padded_h // 8, padded_w // 8))
-            blender = None if tiny else TileBlender(run.weights, inputs.cond.shape[0], 3)
-            for stream in run.streams:
-                stream.unpark(self.device)
-                self._denoise(stream, plan, inputs)
-                if blender is not None:
-                    self._decode(stream, inputs.cond, blender)
-                stream.park()
+            frames = self._first_chunk(run, plan, inputs) if index == 0 else self._chunk(run, plan, inputs)
             window.release_before(plan.output_stop)
-            if blender is None:
+            if frames is None:
                 kept_lq.append(inputs.cond)
                 continue
             # Reading this chunk's look-ahead settled whether the clip ends inside its outputs.
-            frames = blender.frames()
             keep = frames.shape[0] if window.total is None else min(frames.shape[0], window.total - emitted)
             yield from self._finish(frames, inputs.cond, keep, run)
             emitted += keep
@@ -245,6 +252,46 @@ class FlashVSRPipeline:
                 self._decode(stream, cond, blender)
                 stream.park()
             yield from self._finish(blender.frames(), cond, window.total, run)
+
+    def _first_chunk(self, run: _Run, plan: ChunkPlan, inputs: _ChunkInputs) -> torch.Tensor | None:
+        """Chunk 0 on the tiles of `settings.tile_size`; out of memory, on ever smaller tiles
+        (`tiling.smaller_tile`), which the rest of the stream keeps. Later chunks need less memory."""
+        settings = run.settings
+        tile_size = settings.tile_size
+        minimum = max(SIZE_MULTIPLE, round_up(2 * settings.tile_overlap, SIZE_MULTIPLE))
+        while True:
+            self._tile(run, tile_size)
+            try:
+                return self._chunk(run, plan, inputs)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                smaller = smaller_tile(tile_size, max(run.size), minimum, SIZE_MULTIPLE)
+                if smaller is None:
+                    raise
+            run.streams, run.weights = [], None
+            free_cached_memory(self.device)
+            logger.warning("FlashVSR ran out of memory on %s; continuing with %d px tiles",
+                           f"{tile_size} px tiles" if tile_size else "whole frames", smaller)
+            tile_size = smaller
+
+    def _chunk(self, run: _Run, plan: ChunkPlan, inputs: _ChunkInputs) -> torch.Tensor | None:
+        """One chunk on every tile; the blended frames [T, 3, H, W], or None in Tiny mode (which
+        decodes at the end)."""
+        blender = None if run.settings.mode == "tiny" else TileBlender(run.weights, inputs.cond.shape[0], 3)
+        for stream in run.streams:
+            stream.unpark(self.device)
+            self._denoise(stream, plan, inputs)
+            if blender is not None:
+                self._decode(stream, inputs.cond, blender)
+            stream.park()
+        return None if blender is None else blender.frames()
+
+    def _tile(self, run: _Run, tile_size: int) -> None:
+        """Open one stream per tile of `tile_size` (0: the whole frame) for `run`."""
+        tiles = plan_tiles(*run.size, tile_size, run.settings.tile_overlap)
+        run.streams = self._open_streams(tiles, run.settings)
+        run.weights = BlendWeights(tiles, self.device)
 
     def _open_streams(self, tiles: list[Tile], settings: StreamSettings) -> list[TileStream]:
         """One stream per tile; idle tiles wait in RAM when there are several on an accelerator."""

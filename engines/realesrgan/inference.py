@@ -25,6 +25,7 @@ from ..tiling import (
     Tile,
     TileBlender,
     core_spans,
+    free_cached_memory,
     grid,
     is_out_of_memory,
     pad_to_multiple,
@@ -225,8 +226,7 @@ class Upscaler:
                 if not is_out_of_memory(exc):
                     raise
                 pieces = []
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                free_cached_memory(self.device)
                 self._shrink(height, width)
         y = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         s = self.model.net_scale
