@@ -157,19 +157,18 @@ def test_cli_help_runs():
 
 
 def test_package_data_ships_the_files_read_at_run_time():
-    """A non-editable install must carry the kernel source and the example workflows."""
-    from fnmatch import fnmatch
-
+    """A non-editable install must carry the kernel source, the example workflows (UI, API, thumbnails)."""
     from vsrkit.engines.realesrgan.native_runtime import KERNEL_SOURCE
 
     tomllib = pytest.importorskip("tomllib")
     config = tomllib.loads((PACKAGE_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = config["tool"]["setuptools"]["package-data"][PACKAGE]
-    needed = [KERNEL_SOURCE, *sorted((PACKAGE_ROOT / "workflows").glob("*.json"))]
-    assert len(needed) > 1
+    shipped = {path.resolve() for pattern in patterns for path in PACKAGE_ROOT.glob(pattern)}  # as setuptools does
+    workflows = PACKAGE_ROOT / "workflows"
+    needed = [KERNEL_SOURCE, *sorted(workflows.rglob("*.json")), *sorted(workflows.glob("*.jpg"))]
+    assert any(p.parent.name == "api" for p in needed) and any(p.suffix == ".jpg" for p in needed)
     for path in needed:
-        relative = path.resolve().relative_to(PACKAGE_ROOT).as_posix()
-        assert any(fnmatch(relative, pattern) for pattern in patterns), f"{relative} is not in package-data"
+        assert path.resolve() in shipped, f"{path.resolve().relative_to(PACKAGE_ROOT)} is not in package-data"
 
 
 # What `engines/` keeps at its top: what every engine and the video package share.
