@@ -137,8 +137,9 @@ def test_cpu_backend_option_picks_the_path_and_the_results_agree(tmp_path, offli
 
 def test_every_cpu_backend_is_accepted_and_reaches_the_engine(monkeypatch):
     from vsrkit.cli import build_parser
-    from vsrkit.cli.upscale import realesrgan_stage
+    from vsrkit.cli.upscale import chain_settings
     from vsrkit.engines.clip import Clip
+    from vsrkit.engines.cluster.chain import build_chain, load_engine
     from vsrkit.engines.realesrgan import models, upscale
     from vsrkit.engines.realesrgan.models import CPU_BACKENDS, RealESRGANModel
     from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
@@ -150,5 +151,6 @@ def test_every_cpu_backend_is_accepted_and_reaches_the_engine(monkeypatch):
     clip = Clip.from_tensor(torch.rand(1, 8, 8, 3), fps=1)
     for backend in CPU_BACKENDS:
         args = build_parser().parse_args(["upscale", "in.mp4", "-o", "out.mp4", "--quiet", "--cpu-backend", backend])
-        realesrgan_stage(clip, args)
+        settings = chain_settings(args)
+        build_chain(clip, settings, load_engine(settings))
     assert received == list(CPU_BACKENDS)

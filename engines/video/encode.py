@@ -144,6 +144,11 @@ def output_path_for(path: str | os.PathLike, codec: str) -> Path:
     return target
 
 
+def container_kind(path: Path) -> str:
+    """The container a file name means (mp4, mkv, mov, webm, avi), for a path `output_path_for` accepted."""
+    return _EXTENSIONS[path.suffix.lower().lstrip(".")]
+
+
 def _pix_fmt(name: str, spec: CodecSpec, options: EncodeOptions, info: ClipInfo) -> str:
     if options.pix_fmt:
         supported = [f.name for f in (av.codec.Codec(spec.encoder, "w").video_formats or [])]
