@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (Cancelled, KeyboardInterrupt):
-        print("vsrkit: cancelled; no partial output was left behind", file=sys.stderr)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        # A Cancelled with a message (vsrkit submit) says what happened; else nothing was written.
+        told = str(exc) if isinstance(exc, Cancelled) else ""
+        print(f"vsrkit: {told or 'cancelled; no partial output was left behind'}", file=sys.stderr)
         return 130
     except VsrkitError as exc:
         print(f"vsrkit: error: {exc}", file=sys.stderr)

@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_on_cluster(args: argparse.Namespace, settings) -> int:
-    from ..engines.cluster.run import ClusterOptions, upscale_file
-    from ..engines.video.encode import EncodeOptions, output_path_for
+    from ..engines.cluster.run import ClusterOptions, RunInterrupted, upscale_file
+    from ..engines.video.formats import EncodeOptions
     from ..engines.video.probe import probe
 
     options = ClusterOptions(address=args.cluster, segment_seconds=args.segment_seconds, workers=args.workers,
@@ -42,15 +42,13 @@ def run_on_cluster(args: argparse.Namespace, settings) -> int:
     try:
         result = upscale_file(args.input, args.output, settings, EncodeOptions(codec=args.codec, crf=args.crf),
                               options, progress_factory=bar)
-    except KeyboardInterrupt:
-        final = output_path_for(args.output, args.codec)
-        folder = args.segments_dir or final.with_name(final.name + ".segments")
-        print(f"vsrkit: finished segments are kept in {folder}; run the same command again to resume",
-              file=sys.stderr)
+    except RunInterrupted as stop:
+        print(f"vsrkit: {stop.finished} finished segments are kept in {stop.folder}; run the same command again "
+              "to resume", file=sys.stderr)
         raise
     video = probe(result.output).video
     print(f"segments: {result.segments} ({result.rendered} rendered, {result.reused} reused) "
           f"on {result.workers} workers")
     print(f"{result.frames} frames, {video.width}x{video.height}, {float(video.fps):.3f} fps, "
-          f"{result.seconds:.1f} s -> {result.output}")
+          f"{result.seconds:.1f} s -> {result.output}\n{result.choice.describe()}")
     return 0

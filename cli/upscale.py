@@ -35,7 +35,8 @@ def register(subparsers) -> None:
                         "C++ compiler is found, else ncnn when installed (auto), or PyTorch")
     parser.add_argument("--deinterlace", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--denoise", choices=("none", "light", "medium", "strong"), default="none")
-    parser.add_argument("--codec", default="h264", help="output codec (h264, h265, vp9, prores, ffv1, av1, png)")
+    parser.add_argument("--codec", default="auto", help="output codec: auto (default: the source's codec family, "
+                        "bit depth, chroma and alpha where possible), h264, h265, vp9, prores, ffv1, av1, png")
     parser.add_argument("--crf", type=int, default=None, help="quality for h264/h265/vp9/av1 (lower is better)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     cluster.add_arguments(parser)
@@ -82,7 +83,8 @@ def console_factory(quiet: bool):
 def run(args: argparse.Namespace) -> int:
     from ..engines.cluster.chain import build_chain, load_engine
     from ..engines.video.decode import open_clip
-    from ..engines.video.encode import EncodeOptions, planned_output, save_clip
+    from ..engines.video.encode import planned_output, save_clip
+    from ..engines.video.formats import EncodeOptions, choose_format
 
     if args.cluster:
         from .cluster import run_on_cluster
@@ -97,10 +99,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"model: {engine.description}\n  source: {engine.origin}", file=sys.stderr)
     clip = build_chain(clip, settings, engine)
     options = EncodeOptions(codec=args.codec, crf=args.crf)
+    choice = choose_format(clip.info, options, args.output)
     with ConsoleProgress(clip.info.frame_count, "upscale", quiet=args.quiet) as progress:
-        out = save_clip(clip, args.output, options, progress=progress)
+        out = save_clip(clip, args.output, choice.encode_options(options), progress=progress)
     elapsed = time.monotonic() - started
     info = clip.info
     print(f"{info.frame_count} frames, {info.width}x{info.height}, {float(info.fps):.3f} fps, "
-          f"{elapsed:.1f} s -> {out}")
+          f"{elapsed:.1f} s -> {out}\n{choice.describe()}")
     return 0

@@ -390,43 +390,55 @@ def _check_widgets(where: str, node: Mapping, definition: Mapping) -> list[str]:
     return problems
 
 
-def check_api_workflow(prompt: Any, definitions: Mapping[str, Mapping]) -> list[str]:
-    """Problems ComfyUI's prompt validation would report for an API-format prompt (offline)."""
+def check_api_workflow(prompt: Any, definitions: Mapping[str, Mapping], host: str = "") -> list[str]:
+    """Problems ComfyUI's prompt validation would report for an API-format prompt (offline).
+
+    It checks only what the prompt relies on (the inputs it sets, the outputs it links, the
+    inputs a node requires), so it also tells whether a workflow fits another ComfyUI version: a
+    host that added an optional input or an output passes. `host` ("ComfyUI 0.3.64") names whose
+    definitions these are in every message.
+    """
     if not is_api_format(prompt):
         return ["not an API-format prompt ({node_id: {class_type, inputs}})"]
+    on = f" on {host}" if host else ""
     problems = []
     for node_id, node in prompt.items():
-        where = f"node {node_id} ({node['class_type']})"
-        definition = definitions.get(node["class_type"])
+        class_type = node["class_type"]
+        where = f"node {node_id} ({class_type})"
+        definition = definitions.get(class_type)
         if definition is None:
-            problems.append(f"{where}: no such node type")
+            problems.append(f"{where}: no such node type{on}")
             continue
         specs = {name: (spec, required) for name, spec, required in ordered_inputs(definition)}
         for name, value in node.get("inputs", {}).items():
             if name not in specs:
-                problems.append(f"{where}: unknown input {name!r}")
+                problems.append(f"{where}: sets input {name!r}, which {class_type}{on} does not have")
                 continue
             spec, _ = specs[name]
+            kind = input_kind(spec)
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
                 source = prompt.get(value[0])
                 if source is None:
-                    problems.append(f"{where}: {name} comes from missing node {value[0]}")
+                    problems.append(f"{where}: input {name!r} comes from missing node {value[0]}")
                     continue
                 source_def = definitions.get(source["class_type"])
                 if source_def is None:
                     continue
                 outputs = source_def.get("output", [])
-                if not 0 <= value[1] < len(outputs):
-                    problems.append(f"{where}: {name} uses missing output {value[1]} of node {value[0]}")
-                elif not types_compatible(input_kind([outputs[value[1]]]), input_kind(spec)):
-                    problems.append(f"{where}: {name} ({input_kind(spec)}) fed {input_kind([outputs[value[1]]])}")
+                link = f"output {value[1]} of node {value[0]} ({source['class_type']})"
+                if not isinstance(value[1], int) or not 0 <= value[1] < len(outputs):
+                    problems.append(f"{where}: input {name!r} links {link}, which has {len(outputs)} "
+                                    f"output(s){on}")
+                elif not types_compatible(input_kind([outputs[value[1]]]), kind):
+                    problems.append(f"{where}: input {name!r} takes {kind}{on}, but {link} gives "
+                                    f"{input_kind([outputs[value[1]]])}")
             elif is_widget(spec):
                 problem = check_value(spec, value, model_names={value} if isinstance(value, str) else set())
                 if problem:
-                    problems.append(f"{where}: {name}: {problem}")
+                    problems.append(f"{where}: input {name!r}{on}: {problem}")
             else:
-                problems.append(f"{where}: {name} ({input_kind(spec)}) must be connected")
+                problems.append(f"{where}: input {name!r} ({kind}{on}) must be connected")
         for name, (_spec, required) in specs.items():
             if required and name not in node.get("inputs", {}):
-                problems.append(f"{where}: required input {name!r} is missing")
+                problems.append(f"{where}: required input {name!r} is missing{on}")
     return problems

@@ -19,7 +19,8 @@ import torch
 from vsrkit.engines.clip import AudioTrack, Clip
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.paths import TEMP_MARK
-from vsrkit.engines.video.encode import EncodeOptions, save_clip
+from vsrkit.engines.video.encode import save_clip
+from vsrkit.engines.video.formats import EncodeOptions
 from vsrkit.engines.video.probe import probe
 from vsrkit.engines.video.sample import sample_clip
 

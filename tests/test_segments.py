@@ -17,8 +17,9 @@ from vsrkit.engines.clip import AudioTrack, Clip, Reach
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.paths import TEMP_MARK
 from vsrkit.engines.video.decode import open_clip
-from vsrkit.engines.video.encode import EncodeOptions, save_clip
+from vsrkit.engines.video.encode import save_clip
 from vsrkit.engines.video.filters import filter_chunks, step_reach
+from vsrkit.engines.video.formats import EncodeOptions
 from vsrkit.engines.video.join import join_segments
 from vsrkit.engines.video.preprocess import (
     _deinterlace_steps,

@@ -24,7 +24,8 @@ from ..errors import InputError, VsrkitError
 from ..paths import TEMP_MARK, discard
 from ..progress import Progress
 from ..video.decode import open_clip
-from ..video.encode import EncodeOptions, codec_spec, planned_output
+from ..video.encode import planned_output
+from ..video.formats import EncodeOptions, FormatChoice, choose_format, codec_spec, output_path_for
 from ..video.join import join_segments
 from ..video.probe import check_readable
 from ..video.segments import ChainReach, file_identity, plan_segments, segment_container, segment_name
@@ -68,6 +69,17 @@ class ClusterResult:
     reused: int
     workers: int
     seconds: float
+    choice: FormatChoice
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a cluster run: the workers are stopped, no output was written, and the finished
+    segments are kept in `folder` for a re-run of the same command."""
+
+    def __init__(self, folder: Path, finished: int):
+        super().__init__(f"{finished} finished segments kept in {folder}")
+        self.folder = folder
+        self.finished = finished
 
 
 def settings_key(identity: str, settings: ChainSettings, encode: EncodeOptions) -> str:
@@ -99,24 +111,32 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike, settings: 
     options = options or ClusterOptions()
     if options.workers < 0 or options.worker_cpus < 0:
         raise InputError("workers and worker_cpus must be 0 (automatic) or more")
-    codec = codec_spec(encode.codec)[0]
-    extension = segment_container(codec)
-    final = planned_output(output, encode.codec)
+    if encode.codec.strip().lower() != "auto":
+        segment_container(codec_spec(encode.codec)[0])
+    planned_output(output, encode.codec)
     source = check_readable(input).resolve()
     clip = open_clip(source)
-    if final.resolve() == source:
-        raise InputError(f"output '{final}' is the input file; vsrkit never overwrites its input, choose another name")
     settings = resolved(absolute_paths(settings), clip)
     reach = ChainReach.of(chain_reaches(settings))
-    folder = Path(options.segments_dir or final.with_name(final.name + ".segments")).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
     identity = file_identity(source)
-    plan = RunPlan(str(source), identity, settings, encode, str(folder))
-    key = settings_key(identity, settings, encode)
-    jobs: list[SegmentJob] = []
     with ray_session(options.address) as ray:
         workers = _start_workers(ray, settings, options)
+        folder: Path | None = None
+        jobs: list[SegmentJob] = []
         try:
+            info = _results(ray, [workers[0].chain_info.remote(str(source), settings)])[0]
+            choice = choose_format(info, encode, output)
+            encode = choice.encode_options(encode)
+            final = output_path_for(output, choice.codec)
+            if final.exists():
+                raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)")
+            if final.resolve() == source:
+                raise InputError(f"output '{final}' is the input file; vsrkit never overwrites its input")
+            extension = segment_container(choice.codec)
+            folder = Path(options.segments_dir or final.with_name(final.name + ".segments")).expanduser().resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            plan = RunPlan(str(source), identity, settings, encode, str(folder))
+            key = settings_key(identity, settings, encode)
             cuts: list[int] = []
             segments = plan_segments(clip.info.frame_count, clip.info.fps, options.segment_seconds, cuts, reach)
             jobs = [SegmentJob(i, s, str(folder / segment_name(s, key, extension))) for i, s in enumerate(segments)]
@@ -124,10 +144,16 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike, settings: 
             if len(todo) < len(jobs):
                 log.info("reusing %d finished segments in %s", len(jobs) - len(todo), folder)
             _render(ray, workers, plan, todo, progress_factory)
+        except KeyboardInterrupt as exc:
+            if folder is None:
+                raise
+            finished = sum(Path(job.path).exists() for job in jobs)
+            raise RunInterrupted(folder, finished) from exc
         finally:
             for worker in workers:
                 ray.kill(worker, no_restart=True)
-            _remove_partials(folder, [Path(job.path).name for job in jobs])
+            if folder is not None:
+                _remove_partials(folder, [Path(job.path).name for job in jobs])
     paths = [job.path for job in jobs]
     counts = [job.segment.frames for job in jobs]
     total = sum(counts)
@@ -139,7 +165,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike, settings: 
             discard(Path(path))
         _remove_if_empty(folder)
     return ClusterResult(joined, total, len(jobs), len(todo), len(jobs) - len(todo), len(workers),
-                         time.monotonic() - started)
+                         time.monotonic() - started, choice)
 
 
 def _opened(factory: Callable[[int | None, str], Progress] | None, total: int, desc: str) -> Progress:

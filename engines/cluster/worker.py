@@ -13,11 +13,13 @@ import socket
 import time
 from pathlib import Path
 
+from ..clip import ClipInfo
 from ..errors import InputError
 from ..paths import TEMP_MARK
 from ..progress import Progress
 from ..video.decode import open_clip
-from ..video.encode import EncodeOptions, save_clip
+from ..video.encode import save_clip
+from ..video.formats import EncodeOptions
 from ..video.segments import Segment, file_identity, trim_clip
 from .chain import ChainSettings, build_chain, load_engine
 
@@ -117,6 +119,12 @@ class SegmentWorker:
         if self.error is not None:
             raise self.error
         return f"{socket.gethostname()} pid {os.getpid()}"
+
+    def chain_info(self, input: str, settings: ChainSettings) -> ClipInfo:
+        """What the chain makes of the whole input (size, rate, colour, source format), without running it:
+        the driver chooses the output format from it once for all segments."""
+        self.ready()
+        return build_chain(open_clip(input), settings, self.engine).info
 
     def render(self, plan: RunPlan, job: SegmentJob, tally=None) -> int:
         """Write the segment's file (atomically: temp file and rename) and return its frame count."""

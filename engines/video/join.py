@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..paths import discard, output_taken, partial_path, publish
 from ..progress import Progress
 from .audio import open_audio_writer
-from .encode import container_kind
+from .formats import CONTAINER_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,9 @@ def join_segments(segments: Sequence[str | os.PathLike], frame_counts: Sequence[
         raise output_taken(final)
     if not segments or len(segments) != len(frame_counts):
         raise InputError(f"{len(segments)} segments and {len(frame_counts)} frame counts cannot be joined")
-    kind = container_kind(final)
+    kind = CONTAINER_KINDS.get(final.suffix.lower().lstrip("."))
+    if kind is None:
+        raise InputError(f"a {final.suffix or 'name without extension'} cannot hold video; use .mp4, .mkv, .mov, .webm or .avi")
     total = sum(frame_counts)
     progress = progress or Progress(total, "join")
     temp = partial_path(final)
