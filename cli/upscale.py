@@ -35,6 +35,12 @@ def register(subparsers) -> None:
                         "C++ compiler is found, else ncnn when installed (auto), or PyTorch")
     parser.add_argument("--deinterlace", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--denoise", choices=("none", "light", "medium", "strong"), default="none")
+    parser.add_argument("--stabilize", type=float, default=None, metavar="STRENGTH",
+                        help="temporal stabilisation of the per-frame upscale, 0 (off) to 0.95 (default: "
+                        "on at the measured default for Real-ESRGAN, off for FlashVSR); see docs/temporal.md")
+    parser.add_argument("--scene-threshold", type=float, default=None, metavar="SCORE",
+                        help="scdet score (0-100) that marks a scene cut, where the stabiliser, FlashVSR "
+                        "and temporal denoisers start afresh; 0: never (default 10)")
     parser.add_argument("--codec", default="auto", help="output codec: auto (default: the source's codec family, "
                         "bit depth, chroma and alpha where possible), h264, h265, vp9, prores, ffv1, av1, png")
     parser.add_argument("--crf", type=int, default=None, help="quality for h264/h265/vp9/av1 (lower is better)")
@@ -62,11 +68,14 @@ class MegabyteProgress(ConsoleProgress):
 def chain_settings(args: argparse.Namespace):
     """The chain the options describe; the single-process run and the cluster build it the same way."""
     from ..engines.cluster.chain import ChainSettings
+    from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
 
+    threshold = DEFAULT_SCENE_THRESHOLD if args.scene_threshold is None else args.scene_threshold
     return ChainSettings(engine=args.engine, model=args.model, model_dir=str(args.model_dir) if args.model_dir else None,
                          flashvsr_version=args.flashvsr_version, scale=args.scale, tile=args.tile,
                          precision=args.precision, device=args.device, cpu_backend=args.cpu_backend,
-                         deinterlace=args.deinterlace, denoise=args.denoise)
+                         deinterlace=args.deinterlace, denoise=args.denoise, stabilize=args.stabilize,
+                         scene_threshold=threshold)
 
 
 def console_factory(quiet: bool):

@@ -15,8 +15,11 @@ from ..engines.realesrgan.models import (
     official_names,
 )
 from ..engines.realesrgan.upscale import upscale_clip
+from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
+from ..engines.video.stabilize import DEFAULT_STRENGTH, StabilizeSettings, stabilized_upscale
 from . import host
 from .common import around_each_pull, device_choices, resolve_device, upscale_outputs
+from .temporal import SCENE_TOOLTIP, STRENGTH_TOOLTIP
 from .types import CATEGORY, CLIP, REALESRGAN_MODEL
 
 GPU_WORKING_MEMORY = 2 * 2**30
@@ -112,6 +115,11 @@ class RealESRGANUpscale:
             "optional": {
                 "clip": (CLIP, {"tooltip": "A streaming clip to upscale (connect this or images)."}),
                 "images": ("IMAGE", {"tooltip": "An IMAGE batch to upscale (connect this or clip)."}),
+                "stabilize": ("FLOAT", {"default": DEFAULT_STRENGTH, "min": 0.0, "max": 0.95, "step": 0.05,
+                                        "tooltip": "Temporal stabilisation against the shimmer of per-frame "
+                                                   "upscaling. " + STRENGTH_TOOLTIP}),
+                "scene_threshold": ("FLOAT", {"default": DEFAULT_SCENE_THRESHOLD, "min": 0.0, "max": 100.0,
+                                              "step": 0.5, "tooltip": SCENE_TOOLTIP}),
             },
         }
 
@@ -127,7 +135,8 @@ class RealESRGANUpscale:
 
     def upscale(self, model: Any, scale: str = "auto", tile: str = "auto", overlap: str = "auto",
                 precision: str = "auto", device: str = "auto", clip: Clip | None = None,
-                images: torch.Tensor | None = None):
+                images: torch.Tensor | None = None, stabilize: float = DEFAULT_STRENGTH,
+                scene_threshold: float = DEFAULT_SCENE_THRESHOLD):
         if (clip is None) == (images is None):
             raise InputError("Real-ESRGAN Upscale needs exactly one input: connect either clip or images")
         if not isinstance(model, RealESRGANModel):
@@ -138,11 +147,12 @@ class RealESRGANUpscale:
         precision = _choice(precision, "precision", PRECISION_CHOICES)
         target = resolve_device(device)
         source = clip if clip is not None else Clip.from_tensor(images, fps=24)
-        upscaled = upscale_clip(
-            source, model, scale=None if scale == "auto" else float(scale),
+        settings = StabilizeSettings(strength=float(stabilize), scene_threshold=float(scene_threshold))
+        upscaled = stabilized_upscale(source, lambda frames: upscale_clip(
+            frames, model, scale=None if scale == "auto" else float(scale),
             tile={"auto": 0, "off": -1}[tile] if tile in ("auto", "off") else int(tile),
             overlap=None if overlap == "auto" else int(overlap), precision=precision, device=target,
-            progress_factory=host.progress)
+            progress_factory=host.progress), settings, target)
         if target.type == "cuda":
             # Ask ComfyUI to unload other models before each pull (the clip is lazy).
             upscaled = around_each_pull(upscaled, lambda: host.free_memory(GPU_WORKING_MEMORY, target))

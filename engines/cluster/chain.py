@@ -24,11 +24,16 @@ from ..video.preprocess import (
     denoise_clip,
     denoise_reaches,
 )
+from ..video.scenes import DEFAULT_SCENE_THRESHOLD, SCENE_THRESHOLD
+from ..video.stabilize import DEFAULT_STRENGTH, StabilizeSettings, stabilized_upscale
 
 ENGINES = ("realesrgan", "flashvsr")
-FLASHVSR_REACH = Reach(splits_in_shot=False, name="flashvsr")
-"""FlashVSR carries its attention cache and decoder state through a whole stream and looks ahead
-within its chunks: never split inside a shot."""
+SCDET_FRAMES = 2
+"""scdet scores a frame against the two before it: a stage that restarts at the cuts it finds needs
+them before a segment to find exactly the cuts one pass finds."""
+STABILIZE_LEAD_IN = 24
+"""Frames the stabiliser runs before a segment that starts inside a shot, so the join frame is within
+1/255 mean absolute difference of one pass (measured with bench/cluster.py --lead-in, BENCHMARKS.md)."""
 
 ProgressFactory = Callable[..., Progress]
 
@@ -56,13 +61,23 @@ class ChainSettings:
     parity: str = "auto"
     denoise: str = "none"
     denoise_method: str = DEFAULT_DENOISE_METHOD
+    stabilize: float | None = None
+    """Stabiliser strength (0: off); None: the measured default for Real-ESRGAN, off for FlashVSR."""
+    scene_threshold: float = DEFAULT_SCENE_THRESHOLD
 
     def checked(self) -> ChainSettings:
         if self.engine not in ENGINES:
             raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
             raise InputError(f"scale must be a whole number of 1 or more, got {self.scale!r}")
-        return self
+        return dataclasses.replace(self, scene_threshold=SCENE_THRESHOLD.check(self.scene_threshold, "upscale"))
+
+    def stabilizer(self) -> StabilizeSettings:
+        """The stabiliser's settings: strength as given, or the default for the engine."""
+        strength = self.stabilize
+        if strength is None:
+            strength = DEFAULT_STRENGTH if self.engine == "realesrgan" else 0.0
+        return StabilizeSettings(strength=strength, scene_threshold=self.scene_threshold).validate()
 
     def key(self) -> dict[str, Any]:
         """The settings as plain values, for a hash that names what they produce."""
@@ -101,18 +116,32 @@ def load_engine(settings: ChainSettings, progress_factory: ProgressFactory | Non
     return Engine(settings, models, f"FlashVSR Tiny {settings.flashvsr_version}", str(folders[0]))
 
 
-def _preprocessed(clip: Clip, settings: ChainSettings) -> Clip:
+def preprocessed(clip: Clip, settings: ChainSettings) -> Clip:
+    """The chain up to the engine: deinterlaced and denoised (what the engine and the stabiliser read)."""
     clip = deinterlace_clip(clip, mode=settings.deinterlace, parity=settings.parity)
     if settings.denoise != "none":
-        clip = denoise_clip(clip, preset=settings.denoise, method=settings.denoise_method)
+        clip = denoise_clip(clip, preset=settings.denoise, method=settings.denoise_method,
+                            scene_threshold=settings.scene_threshold)
     return clip
 
 
 def build_chain(clip: Clip, settings: ChainSettings, engine: Engine) -> Clip:
-    """`clip` deinterlaced, denoised and upscaled as `settings` say, lazily (nothing runs until pulled)."""
+    """`clip` deinterlaced, denoised, upscaled and stabilised as `settings` say, lazily (nothing runs
+    until pulled)."""
     if engine.settings.engine != settings.engine:
         raise InputError(f"a {engine.settings.engine} engine cannot run a {settings.engine} chain")
-    clip = _preprocessed(clip, settings.checked())
+    settings = settings.checked()
+    source = preprocessed(clip, settings)
+    device = settings.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return stabilized_upscale(source, lambda frames: _upscaled(frames, settings, engine), settings.stabilizer(),
+                              device)
+
+
+def _upscaled(clip: Clip, settings: ChainSettings, engine: Engine) -> Clip:
     if settings.engine == "realesrgan":
         import torch
 
@@ -129,7 +158,8 @@ def build_chain(clip: Clip, settings: ChainSettings, engine: Engine) -> Clip:
     tile = int(settings.tile or 0)
     tile = -(-tile // SIZE_MULTIPLE) * SIZE_MULTIPLE if tile > 0 else 0
     return upscale_clip(clip, engine.models, scale=int(settings.scale), tile_size=tile,
-                        tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP)
+                        tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP,
+                        scene_threshold=settings.scene_threshold)
 
 
 def resolved(settings: ChainSettings, clip: Clip) -> ChainSettings:
@@ -137,6 +167,7 @@ def resolved(settings: ChainSettings, clip: Clip) -> ChainSettings:
     clip: whether to deinterlace and the field order (idet reads the clip's first frames, which a
     later segment does not have). Workers then build exactly the chain one process would."""
     settings = settings.checked()
+    settings = dataclasses.replace(settings, stabilize=settings.stabilizer().strength)
     done = deinterlace_clip(clip, mode=settings.deinterlace, parity=settings.parity)
     report = done.info.extra.get("deinterlace") if done is not clip else None
     if report is None:
@@ -144,17 +175,32 @@ def resolved(settings: ChainSettings, clip: Clip) -> ChainSettings:
     return dataclasses.replace(settings, deinterlace="on", parity=report["field_order"])
 
 
-def chain_reaches(settings: ChainSettings) -> list[Reach]:
-    """How far each temporal stage of the chain looks, in order (for `resolved` settings)."""
+def preprocess_reaches(settings: ChainSettings) -> list[Reach]:
+    """How far the stages before the engine look, in order (for `resolved` settings)."""
     reaches = []
     if settings.deinterlace == "on":
         reaches.extend(deinterlace_reaches())
     elif settings.deinterlace != "off":
         raise InputError("resolve the settings (chain.resolved) before asking for the chain's reach")
     if settings.denoise != "none":
-        reaches.extend(denoise_reaches(settings.denoise, settings.denoise_method))
+        reaches.extend(denoise_reaches(settings.denoise, settings.denoise_method, settings.scene_threshold))
+    return reaches
+
+
+def chain_reaches(settings: ChainSettings) -> list[Reach]:
+    """How far each temporal stage of the chain looks, in order (for `resolved` settings)."""
+    reaches = preprocess_reaches(settings)
+    cuts = settings.scene_threshold > 0
     if settings.engine == "flashvsr":
-        reaches.append(FLASHVSR_REACH)
+        # One stream per shot, its attention cache and decoder state carried through the whole shot:
+        # never split inside a shot; with cut detection on, it restarts at every cut.
+        reaches.append(Reach(before=SCDET_FRAMES if cuts else 0, splits_in_shot=False, restarts_at_cuts=cuts,
+                             name="flashvsr"))
+    if settings.stabilizer().strength > 0:
+        # Recursive: the previous result, warped, is blended into each frame; it forgets its start
+        # geometrically, so a split inside a shot needs a lead-in; at a cut it starts afresh.
+        reaches.append(Reach(before=SCDET_FRAMES if cuts else 0, lead_in=STABILIZE_LEAD_IN, restarts_at_cuts=cuts,
+                             name="stabilize"))
     return reaches
 
 

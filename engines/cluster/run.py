@@ -28,8 +28,16 @@ from ..video.encode import planned_output
 from ..video.formats import EncodeOptions, FormatChoice, choose_format, codec_spec, output_path_for
 from ..video.join import join_segments
 from ..video.probe import check_readable
-from ..video.segments import ChainReach, file_identity, plan_segments, segment_container, segment_name
-from .chain import ChainSettings, absolute_paths, chain_reaches, resolved
+from ..video.segments import (
+    ChainReach,
+    Segment,
+    file_identity,
+    plan_segments,
+    segment_container,
+    segment_name,
+    segment_ranges,
+)
+from .chain import SCDET_FRAMES, ChainSettings, absolute_paths, chain_reaches, preprocess_reaches, resolved
 from .runtime import ray_session
 from .worker import RunPlan, SegmentJob, SegmentWorker, Tally
 
@@ -137,7 +145,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike, settings: 
             folder.mkdir(parents=True, exist_ok=True)
             plan = RunPlan(str(source), identity, settings, encode, str(folder))
             key = settings_key(identity, settings, encode)
-            cuts: list[int] = []
+            cuts = _find_cuts(ray, workers, plan, clip.info, options, settings, progress_factory) \
+                if reach.uses_cuts else []
             segments = plan_segments(clip.info.frame_count, clip.info.fps, options.segment_seconds, cuts, reach)
             jobs = [SegmentJob(i, s, str(folder / segment_name(s, key, extension))) for i, s in enumerate(segments)]
             todo = [job for job in jobs if not Path(job.path).exists()]
@@ -216,30 +225,59 @@ def _results(ray: Any, refs: list[Any]) -> list[Any]:
                           "the finished segments are kept: run the same command again to resume") from exc
 
 
+def _find_cuts(ray: Any, workers: list[Any], plan: RunPlan, info: Any, options: ClusterOptions,
+               settings: ChainSettings, progress_factory: Callable[[int | None, str], Progress] | None) -> list[int]:
+    """The clip's scene cuts, found in parallel on the workers: each scans a stretch with the frames
+    before and after it that pre-processing and scdet need, so the union is what one pass finds."""
+    reach = ChainReach.of(preprocess_reaches(settings))
+    count = info.frame_count
+    target = max(1, round(options.segment_seconds * float(info.fps)))
+    stretches = [Segment(a, b, max(0, a - reach.before_in_shot - SCDET_FRAMES), min(count, b + reach.after))
+                 for a, b in segment_ranges(count, target, [])]
+    cuts: list[int] = []
+    with _opened(progress_factory, count, "scenes") as bar:
+        for stretch, found in _on_workers(ray, workers, stretches, lambda w, s: w.find_cuts.remote(plan, s), bar):
+            cuts.extend(found)
+            bar.advance(stretch.frames)
+    return sorted(cuts)
+
+
 def _render(ray: Any, workers: list[Any], plan: RunPlan, todo: list[SegmentJob],
             progress_factory: Callable[[int | None, str], Progress] | None) -> None:
-    """Feed the segments to the workers, one at a time each, with one progress bar over their frames."""
+    """Feed the segments to the workers, with one progress bar over their frames."""
     tally = ray.remote(Tally).options(num_cpus=0).remote()
-    pending = deque(todo)
-    running: dict[Any, SegmentJob] = {}
-    owner: dict[Any, Any] = {}
-    idle = list(workers)
     finished = 0
     with _opened(progress_factory, sum(job.segment.frames for job in todo), "upscale") as bar:
-        while pending or running:
-            while idle and pending:
-                worker, job = idle.pop(), pending.popleft()
-                ref = worker.render.remote(plan, job, tally)
-                running[ref], owner[ref] = job, worker
-            ready, _ = ray.wait(list(running), num_returns=len(running), timeout=POLL_SECONDS)
-            for ref in ready:
-                finished += _results(ray, [ref])[0]
-                running.pop(ref)
-                idle.append(owner.pop(ref))
+
+        def advanced() -> None:
             bar.advance(max(0, ray.get(tally.total.remote()) - bar.done))
-            bar.check_cancel()
+
+        for _job, frames in _on_workers(ray, workers, todo, lambda w, j: w.render.remote(plan, j, tally), bar,
+                                       advanced):
+            finished += frames
         bar.advance(max(0, finished - bar.done))
     ray.kill(tally)
+
+
+def _on_workers(ray: Any, workers: list[Any], items: list[Any], submit: Callable[[Any, Any], Any],
+                bar: Progress, poll: Callable[[], None] | None = None) -> Any:
+    """(item, result) as the workers finish them, one item in flight per worker; `poll` runs between waits."""
+    pending = deque(items)
+    running: dict[Any, tuple[Any, Any]] = {}
+    idle = list(workers)
+    while pending or running:
+        while idle and pending:
+            worker, item = idle.pop(), pending.popleft()
+            running[submit(worker, item)] = (item, worker)
+        ready, _ = ray.wait(list(running), num_returns=len(running), timeout=POLL_SECONDS)
+        for ref in ready:
+            result = _results(ray, [ref])[0]
+            item, worker = running.pop(ref)
+            idle.append(worker)
+            yield item, result
+        if poll is not None:
+            poll()
+        bar.check_cancel()
 
 
 def _remove_partials(folder: Path, names: list[str]) -> None:

@@ -20,8 +20,9 @@ from ..progress import Progress
 from ..video.decode import open_clip
 from ..video.encode import save_clip
 from ..video.formats import EncodeOptions
+from ..video.scenes import scene_cuts
 from ..video.segments import Segment, file_identity, trim_clip
-from .chain import ChainSettings, build_chain, load_engine
+from .chain import ChainSettings, build_chain, load_engine, preprocessed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +126,18 @@ class SegmentWorker:
         the driver chooses the output format from it once for all segments."""
         self.ready()
         return build_chain(open_clip(input), settings, self.engine).info
+
+    def find_cuts(self, plan: RunPlan, segment: Segment) -> list[int]:
+        """The scene cuts in [segment.start, segment.end), found by scdet on the chain's input to the
+        engine (deinterlaced, denoised) exactly as one pass finds them: the decoded range holds the frames
+        the pre-processing and scdet need before and after."""
+        self.ready()
+        check_visible(plan)
+        clip = open_clip(plan.input, skip_first=segment.decode_start,
+                         max_frames=segment.decode_end - segment.decode_start)
+        found = scene_cuts(preprocessed(clip, plan.settings), plan.settings.scene_threshold)
+        return [segment.decode_start + cut for cut in found
+                if segment.start <= segment.decode_start + cut < segment.end]
 
     def render(self, plan: RunPlan, job: SegmentJob, tally=None) -> int:
         """Write the segment's file (atomically: temp file and rename) and return its frame count."""
