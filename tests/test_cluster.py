@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -134,8 +135,11 @@ def test_local_runtime_listens_on_the_loopback_only(runtime):
     assert {node["NodeManagerAddress"] for node in runtime.nodes()} == {"127.0.0.1"}
 
 
-@pytest.mark.parametrize("name,options", [("plain", ()), ("cuts", ()),
-                                          ("plain", ("--deinterlace", "on", "--denoise", "light"))])
+FRAME_LOCAL = ("--stabilize", "0")
+
+
+@pytest.mark.parametrize("name,options", [("plain", FRAME_LOCAL), ("cuts", FRAME_LOCAL),
+                                          ("cuts", (*FRAME_LOCAL, "--deinterlace", "on", "--denoise", "light"))])
 def test_cluster_output_is_the_single_process_output_frame_for_frame(runtime, clips, model, folder, tmp_path,
                                                                     capsys, name, options):
     """Segments shorter than the clip on two workers, joined: the same frames (FFV1), every frame,
@@ -157,6 +161,36 @@ def test_cluster_output_is_the_single_process_output_frame_for_frame(runtime, cl
     assert copied == audio_packets(reference) and all(original[ms] == data for ms, data in copied)
     assert abs(copied[0][0] - 0) < 1000 / 24 and abs(joined.audio.duration - joined.video.duration) < 1 / 24 + 0.03
     assert not (tmp_path / "cluster.mkv.segments").exists()  # removed after the join
+
+
+def test_temporal_chain_joins_within_one_level_of_the_single_process_run(runtime, folder, model, tmp_path, capsys):
+    """Temporal denoise and the stabiliser (its default strength), split at a cut and inside shots with
+    the declared lead-in: every frame, and so every join, within 1/255 mean absolute difference."""
+    from vsrkit.engines.cluster.chain import chain_reaches, resolved
+    from vsrkit.engines.video.decode import open_clip
+    from vsrkit.engines.video.segments import ChainReach, plan_segments
+
+    tone = sample_clip(64, 48, 100, 24).info.audio
+    frames = two_shots(count=100, cut=30)
+    clip = save_clip(Clip.from_tensor(frames, fps=24, audio=AudioTrack(waveform=tone.waveform, sample_rate=48000)),
+                     folder / "long_cuts.mp4", EncodeOptions(crf=18))
+    options = ("--denoise", "light")
+    reference = single_process(capsys, clip, model, folder / "single-temporal.mkv", *options)
+    out = tmp_path / "cluster.mkv"
+    code, stdout, stderr = vsrkit(capsys, "upscale", str(clip), "-o", str(out), "--model", str(model), "--codec",
+                                  "ffv1", "--quiet", "--cluster", "ray", "--segment-seconds", SEGMENT_SECONDS,
+                                  "--workers", "2", "--worker-cpus", "1", *options)
+    assert code == 0, stderr
+    # the plan: a join at the cut, and joins inside the second shot whose lead-in does not reach back to it
+    settings = resolved(ChainSettings(model=str(model), denoise="light"), open_clip(clip))
+    segments = plan_segments(100, Fraction(24), float(SEGMENT_SECONDS), [30], ChainReach.of(chain_reaches(settings)))
+    assert f"segments: {len(segments)} ({len(segments)} rendered" in stdout
+    assert 30 in {s.start for s in segments} and any(s.decode_start > 30 for s in segments)
+    got, want = frames_of(out).astype(np.float64), frames_of(reference).astype(np.float64)
+    assert got.shape == want.shape == (100, 96, 128, 3)
+    difference = np.abs(got - want).mean(axis=(1, 2, 3)) / 1023
+    joins = [s.start for s in segments[1:]]
+    assert difference.max() <= 1 / 255, {i: round(float(difference[i]) * 255, 3) for i in joins}
 
 
 def worker_processes() -> list[int]:
@@ -182,7 +216,7 @@ def worker_processes() -> list[int]:
 def test_a_worker_killed_mid_segment_is_replaced_and_the_output_is_the_same(runtime, clips, slow_model, folder,
                                                                             tmp_path, capsys):
     clip = clips["plain"]
-    reference = single_process(capsys, clip, slow_model, folder / "single-slow.mkv")
+    reference = single_process(capsys, clip, slow_model, folder / "single-slow.mkv", *FRAME_LOCAL)
     segments = tmp_path / "segments"
     killed: list[int] = []
 
@@ -199,7 +233,7 @@ def test_a_worker_killed_mid_segment_is_replaced_and_the_output_is_the_same(runt
     killer = threading.Thread(target=kill_one_mid_segment)
     killer.start()
     try:
-        result = upscale_file(clip, tmp_path / "out.mkv", ChainSettings(model=str(slow_model)),
+        result = upscale_file(clip, tmp_path / "out.mkv", ChainSettings(model=str(slow_model), stabilize=0),
                               EncodeOptions(codec="ffv1"),
                               ClusterOptions(segment_seconds=float(SEGMENT_SECONDS), workers=1, worker_cpus=2,
                                              segments_dir=str(segments)))
@@ -215,12 +249,12 @@ def test_an_interrupted_run_leaves_no_output_and_the_rerun_makes_only_the_missin
         runtime, address, clips, slow_model, folder, tmp_path, capsys):
     """Ctrl-C (SIGINT) on the command line, joined to the module's runtime as a second driver."""
     clip = clips["cuts"]
-    reference = single_process(capsys, clip, slow_model, folder / "single-slow-cuts.mkv")
+    reference = single_process(capsys, clip, slow_model, folder / "single-slow-cuts.mkv", *FRAME_LOCAL)
     out = tmp_path / "out.mkv"
     segments = tmp_path / "out.mkv.segments"
     command = [sys.executable, "-m", "vsrkit.cli", "upscale", str(clip), "-o", str(out), "--model", str(slow_model),
                "--codec", "ffv1", "--quiet", "--cluster", address, "--segment-seconds", "0.25", "--workers", "1",
-               "--worker-cpus", "2"]
+               "--worker-cpus", "2", *FRAME_LOCAL]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -249,10 +283,10 @@ def test_a_worker_that_cannot_see_the_input_or_the_folder_says_so(runtime, clips
     from vsrkit.engines.cluster.run import _results
 
     clip = clips["plain"]
-    worker = ray.remote(SegmentWorker).remote(ChainSettings(model=str(model)))
+    settings = ChainSettings(model=str(model), stabilize=0)
+    worker = ray.remote(SegmentWorker).remote(settings)
     job = SegmentJob(0, Segment(0, 4, 0, 4), str(tmp_path / "segment.mkv"))
-    plan = RunPlan(str(clip), file_identity(clip), ChainSettings(model=str(model)), EncodeOptions(codec="ffv1"),
-                   str(tmp_path / "not-shared"))
+    plan = RunPlan(str(clip), file_identity(clip), settings, EncodeOptions(codec="ffv1"), str(tmp_path / "not-shared"))
     with pytest.raises(InputError, match="cannot write to the segment folder .*not-shared.*same path"):
         _results(ray, [worker.render.remote(plan, job)])
     missing = RunPlan(str(tmp_path / "elsewhere.mp4"), plan.identity, plan.settings, plan.encode, str(tmp_path))

@@ -24,10 +24,12 @@ from vsrkit.engines.video.join import join_segments
 from vsrkit.engines.video.preprocess import (
     _deinterlace_steps,
     deinterlace_clip,
+    deinterlace_reaches,
     denoise_clip,
     denoise_reaches,
     denoise_steps,
 )
+from vsrkit.engines.video.scenes import scene_cuts
 from vsrkit.engines.video.segments import (
     ChainReach,
     file_identity,
@@ -121,24 +123,58 @@ def test_trim_keeps_the_frames_between_the_contexts():
         trim_clip(Clip.from_tensor(frames, fps=10), 10, 5)
 
 
-def test_windowed_chain_in_planned_segments_equals_the_whole_clip():
-    """Deinterlace + atadenoise (two windowed stages whose contexts add up) over planned segments,
-    each decoded with its context and trimmed, gives the whole pass's frames exactly."""
-    frames = moving_frames(40)
+def test_windowed_chain_split_anywhere_equals_the_whole_clip():
+    """Deinterlace + atadenoise restarting at scene cuts (two windowed stages whose contexts add up, and
+    scdet's look back) over two segments, split at every frame in turn, around a cut too: each decoded
+    with its context and trimmed, together they give the whole pass's frames exactly."""
+    frames = two_shot_frames()
 
     def chain(clip: Clip) -> Clip:
         clip = deinterlace_clip(clip, mode="on", parity="tff")
-        return denoise_clip(clip, preset="medium", method="atadenoise")
+        return denoise_clip(clip, preset="medium", method="atadenoise", scene_threshold=10)
 
+    source = deinterlace_clip(Clip.from_tensor(frames, fps=10), mode="on", parity="tff")
+    # what the denoiser restarts at: the cut, and frame 1 (scdet scores a second frame against the first
+    # alone, and random texture changes everywhere): a segment's own first frames are scored likewise
+    assert scene_cuts(source, 10) == [1, 11]
+    reach = ChainReach.of([*deinterlace_reaches(), *denoise_reaches("medium", "atadenoise", scene_threshold=10)])
+    assert (reach.before_in_shot, reach.after, reach.uses_cuts) == (4, 3, False)
+    assert split_everywhere(frames, chain, reach.before_in_shot, reach.after) == []
+
+
+def two_shot_frames() -> torch.Tensor:
+    """24 small frames of random texture: 11 of one shot, then 13 of a darker, mirrored one."""
+    return torch.cat([moving_frames(11, 16, 24, seed=1), moving_frames(13, 16, 24, seed=2).flip(2) * 0.6])
+
+
+def split_everywhere(frames: torch.Tensor, chain, before: int, after: int) -> list[int]:
+    """The split points where two segments with this context do not give the whole pass's frames."""
+    count = len(frames)
     whole = chain(Clip.from_tensor(frames, fps=10)).to_tensor()
-    reach = ChainReach.of([Reach(1, 1), *denoise_reaches("medium", "atadenoise")])
-    segments = plan_segments(40, Fraction(10), 0.7, [], reach)
-    assert len(segments) == 6 and reach.before_in_shot == 3
-    parts = []
-    for s in segments:
-        window = Clip.from_tensor(frames[s.decode_start:s.decode_end], fps=10)
-        parts.append(trim_clip(chain(window), s.start - s.decode_start, s.frames).to_tensor())
-    assert torch.equal(torch.cat(parts), whole)
+    wrong = []
+    for split in range(1, count):
+        parts = []
+        for start, end in ((0, split), (split, count)):
+            first, last = max(0, start - before), min(count, end + after)
+            window = Clip.from_tensor(frames[first:last], fps=10)
+            parts.append(trim_clip(chain(window), start - first, end - start).to_tensor())
+        if not torch.equal(torch.cat(parts), whole):
+            wrong.append(split)
+    return wrong
+
+
+@pytest.mark.parametrize("method", ["fftdnoiz", "atadenoise"])
+def test_a_denoiser_that_restarts_at_cuts_needs_one_frame_more_than_its_window(method):
+    frames = two_shot_frames()
+
+    def chain(clip: Clip) -> Clip:
+        return denoise_clip(clip, preset="medium", method=method, scene_threshold=10)
+
+    (restarting,) = denoise_reaches("medium", method, scene_threshold=10)
+    (plain,) = denoise_reaches("medium", method, scene_threshold=0)
+    assert restarting.before == plain.before + 1 and restarting.after == plain.after
+    assert split_everywhere(frames, chain, restarting.before, restarting.after) == []
+    assert split_everywhere(frames, chain, plain.before, plain.after) != []
 
 
 def test_names_change_with_settings_and_range_and_identity_with_content(tmp_path):

@@ -31,7 +31,9 @@ class ChainReach:
     """The context a whole chain needs around a segment, from the reaches of its stages in order.
 
     Stages run one after the other, so their context frames add up: a stage's first frame of
-    context is right only if the stage before it had its own context around that frame.
+    context is right only if the stage before it had its own context around that frame. Knowing the
+    cuts (a scan of the clip) pays only for a stage that restarts there and otherwise needs a
+    lead-in or cannot be split at all (`uses_cuts`).
     """
 
     before_at_cut: int
@@ -50,7 +52,7 @@ class ChainReach:
             after=sum(r.after for r in reaches),
             splits_in_shot=all(r.splits_in_shot for r in reaches),
             splits_at_cuts=all(r.splits_in_shot or r.restarts_at_cuts for r in reaches),
-            uses_cuts=any(r.restarts_at_cuts for r in reaches),
+            uses_cuts=any(r.restarts_at_cuts and (r.lead_in or not r.splits_in_shot) for r in reaches),
         )
 
 
