@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["realesr-animevideov3-x4", "realesrgan-x4plus"])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--size", default="320x180")
-    parser.add_argument("--segment-seconds", type=float, default=10.0)
+    parser.add_argument("--segment-seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vsrkit-bench-cluster")
     args = parser.parse_args()

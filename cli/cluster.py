@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..engines.cluster.run import DEFAULT_SEGMENT_SECONDS
 from ..engines.progress import ConsoleProgress
 
 
@@ -14,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cluster", default=None, metavar="ADDRESS",
                        help="run on Ray: 'ray' starts a local runtime, 'ray:auto' joins this machine's cluster, "
                        "'ray://HOST:PORT' joins through the Ray Client, 'ray:HOST:PORT' by the GCS address")
-    group.add_argument("--segment-seconds", type=float, default=10.0,
-                       help="length of a segment where the clip has no scene cut (default 10)")
+    group.add_argument("--segment-seconds", type=float, default=DEFAULT_SEGMENT_SECONDS,
+                       help=f"length of a segment where the clip has no scene cut (default {DEFAULT_SEGMENT_SECONDS:g})")
     group.add_argument("--workers", type=int, default=0,
                        help="how many workers (0: one per GPU, or one per --worker-cpus CPUs without GPUs)")
     group.add_argument("--worker-cpus", type=int, default=0,

@@ -31,7 +31,7 @@ ENGINES = ("realesrgan", "flashvsr")
 SCDET_FRAMES = 2
 """scdet scores a frame against the two before it: a stage that restarts at the cuts it finds needs
 them before a segment to find exactly the cuts one pass finds."""
-STABILIZE_LEAD_IN = 24
+STABILIZE_LEAD_IN = 12
 """Frames the stabiliser runs before a segment that starts inside a shot, so the join frame is within
 1/255 mean absolute difference of one pass (measured with bench/cluster.py --lead-in, BENCHMARKS.md)."""
 
