@@ -77,7 +77,8 @@ def footage(name: str, frames: int) -> torch.Tensor:
 
 def per_frame(cache: Path, key: str, model_name: str, frames: torch.Tensor) -> torch.Tensor:
     from vsrkit.engines.clip import Clip
-    from vsrkit.engines.realesrgan.models import load_model, standalone_model_dir
+    from vsrkit.engines.realesrgan.loading import load_model
+    from vsrkit.engines.realesrgan.resolve import standalone_model_dir
     from vsrkit.engines.realesrgan.upscale import upscale_clip
 
     path = cache / f"{key}-{model_name}.pt"

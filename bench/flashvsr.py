@@ -73,7 +73,7 @@ def random_models(config: dict, dtype: torch.dtype, device: torch.device, seed: 
                 param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
         modules.append(module.requires_grad_(False).eval())
     prompt = torch.randn(config["prompt"], generator=generator, device=device).to(dtype)
-    return FlashVSRModels("v1.1", *modules, prompt, config, {})
+    return FlashVSRModels("v1.1", *modules, prompt, config=config, files={})
 
 
 def moving_frames(count: int, height: int, width: int, chunk: int = 8) -> Iterator[torch.Tensor]:

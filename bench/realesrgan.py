@@ -5,11 +5,8 @@
 
 Methods, each run in a fresh subprocess so its peak RSS (VmHWM) is its own:
   vsrkit  the streaming clip stage (`upscale_clip`), automatic tiles, precision and CPU backend
-          (the native Winograd kernel where a C++ compiler is found)
-  vsrkit-ncnn  the same with `cpu_backend="ncnn"` (ncnn running vsrkit's graph, frames side by side)
-  vsrkit-pytorch  the same with `cpu_backend="pytorch"` (the tuned kernels of `cpu_kernels.py`)
-  vsrkit-plain  the same with PyTorch's default algorithms and without keeping freed memory
-          (these three are opt-in with `--methods ...`; vsrkit-plain is what vsrkit did first)
+          (the native Winograd kernel where a C++ compiler is found, else PyTorch)
+  vsrkit-pytorch  the same with `cpu_backend="pytorch"` (opt-in with `--methods ...`)
   core    what ComfyUI core's "Upscale Image (using Model)" does: a spandrel model in fp32,
           the whole batch moved to the device, 512-pixel tiles with 32 pixels of overlap and
           feathered blending, a full-size float32 batch returned; for x2 from the x4
@@ -48,8 +45,7 @@ CPU_CONFIGS = {
     "animevideov3-x2 640x360": ("realesr-animevideov3-x2", 640, 360),
     "x4plus 160x120": ("realesrgan-x4plus", 160, 120),
 }
-VSRKIT_BACKENDS = {"vsrkit": "auto", "vsrkit-ncnn": "ncnn", "vsrkit-pytorch": "pytorch",
-                   "vsrkit-plain": "pytorch-default"}
+VSRKIT_BACKENDS = {"vsrkit": "auto", "vsrkit-pytorch": "pytorch"}
 GPU_CONFIGS = {
     "animevideov3-x2 512x512 fp16": ("realesr-animevideov3-x2", 512, 512),
     "animevideov3-x4 854x480 fp16": ("realesr-animevideov3-x4", 854, 480),
@@ -94,7 +90,7 @@ def peak_rss_mb() -> float:
 
 def run_vsrkit(frames: np.ndarray, model_file: Path, device: str, cpu_backend: str) -> tuple[float, np.ndarray]:
     from vsrkit.engines.clip import Clip
-    from vsrkit.engines.realesrgan.models import load_model_file
+    from vsrkit.engines.realesrgan.loading import load_model_file
     from vsrkit.engines.realesrgan.upscale import upscale_clip
 
     model = load_model_file(model_file)
@@ -204,10 +200,6 @@ def worker(args: argparse.Namespace) -> None:
     np.save(args.out_file, first)
     report = {"seconds": elapsed, "frames": int(frames.shape[0]), "peak_rss_mb": peak_rss_mb(),
               "rss_before_mb": rss_before}
-    if args.worker == "vsrkit-pytorch":
-        from vsrkit.engines.realesrgan.cpu_kernels import tuned_algorithms
-
-        report["algorithms"] = sorted({f"{key[2][1]}->{key[2][0]}: {name}" for key, name in tuned_algorithms().items()})
     json.dump(report, sys.stdout)
 
 
@@ -241,8 +233,8 @@ def main() -> None:
         worker(args)
         return
 
-    from vsrkit.engines.realesrgan.models import package_models_dir
     from vsrkit.engines.realesrgan.ncnn_import import convert_ncnn
+    from vsrkit.engines.realesrgan.resolve import package_models_dir
 
     package = package_models_dir()
     if package is None:
@@ -279,10 +271,7 @@ def main() -> None:
                                str(out_file), "--threads", str(args.threads), "--device", device]
                     if method == "core" and "-x2" in model_name:
                         command += ["--output-scale", "0.5"]
-                    env = dict(os.environ)
-                    if method == "vsrkit-plain":
-                        env["VSRKIT_KEEP_FREED_MEMORY"] = "0"
-                    result = subprocess.run(command, capture_output=True, text=True, env=env)
+                    result = subprocess.run(command, capture_output=True, text=True)
                     if result.returncode != 0:
                         lines = result.stderr.strip().splitlines()
                         skipped[method] = lines[-1] if lines else "failed"
@@ -297,8 +286,6 @@ def main() -> None:
                 peak = max(r["peak_rss_mb"] for r in runs[method])
                 print(f"{method:12s} {statistics.median(rates):7.3f} frames/s median of {len(rates)} runs "
                       f"(min {rates[0]:.3f}, max {rates[-1]:.3f}), peak RSS {peak:.0f} MB")
-            if runs.get("vsrkit-pytorch") and runs["vsrkit-pytorch"][-1].get("algorithms"):
-                print("vsrkit-pytorch convolutions:", ", ".join(runs["vsrkit-pytorch"][-1]["algorithms"]))
             if "vsrkit" in firsts:
                 for other in ("core", "ncnn"):
                     if other in firsts:

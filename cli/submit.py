@@ -1,4 +1,4 @@
-"""`vsrkit submit WORKFLOW.json`: run a workflow on a ComfyUI server, headless.
+"""`vsrkit submit WORKFLOW.json` (or a shipped workflow's title): run a workflow on a ComfyUI server, headless.
 
 Uploads the input files, queues the prompt, shows progress from the server's websocket,
 waits until the run has really finished (an `executing` message with `node: null`;
@@ -30,6 +30,7 @@ from ..engines.progress import Cancelled
 from .workflow import WorkflowError, is_api_format, is_ui_format, ui_to_api
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
+SHIPPED_API_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
 HISTORY_WAIT_SECONDS = 30.0
 # How long a cancel waits for the server to end the prompt (a node checks for interrupts only
 # between its steps; one long step on a CPU can take a minute).
@@ -59,7 +60,9 @@ def register(subparsers) -> None:
         description="Run a ComfyUI workflow (API or UI format) headless: upload inputs, queue it, show "
                     "progress, wait for the end of the run, download the outputs. Exits non-zero with "
                     "the server's node_errors when it refuses the prompt; Ctrl-C interrupts the job.")
-    parser.add_argument("workflow", type=Path, help="workflow JSON file (API format, or UI format to convert)")
+    parser.add_argument("workflow", type=Path,
+                        help="workflow JSON file (API format, or UI format to convert), or the title of a "
+                             "workflow shipped with vsrkit (its API file in workflows/api/)")
     parser.add_argument("--server", default=DEFAULT_SERVER, help=f"ComfyUI address (default {DEFAULT_SERVER})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                         help="set an input; NODE is a node id, title or class name; VALUE is JSON when it "
@@ -293,12 +296,27 @@ def set_input(client: ComfyClient | None, prompt: dict, ref: str, input_name: st
     inputs[input_name] = value
 
 
+def shipped_workflows() -> dict[str, Path]:
+    """The pack's API workflows (workflows/api/TITLE.json) by title."""
+    return {path.stem: path for path in sorted(SHIPPED_API_WORKFLOWS.glob("*.json"))}
+
+
+def find_workflow(given: Path) -> Path:
+    """`given` when it is a file; else the shipped API workflow it names (its title, any case, `.json` or not)."""
+    if given.exists() or given.parent != Path("."):
+        return given
+    wanted = given.name.removesuffix(".json").casefold()
+    return next((path for title, path in shipped_workflows().items() if title.casefold() == wanted), given)
+
+
 def load_prompt(path: Path, client: ComfyClient | None) -> dict:
     """The API-format prompt in `path`; a UI-format file is converted with the server's node definitions."""
     try:
         workflow = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise SubmitError(f"workflow file {path} does not exist") from exc
+        titles = "; ".join(shipped_workflows()) or "none"
+        raise SubmitError(f"workflow file {path} does not exist; give a file, or the title of a workflow "
+                          f"shipped with vsrkit: {titles}") from exc
     except json.JSONDecodeError as exc:
         raise SubmitError(f"workflow file {path} is not valid JSON: {exc}") from exc
     if is_api_format(workflow):
@@ -599,7 +617,7 @@ def submit(client: ComfyClient, prompt: dict, output_dir: Path | None, reporter:
 
 def run(args: argparse.Namespace) -> int:
     client = ComfyClient(args.server)
-    prompt = load_prompt(args.workflow, client)
+    prompt = load_prompt(find_workflow(args.workflow), client)
     for spec in args.upload:
         target, sep, file_part = spec.partition("=")
         if not sep or "." not in target:

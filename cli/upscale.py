@@ -30,9 +30,9 @@ def register(subparsers) -> None:
     parser.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: automatic)")
     parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--cpu-backend", choices=("auto", "native", "ncnn", "pytorch", "pytorch-default"),
-                        default="auto", help="Real-ESRGAN in fp32 on the CPU: vsrkit's compiled kernel where a "
-                        "C++ compiler is found, else ncnn when installed (auto), or PyTorch")
+    parser.add_argument("--cpu-backend", choices=("auto", "native", "pytorch"), default="auto",
+                        help="Real-ESRGAN in fp32 on the CPU: vsrkit's native kernel where a C++ compiler is "
+                        "found, else PyTorch (auto); or insist on one of them")
     parser.add_argument("--deinterlace", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--denoise", choices=("none", "light", "medium", "strong"), default="none")
     parser.add_argument("--stabilize", type=float, default=None, metavar="STRENGTH",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -249,11 +250,49 @@ def _range_problem(value: float, options: Mapping) -> str | None:
     return None
 
 
+# What ComfyUI's frontend writes at the top of a saved workflow, and the types its schema wants.
+FRONTEND_FIELDS = {"id": str, "revision": int, "last_node_id": int, "last_link_id": int, "nodes": list,
+                   "links": list, "groups": list, "config": dict, "extra": dict, "version": float}
+FRONTEND_NODE_FIELDS = {"flags": dict, "order": int, "mode": int, "properties": dict}
+UUID_FORM = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def check_frontend_fields(workflow: Mapping) -> list[str]:
+    """The fields the current frontend (1.45) writes and its workflow schema checks, top level and per node.
+
+    A top-level null (an `"id": null`) is the worst: the frontend's test for API-format
+    files reads every top-level value and fails on it, so a dropped or opened file shows
+    "Unable to find workflow" and nothing loads.
+    """
+    problems = [f"top-level {key!r} is null: the frontend then refuses the file (\"Unable to find workflow\")"
+                for key, value in workflow.items() if value is None]
+    for key, kind in FRONTEND_FIELDS.items():
+        value = workflow.get(key)
+        if key not in workflow:
+            problems.append(f"{key!r} is missing; the frontend writes it ({kind.__name__})")
+        elif value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            problems.append(f"{key!r} is {type(value).__name__}, the frontend wants {kind.__name__}")
+    if isinstance(workflow.get("id"), str) and not UUID_FORM.match(workflow["id"]):
+        problems.append(f"id {workflow['id']!r} is not a lower-case UUID, which the frontend's schema requires")
+    ds = (workflow.get("extra") or {}).get("ds") if isinstance(workflow.get("extra"), dict) else None
+    if ds is not None and not (isinstance(ds.get("scale"), (int, float)) and isinstance(ds.get("offset"), list)):
+        problems.append("extra.ds needs a scale and an [x, y] offset")
+    for node in workflow.get("nodes") or []:
+        for key, kind in FRONTEND_NODE_FIELDS.items():
+            if not isinstance(node.get(key), kind) or isinstance(node.get(key), bool):
+                problems.append(f"node {node.get('id')} ({node.get('type')}): {key!r} must be {kind.__name__}")
+    for group in workflow.get("groups") or []:
+        bounding = group.get("bounding")
+        if not isinstance(group.get("title"), str) or not (isinstance(bounding, list) and len(bounding) == 4):
+            problems.append(f"group {group.get('id')}: needs a title and a 4-number bounding")
+    return problems
+
+
 def check_ui_workflow(workflow: Any, definitions: Mapping[str, Mapping]) -> list[str]:
     """Every problem that would stop this UI-format workflow from loading and queueing as published."""
-    problems: list[str] = []
     if not is_ui_format(workflow):
         return ["not a UI-format workflow (needs 'nodes' and 'links')"]
+    problems = check_frontend_fields(workflow)
     if workflow.get("version") != 0.4:
         problems.append(f"version is {workflow.get('version')!r}, expected 0.4")
     nodes = {}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from ..engines.clip import Clip
+from ..engines.device import device_choices
 from ..engines.errors import InputError
 from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
 from ..engines.video.stabilize import DEFAULT_STRENGTH, StabilizeSettings, stabilize_clip
 from . import host
-from .common import device_choices, resolve_device, upscale_outputs
+from .common import upscale_outputs
 from .types import CATEGORY, CLIP
 
 STRENGTH_TOOLTIP = ("How much of the previous frame, moved along the optical flow of the source, is blended into "
@@ -78,7 +79,7 @@ class TemporalStabilize:
         if not isinstance(source, Clip):
             source = Clip.from_tensor(source, fps=upscaled.info.fps)
         settings = StabilizeSettings(strength=float(strength), scene_threshold=float(scene_threshold))
-        result = stabilize_clip(upscaled, source, settings, resolve_device(device), progress_factory=host.progress)
+        result = stabilize_clip(upscaled, source, settings, host.node_device(device), progress_factory=host.progress)
         return upscale_outputs(result, images is not None, "Temporal Stabilize")
 
 

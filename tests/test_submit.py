@@ -610,3 +610,38 @@ def test_malformed_set_is_refused(tmp_path, capsys, text):
         assert not fake.prompts
     assert code == 1
     assert "NODE.INPUT=VALUE" in capsys.readouterr().err
+
+
+SHIPPED = Path(submit_module.__file__).resolve().parents[1] / "workflows" / "api" / "Fast upscale x2, Real-ESRGAN.json"
+
+
+@pytest.mark.parametrize("given", [str(SHIPPED), "Fast upscale x2, Real-ESRGAN", "fast upscale X2, real-esrgan.json"])
+def test_shipped_api_workflow_runs_from_workflows_api(tmp_path, monkeypatch, given):
+    """By its path in workflows/api/, or by its title (a name that is no file here)."""
+    monkeypatch.chdir(tmp_path)
+    with FakeComfy() as fake:
+        fake.script = successful_run
+        code = main(["submit", given, "--server", fake.url, "--no-download", "--quiet"])
+        sent = [p["prompt"] for p in fake.prompts]
+    assert code == 0
+    assert sent == [json.loads(SHIPPED.read_text(encoding="utf-8"))]
+
+
+def test_a_file_here_wins_over_a_shipped_title(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Fast upscale x2, Real-ESRGAN").write_text(json.dumps(PROMPT))
+    with FakeComfy() as fake:
+        fake.script = successful_run
+        assert main(["submit", "Fast upscale x2, Real-ESRGAN", "--server", fake.url, "--no-download", "--quiet"]) == 0
+        assert fake.prompts[0]["prompt"] == PROMPT
+
+
+def test_unknown_workflow_names_the_shipped_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with FakeComfy() as fake:
+        code = main(["submit", "Fast upscale x3", "--server", fake.url])
+        assert not fake.prompts
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "workflow file Fast upscale x3 does not exist" in err
+    assert "Fast upscale x2, Real-ESRGAN; " in err and "Restore old video, Real-ESRGAN x4" in err

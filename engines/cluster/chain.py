@@ -98,7 +98,12 @@ def load_engine(settings: ChainSettings, progress_factory: ProgressFactory | Non
     """Resolve and load the model the settings name; `progress_factory(total, desc, unit)` shows downloads."""
     settings = settings.checked()
     if settings.engine == "realesrgan":
-        from ..realesrgan.models import DEFAULT_MODEL_FOR_SCALE, load_model, standalone_model_dir
+        from ..device import resolve_device
+        from ..realesrgan.backend import choose_backend, describe_backend
+        from ..realesrgan.inference import network_precision
+        from ..realesrgan.loading import load_model
+        from ..realesrgan.official import DEFAULT_MODEL_FOR_SCALE
+        from ..realesrgan.resolve import standalone_model_dir
 
         name = settings.model
         if not name:
@@ -107,7 +112,10 @@ def load_engine(settings: ChainSettings, progress_factory: ProgressFactory | Non
                                  "and x4; choose one of those or pass --model")
             name = DEFAULT_MODEL_FOR_SCALE[settings.scale]
         model = load_model(name, [standalone_model_dir()], progress=progress_factory)
-        return Engine(settings, model, model.describe(), model.origin)
+        device = resolve_device(settings.device)
+        dtype = network_precision(settings.precision, device)
+        backend = choose_backend(model.net, device, dtype, settings.cpu_backend)
+        return Engine(settings, model, f"{model.describe()}, {describe_backend(backend, device, dtype)}", model.origin)
     from ..flashvsr.loader import default_model_dirs, load_flashvsr
 
     folders = [settings.model_dir] if settings.model_dir else default_model_dirs()
@@ -130,33 +138,32 @@ def build_chain(clip: Clip, settings: ChainSettings, engine: Engine) -> Clip:
     until pulled)."""
     if engine.settings.engine != settings.engine:
         raise InputError(f"a {engine.settings.engine} engine cannot run a {settings.engine} chain")
+    from ..device import resolve_device
+
     settings = settings.checked()
     source = preprocessed(clip, settings)
-    device = settings.device
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     return stabilized_upscale(source, lambda frames: _upscaled(frames, settings, engine), settings.stabilizer(),
-                              device)
+                              resolve_device(settings.device))
 
 
 def _upscaled(clip: Clip, settings: ChainSettings, engine: Engine) -> Clip:
     if settings.engine == "realesrgan":
         import torch
 
-        from ..realesrgan.inference import default_device
+        from ..device import resolve_device
         from ..realesrgan.upscale import upscale_clip
 
-        if str(settings.device or default_device().type).startswith("cuda"):
+        device = resolve_device(settings.device)
+        if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         return upscale_clip(clip, engine.models, scale=settings.scale, tile=settings.tile,
-                            precision=settings.precision, device=settings.device, cpu_backend=settings.cpu_backend)
-    from ..flashvsr.pipeline import SIZE_MULTIPLE
+                            precision=settings.precision, device=device, cpu_backend=settings.cpu_backend)
+    from ..flashvsr.settings import SIZE_MULTIPLE
     from ..flashvsr.upscale import DEFAULT_OVERLAP, upscale_clip
+    from ..tiling import round_up
 
     tile = int(settings.tile or 0)
-    tile = -(-tile // SIZE_MULTIPLE) * SIZE_MULTIPLE if tile > 0 else 0
+    tile = round_up(tile, SIZE_MULTIPLE) if tile > 0 else 0
     return upscale_clip(clip, engine.models, scale=int(settings.scale), tile_size=tile,
                         tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP,
                         scene_threshold=settings.scene_threshold)

@@ -49,21 +49,15 @@ def opencv() -> Any:
 
 
 class DenseFlow:
-    """DIS optical flow between two grey frames at one of OpenCV's presets.
+    """DIS optical flow between two grey frames at one of OpenCV's presets."""
 
-    `finest_scale` overrides the preset's finest pyramid level (0: flow refined at the frame's own
-    resolution; the presets stop at 1/2 (medium) or 1/4 (fast, ultrafast) of it).
-    """
-
-    def __init__(self, preset: str = "medium", finest_scale: int | None = None):
+    def __init__(self, preset: str = "medium"):
         if preset not in FLOW_PRESETS:
             raise ValueError(f"flow preset must be one of {FLOW_PRESETS}, got {preset!r}")
         cv2 = opencv()
         code = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[preset]
         self._dis = cv2.DISOpticalFlow_create(code)
-        if finest_scale is not None:
-            self._dis.setFinestScale(int(finest_scale))
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> torch.Tensor:
         """Flow [1, 2, H, W] from `first` to `second` (uint8 [H, W] grey frames)."""
@@ -78,7 +72,7 @@ def grey_u8(frame: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(np.rint(luma * 255.0).astype(np.uint8))
 
 
-def _sample_grid(flow: torch.Tensor) -> torch.Tensor:
+def sampling_grid(flow: torch.Tensor) -> torch.Tensor:
     """grid_sample's normalised grid [N, H, W, 2] for the points x + flow(x) (pixel centres, align_corners=False)."""
     _, _, height, width = flow.shape
     ys = torch.arange(height, device=flow.device, dtype=flow.dtype).view(1, height, 1)
@@ -88,10 +82,14 @@ def _sample_grid(flow: torch.Tensor) -> torch.Tensor:
     return torch.stack((gx, gy), dim=-1)
 
 
+def sample(images: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """`images` [N, C, H, W] read at the points of a `sampling_grid` (the frame's edge extends outward)."""
+    return F.grid_sample(images, grid.to(images.dtype), mode=mode, padding_mode="border", align_corners=False)
+
+
 def warp(images: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """`images` [N, C, H, W] sampled at x + flow(x): the frame the flow points into, brought back."""
-    return F.grid_sample(images, _sample_grid(flow.to(images.dtype)), mode=mode, padding_mode="border",
-                         align_corners=False)
+    return sample(images, sampling_grid(flow.to(images.dtype)), mode)
 
 
 def inside_frame(flow: torch.Tensor) -> torch.Tensor:

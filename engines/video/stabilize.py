@@ -35,14 +35,14 @@ from .flow import (
     boundary_ratio,
     consistency_ratio,
     grey_u8,
-    inside_frame,
     opencv,
     resize_flow,
-    warp,
+    sample,
+    sampling_grid,
 )
 from .scenes import DEFAULT_SCENE_THRESHOLD, SCENE_THRESHOLD, SceneDetector
 
-DEFAULT_STRENGTH = 0.7
+DEFAULT_STRENGTH = 0.8
 STRENGTH = Param("strength", float, 0.0, 0.95, help="share of the previous frame blended in where flow holds")
 FLOW_AT = ("input", "output")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -50,42 +50,54 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 
 @dataclasses.dataclass(frozen=True)
 class StabilizeSettings:
-    """How to stabilise. Users set `strength` and `scene_threshold`; the rest are the measured defaults
-    (docs/temporal.md, BENCHMARKS.md), kept as settings so the benchmark can compare the alternatives.
+    """How to stabilise. Users set `strength` and `scene_threshold`; the rest are the defaults chosen
+    by measurement (docs/temporal.md, BENCHMARKS.md), kept as settings so that the benchmark can
+    measure the alternatives.
 
-    strength: weight of the warped previous result where the flow is fully trusted (0 = off).
+    strength: weight of the warped previous result where it is fully trusted (0 = off).
     scene_threshold: scdet score that marks a cut (0: never restart).
-    flow_at: 'input' runs DIS on the input at its own size and scales the vectors up; 'output'
-    runs it on the input upscaled (bicubic) to the output size.
-    flow_preset: DIS preset. low_frequency: share of `strength` given to the coarse part of the
-    difference (what the input resolution can show); 1 blends all frequencies alike.
-    colour_tolerance: mean RGB mismatch (0-1) of the input along the flow at which trust reaches 0.
+    flow_at: 'output' runs DIS on the input upscaled (bicubic) to the output size; 'input' on the
+    input at its own size, the vectors scaled up (cheaper, coarser).
+    flow_preset: DIS preset. flow_checks: also drop trust where the flow fails its
+    forward-backward check or lies on a motion boundary (a second flow per frame).
+    colour_tolerance: mean RGB mismatch (0-1) of the upscaled input along the flow at which trust
+    falls (linearly) to 0.
+    change_tolerance: mean RGB difference (0-1) between the carried and the new frame, averaged
+    over each input pixel's footprint, up to which trust is full; it falls to 0 at twice that.
+    Invented texture differs pixel by pixel and averages out; a misplaced edge or a real change
+    does not. 0 turns the check off.
+    low_frequency: share of the weight given to the coarse part of the difference (what the input
+    resolution can show); 1 blends all frequencies alike.
     interpolation: how the previous result is resampled along the flow.
     """
 
     strength: float = DEFAULT_STRENGTH
     scene_threshold: float = DEFAULT_SCENE_THRESHOLD
-    flow_at: str = "input"
-    flow_preset: str = "fast"
-    flow_finest_scale: int | None = None
+    flow_at: str = "output"
+    flow_preset: str = "medium"
+    flow_checks: bool = False
+    colour_tolerance: float = 0.15
+    change_tolerance: float = 0.08
     low_frequency: float = 1.0
-    colour_tolerance: float = 0.06
     interpolation: str = "bicubic"
-    history_clamp: int = 0
 
     def validate(self) -> StabilizeSettings:
         """These settings with checked, clean values; InputError naming the bad one."""
         owner = "temporal stabilise"
-        strength = STRENGTH.check(self.strength, owner)
-        threshold = SCENE_THRESHOLD.check(self.scene_threshold, owner)
-        low = Param("low_frequency", float, 0.0, 1.0).check(self.low_frequency, owner)
-        tolerance = Param("colour_tolerance", float, 0.001, 1.0).check(self.colour_tolerance, owner)
+        clean = {
+            "strength": STRENGTH.check(self.strength, owner),
+            "scene_threshold": SCENE_THRESHOLD.check(self.scene_threshold, owner),
+            "colour_tolerance": Param("colour_tolerance", float, 0.001, 1.0).check(self.colour_tolerance, owner),
+            "change_tolerance": Param("change_tolerance", float, 0.0, 1.0).check(self.change_tolerance, owner),
+            "low_frequency": Param("low_frequency", float, 0.0, 1.0).check(self.low_frequency, owner),
+        }
         for name, value, options in (("flow_at", self.flow_at, FLOW_AT), ("flow_preset", self.flow_preset, FLOW_PRESETS),
                                      ("interpolation", self.interpolation, INTERPOLATIONS)):
             if value not in options:
                 raise InputError(f"{owner} parameter '{name}' must be one of {', '.join(options)}; got {value!r}")
-        return dataclasses.replace(self, strength=strength, scene_threshold=threshold, low_frequency=low,
-                                   colour_tolerance=tolerance)
+        if not isinstance(self.flow_checks, bool):
+            raise InputError(f"{owner} parameter 'flow_checks' must be true or false; got {self.flow_checks!r}")
+        return dataclasses.replace(self, **clean)
 
 
 def _as_nchw(frame: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -93,8 +105,21 @@ def _as_nchw(frame: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _ramp(ratio: torch.Tensor) -> torch.Tensor:
-    """Trust 1 up to ratio 1 (the check passes), falling linearly to 0 at ratio 2."""
-    return (2.0 - ratio).clamp(0.0, 1.0)
+    """Trust 1 up to ratio 1, falling linearly to 0 at ratio 2."""
+    return (2.0 - ratio).clamp_(0.0, 1.0)
+
+
+def _resized(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    if tuple(frames.shape[-2:]) == size:
+        return frames
+    return F.interpolate(frames, size=size, mode=mode, align_corners=False)
+
+
+def _inside(grid: torch.Tensor) -> torch.Tensor:
+    """[N, 1, H, W]: 1 where a `sampling_grid` point lies within the outer pixel centres, else 0."""
+    height, width = grid.shape[1:3]
+    bound = torch.tensor([1 - 1 / width, 1 - 1 / height], dtype=grid.dtype, device=grid.device)
+    return (grid.abs() <= bound).all(-1, keepdim=True).permute(0, 3, 1, 2).to(grid.dtype)
 
 
 class Stabilizer:
@@ -106,8 +131,8 @@ class Stabilizer:
         self.device = torch.device(device)
         self.source_size = source_size
         self.output_size = output_size
-        self._flow = DenseFlow(self.settings.flow_preset, self.settings.flow_finest_scale)
-        self._previous: tuple[torch.Tensor, np.ndarray, torch.Tensor] | None = None
+        self._flow = DenseFlow(self.settings.flow_preset)
+        self._previous: tuple[np.ndarray, torch.Tensor, torch.Tensor] | None = None
 
     def reset(self) -> None:
         """Forget the previous frame: the next one starts a new shot."""
@@ -117,52 +142,41 @@ class Stabilizer:
         """The stabilised frame [H, W, C] for per-frame output `frame` of input `source` [h, w, c]."""
         if self.settings.strength == 0:
             return frame
-        height, width = self.output_size
-        flow_size = self.source_size if self.settings.flow_at == "input" else self.output_size
-        current = _as_nchw(source, self.device)
-        if flow_size != self.source_size:
-            current = F.interpolate(current, size=flow_size, mode="bicubic", align_corners=False).clamp(0, 1)
-        grey = grey_u8(current[0].permute(1, 2, 0))
+        low = _as_nchw(source, self.device)
+        upscaled = _resized(low, self.output_size, "bicubic").clamp_(0, 1)
+        grey = grey_u8((upscaled if self.settings.flow_at == "output" else low)[0].permute(1, 2, 0))
         output = _as_nchw(frame, self.device)
         if cut or self._previous is None:
-            self._previous = (current, grey, output)
+            self._previous = (grey, upscaled, output)
             return frame
-        last_source, last_grey, last_output = self._previous
+        last_grey, last_upscaled, last_output = self._previous
         back = self._flow(grey, last_grey).to(self.device)
-        forth = self._flow(last_grey, grey).to(self.device)
-        trust = self._trust(current, last_source, back, forth)
-        if flow_size != (height, width):
-            back = resize_flow(back, height, width)
-            trust = F.interpolate(trust, size=(height, width), mode="bilinear", align_corners=False)
-        carried = warp(last_output, back, self.settings.interpolation).clamp(0, 1)
-        if self.settings.history_clamp:
-            k = self.settings.history_clamp
-            carried = torch.minimum(torch.maximum(carried, -F.max_pool2d(-output, 2 * k + 1, 1, k)),
-                                    F.max_pool2d(output, 2 * k + 1, 1, k))
-        blended = output + self._weighted(carried - output, trust)
-        self._previous = (current, grey, blended)
+        grid = sampling_grid(resize_flow(back, *self.output_size))
+        mismatch = (upscaled - sample(last_upscaled, grid)).abs_().mean(1, keepdim=True)
+        trust = (1.0 - mismatch / self.settings.colour_tolerance).clamp_(0.0, 1.0)
+        trust *= _inside(grid)
+        if self.settings.flow_checks:
+            checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
+            trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
+        carried = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1)
+        difference = carried - output
+        if self.settings.change_tolerance:
+            change = F.interpolate(difference, size=self.source_size, mode="area").abs_().mean(1, keepdim=True)
+            trust = trust * _resized(_ramp(change / self.settings.change_tolerance), self.output_size)
+        blended = output + self._weighted(difference, trust)
+        self._previous = (grey, upscaled, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
         if frame.shape[-1] > 3:
             result = torch.cat([result, frame[..., 3:]], dim=-1)
         return result
-
-    def _trust(self, current: torch.Tensor, last: torch.Tensor, back: torch.Tensor, forth: torch.Tensor
-               ) -> torch.Tensor:
-        """[1, 1, h, w] confidence in the flow back to the previous frame, at the flow's size."""
-        mismatch = (current - warp(last, back, self.settings.interpolation)).abs().mean(1, keepdim=True)
-        colour = (1.0 - mismatch / self.settings.colour_tolerance).clamp(0.0, 1.0)
-        return colour * _ramp(consistency_ratio(back, forth)) * _ramp(boundary_ratio(back)) * inside_frame(back)
 
     def _weighted(self, difference: torch.Tensor, trust: torch.Tensor) -> torch.Tensor:
         """`difference` scaled by strength x trust, its coarse part by `low_frequency` of that."""
         weight = trust * self.settings.strength
         if self.settings.low_frequency == 1.0:
             return difference * weight
-        height, width = difference.shape[-2:]
-        coarse = F.interpolate(F.interpolate(difference, size=self.source_size, mode="area"), size=(height, width),
-                               mode="bilinear", align_corners=False)
+        coarse = _resized(F.interpolate(difference, size=self.source_size, mode="area"), self.output_size)
         return (difference - coarse) * weight + coarse * (weight * self.settings.low_frequency)
-
 
 
 def _paired_frames(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]], settings: StabilizeSettings,

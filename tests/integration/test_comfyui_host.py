@@ -34,9 +34,8 @@ NTSC = Fraction(30000, 1001)
 
 
 def api_path(name: str) -> Path:
-    """The shipped API-format twin of workflow `name`, wherever under workflows/ it is kept."""
-    [path] = WORKFLOWS.rglob(f"{name}.api.json")
-    return path
+    """The API twin of the shipped UI workflow `name` (its title), in workflows/api/."""
+    return WORKFLOWS / "api" / f"{name}.json"
 
 
 def api_workflow(name: str) -> dict:
@@ -143,10 +142,10 @@ def test_the_export_of_this_comfyui_version_is_true_to_it(comfy_host, object_inf
 
 def test_fast_path_workflow_runs_headless_on_a_real_clip(comfy_host, footage, tmp_path):
     comfy_host.idle()
-    prompt = api_workflow("upscale_fast_animevideov3_x2")
+    prompt = api_workflow("Fast upscale x2, Real-ESRGAN")
     load = node_of(prompt, "vsrkitLoadVideo")
     out = tmp_path / "out"
-    result = run_submit(comfy_host, api_path("upscale_fast_animevideov3_x2"), out,
+    result = run_submit(comfy_host, api_path("Fast upscale x2, Real-ESRGAN"), out,
                         "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}",
                         "--set", f"{load}.frame_load_cap=30")
     assert result.returncode == 0, result.stderr[-3000:] + comfy_host.log()[-3000:]
@@ -161,7 +160,7 @@ def test_fast_path_workflow_runs_headless_on_a_real_clip(comfy_host, footage, tm
 
 def test_preprocessing_workflow_runs_headless_and_keeps_the_audio(comfy_host, footage, tmp_path):
     comfy_host.idle()
-    name = "upscale_realesrgan_x4_deinterlace_denoise"
+    name = "Restore old video, Real-ESRGAN x4"
     prompt = api_workflow(name)
     load = node_of(prompt, "vsrkitLoadVideo")
     loader = node_of(prompt, "vsrkitRealESRGANLoader")
@@ -184,10 +183,10 @@ def test_preprocessing_workflow_runs_headless_and_keeps_the_audio(comfy_host, fo
 
 def test_comparison_workflow_runs_headless(comfy_host, footage, tmp_path):
     comfy_host.idle()
-    prompt = api_workflow("compare_before_after")
+    prompt = api_workflow("Before and after comparison")
     load = node_of(prompt, "vsrkitLoadVideo")
     compare = node_of(prompt, "vsrkitCompare")
-    result = run_submit(comfy_host, api_path("compare_before_after"), tmp_path / "out",
+    result = run_submit(comfy_host, api_path("Before and after comparison"), tmp_path / "out",
                         "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}",
                         "--set", f"{load}.frame_load_cap=12", "--set", f"{compare}.layout=\"side_by_side\"",
                         "--set", f"{compare}.crop_width=0", "--set", f"{compare}.crop_height=0")
@@ -204,11 +203,11 @@ def test_comparison_workflow_runs_headless(comfy_host, footage, tmp_path):
 def test_interrupt_mid_run_leaves_no_partial_output(comfy_host, footage, tmp_path):
     comfy_host.idle()
     before = set(outputs_left(comfy_host.output_dir))
-    prompt = api_workflow("upscale_fast_animevideov3_x2")
+    prompt = api_workflow("Fast upscale x2, Real-ESRGAN")
     load = node_of(prompt, "vsrkitLoadVideo")
     out = tmp_path / "out"
     # All 120 frames of carphone take minutes on a CPU, in batches short enough to stop promptly.
-    command = comfy_host.submit_command(str(api_path("upscale_fast_animevideov3_x2")), "-o", str(out),
+    command = comfy_host.submit_command(str(api_path("Fast upscale x2, Real-ESRGAN")), "-o", str(out),
                                         "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -237,7 +236,7 @@ def test_interrupt_mid_run_leaves_no_partial_output(comfy_host, footage, tmp_pat
 
 def test_bad_input_gets_http_400_naming_our_node(comfy_host, tmp_path):
     comfy_host.idle()
-    prompt = api_workflow("upscale_fast_animevideov3_x2")
+    prompt = api_workflow("Fast upscale x2, Real-ESRGAN")
     loader = node_of(prompt, "vsrkitRealESRGANLoader")
     upscale = node_of(prompt, "vsrkitRealESRGANUpscale")
     prompt[loader]["inputs"]["model_name"] = "no-such-model.safetensors"
