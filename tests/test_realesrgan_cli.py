@@ -87,7 +87,9 @@ def test_quiet_prints_only_the_summary_and_existing_outputs_are_kept(tmp_path, o
     result = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "4", "--quiet", env=offline_home)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert result.stdout.count("\n") == 1 and "5 frames, 128x96, 10.000 fps" in result.stdout
+    # the summary: what was written, then the chosen codec and pixel format (codec auto)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and "5 frames, 128x96, 10.000 fps" in lines[0] and lines[1].startswith("video: h264 ")
     stamp = out.stat().st_mtime_ns
     again = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "4", "--quiet", env=offline_home)
     assert again.returncode == 1 and out.stat().st_mtime_ns == stamp
