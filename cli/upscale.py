@@ -29,11 +29,17 @@ def register(subparsers) -> None:
     parser.add_argument("--tile", type=int, default=0, help="tile size in pixels (0: automatic)")
     parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--cpu-backend", choices=("auto", "native", "ncnn", "pytorch", "pytorch-default"),
-                        default="auto", help="Real-ESRGAN in fp32 on the CPU: vsrkit's compiled kernel where a "
-                        "C++ compiler is found, else ncnn when installed (auto), or PyTorch")
+    parser.add_argument("--cpu-backend", choices=("auto", "native", "pytorch"), default="auto",
+                        help="Real-ESRGAN in fp32 on the CPU: vsrkit's native kernel where a C++ compiler is "
+                        "found, else PyTorch (auto); or insist on one of them")
     parser.add_argument("--deinterlace", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--denoise", choices=("none", "light", "medium", "strong"), default="none")
+    parser.add_argument("--stabilize", type=float, default=None, metavar="STRENGTH",
+                        help="temporal stabilisation of the per-frame upscale, 0 (off) to 0.95 (default: "
+                        "on at the measured default for Real-ESRGAN, off for FlashVSR); see docs/temporal.md")
+    parser.add_argument("--scene-threshold", type=float, default=None, metavar="SCORE",
+                        help="scdet score (0-100) that marks a scene cut, where the stabiliser, FlashVSR "
+                        "and temporal denoisers start afresh; 0: never (default 10)")
     parser.add_argument("--codec", default="auto", help="output codec: auto (default: the source's codec family, "
                         "bit depth, chroma and alpha where possible), h264, h265, vp9, prores, ffv1, av1, png")
     parser.add_argument("--crf", type=int, default=None, help="quality for h264/h265/vp9/av1 (lower is better)")
@@ -57,14 +63,26 @@ class MegabyteProgress(ConsoleProgress):
         super().set_total(None if total is None else max(1, total // 2**20))
 
 
+def scene_threshold(args: argparse.Namespace) -> float:
+    """--scene-threshold, or scdet's default when it is not given."""
+    from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
+
+    value = getattr(args, "scene_threshold", None)
+    return DEFAULT_SCENE_THRESHOLD if value is None else value
+
+
 def realesrgan_stage(clip, args: argparse.Namespace):
-    """Resolve the model (default realesr-animevideov3 at --scale), say which one and where it came
-    from, and return the lazily upscaled clip."""
+    """Resolve the model (default realesr-animevideov3 at --scale), say which one, what runs it and
+    where it came from, and return the lazily upscaled clip."""
     import torch
 
+    from ..engines.device import resolve_device
     from ..engines.errors import InputError
-    from ..engines.realesrgan.inference import default_device
-    from ..engines.realesrgan.models import DEFAULT_MODEL_FOR_SCALE, load_model, standalone_model_dir
+    from ..engines.realesrgan.backend import choose_backend, describe_backend
+    from ..engines.realesrgan.inference import network_precision
+    from ..engines.realesrgan.loading import load_model
+    from ..engines.realesrgan.official import DEFAULT_MODEL_FOR_SCALE
+    from ..engines.realesrgan.resolve import standalone_model_dir
     from ..engines.realesrgan.upscale import upscale_clip
 
     name = args.model
@@ -80,11 +98,15 @@ def realesrgan_stage(clip, args: argparse.Namespace):
         return ConsoleProgress(total, desc, unit=unit, quiet=args.quiet)
 
     model = load_model(name, [standalone_model_dir()], progress=console)
+    device = resolve_device(args.device)
+    dtype = network_precision(args.precision, device)
+    backend = choose_backend(model.net, device, dtype, args.cpu_backend)
     if not args.quiet:
-        print(f"model: {model.describe()}\n  source: {model.origin}", file=sys.stderr)
-    if str(args.device or default_device().type).startswith("cuda"):
+        print(f"model: {model.describe()}, {describe_backend(backend, device, dtype)}\n  source: {model.origin}",
+              file=sys.stderr)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=args.device,
+    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=device,
                         cpu_backend=args.cpu_backend)
 
 
@@ -92,34 +114,41 @@ def flashvsr_stage(clip, args: argparse.Namespace):
     """Load FlashVSR Tiny (--flashvsr-version) from --model-dir, or the default search path, and return
     the lazily upscaled clip; a --tile size is rounded up to the model's multiple of 128 pixels."""
     from ..engines.flashvsr.loader import default_model_dirs, load_flashvsr
-    from ..engines.flashvsr.pipeline import SIZE_MULTIPLE
+    from ..engines.flashvsr.settings import SIZE_MULTIPLE
     from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, upscale_clip
+    from ..engines.tiling import round_up
 
     folders = [args.model_dir] if args.model_dir else default_model_dirs()
     models = load_flashvsr(folders, version=args.flashvsr_version, dtype=args.precision or "auto",
                            device=args.device)
     tile = int(args.tile or 0)
-    tile = -(-tile // SIZE_MULTIPLE) * SIZE_MULTIPLE if tile > 0 else 0
+    tile = round_up(tile, SIZE_MULTIPLE) if tile > 0 else 0
     return upscale_clip(clip, models, scale=int(args.scale), tile_size=tile,
-                        tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP)
+                        tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP,
+                        scene_threshold=scene_threshold(args))
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engines.device import resolve_device
     from ..engines.video.decode import open_clip
     from ..engines.video.encode import planned_output, save_clip
     from ..engines.video.formats import EncodeOptions, choose_format
     from ..engines.video.preprocess import deinterlace_clip, denoise_clip
+    from ..engines.video.stabilize import DEFAULT_STRENGTH, StabilizeSettings, stabilized_upscale
 
     started = time.monotonic()
     planned_output(args.output, args.codec)
     clip = open_clip(args.input)
     clip = deinterlace_clip(clip, mode=args.deinterlace)
+    cuts = scene_threshold(args)
     if args.denoise != "none":
-        clip = denoise_clip(clip, preset=args.denoise)
-    if args.engine == "realesrgan":
-        clip = realesrgan_stage(clip, args)
-    else:
-        clip = flashvsr_stage(clip, args)
+        clip = denoise_clip(clip, preset=args.denoise, scene_threshold=cuts)
+    strength = args.stabilize
+    if strength is None:
+        strength = DEFAULT_STRENGTH if args.engine == "realesrgan" else 0.0
+    settings = StabilizeSettings(strength=strength, scene_threshold=cuts).validate()
+    engine = realesrgan_stage if args.engine == "realesrgan" else flashvsr_stage
+    clip = stabilized_upscale(clip, lambda source: engine(source, args), settings, resolve_device(args.device))
     options = EncodeOptions(codec=args.codec, crf=args.crf)
     choice = choose_format(clip.info, options, args.output)
     with ConsoleProgress(clip.info.frame_count, "upscale", quiet=args.quiet) as progress:

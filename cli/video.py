@@ -17,6 +17,10 @@ def register(subparsers) -> None:
     probe_parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     probe_parser.add_argument("--interlacing", action="store_true",
                               help="also run FFmpeg's idet on the first frames and report its verdict")
+    probe_parser.add_argument("--scenes", action="store_true",
+                              help="also decode the video and list the frames where scdet finds a scene cut")
+    probe_parser.add_argument("--scene-threshold", type=float, default=None, metavar="SCORE",
+                              help="scdet score (0-100) that marks a cut (default 10)")
     probe_parser.set_defaults(func=run_probe)
 
     transcode = subparsers.add_parser("transcode", help="decode and re-encode a video with its audio",
@@ -48,12 +52,28 @@ def run_probe(args: argparse.Namespace) -> int:
     from ..engines.video.probe import probe
 
     info = probe(args.file, interlacing=args.interlacing)
+    cuts = scene_report(args) if args.scenes else None
     if args.json:
-        json.dump(info.to_dict(), sys.stdout, indent=2)
+        report = info.to_dict()
+        if cuts is not None:
+            report["scenes"] = cuts
+        json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     print(describe(info))
+    if cuts is not None:
+        listed = ", ".join(str(i) for i in cuts["cuts"]) or "none"
+        print(f"  scene cuts (scdet, threshold {cuts['threshold']:g}) at frames: {listed}")
     return 0
+
+
+def scene_report(args: argparse.Namespace) -> dict:
+    """The frame indices where a new shot starts, found as the upscale stages find them."""
+    from ..engines.video.decode import open_clip
+    from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD, scene_cuts
+
+    threshold = DEFAULT_SCENE_THRESHOLD if args.scene_threshold is None else args.scene_threshold
+    return {"threshold": threshold, "cuts": scene_cuts(open_clip(args.file), threshold)}
 
 
 def describe(info) -> str:

@@ -20,7 +20,8 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vsrkit.engines.realesrgan.models import load_model, standalone_model_dir
+    from vsrkit.engines.realesrgan.loading import load_model
+    from vsrkit.engines.realesrgan.resolve import standalone_model_dir
     from vsrkit.engines.realesrgan.upscale import upscale_clip
     from vsrkit.engines.video.compare import CompareOptions, compare_clips
     from vsrkit.engines.video.decode import open_clip

@@ -46,7 +46,8 @@ def frame_of(path: Path, index: int, frames: int = 1) -> tuple[torch.Tensor, flo
 
 
 def realesrgan(name: str):
-    from vsrkit.engines.realesrgan.models import load_model, standalone_model_dir
+    from vsrkit.engines.realesrgan.loading import load_model
+    from vsrkit.engines.realesrgan.resolve import standalone_model_dir
 
     return load_model(name, [standalone_model_dir()], allow_download=False)
 

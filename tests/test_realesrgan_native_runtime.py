@@ -16,10 +16,11 @@ from torch import nn
 from tests.conftest import NETWORKS, randomised, without_native_kernel
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.paths import TEMP_MARK
-from vsrkit.engines.realesrgan import models as models_module
+from vsrkit.engines.realesrgan import backend as backend_module
 from vsrkit.engines.realesrgan import native_runtime
+from vsrkit.engines.realesrgan.backend import choose_backend
 from vsrkit.engines.realesrgan.inference import Upscaler
-from vsrkit.engines.realesrgan.models import RealESRGANModel
+from vsrkit.engines.realesrgan.loading import RealESRGANModel
 from vsrkit.engines.realesrgan.native_runtime import (
     NativeKernelError,
     NativeNetwork,
@@ -27,7 +28,6 @@ from vsrkit.engines.realesrgan.native_runtime import (
     native_available,
     native_supported,
 )
-from vsrkit.engines.realesrgan.ncnn_runtime import NcnnNetwork, ncnn_available
 from vsrkit.engines.realesrgan.rrdbnet import RRDBNet
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
 
@@ -119,6 +119,22 @@ def test_networks_match_their_modules(name):
     assert dict(runner.named_parameters()) == {}, "the runner must not register the module's weights twice"
 
 
+@needs_kernel
+def test_a_runner_keeps_its_buffers_for_calls_of_every_size():
+    """Buffers are made by the first (largest) call and reused by smaller ones: the memory a runner holds
+    does not grow with the number or the sizes of its calls, and results do not depend on what ran before."""
+    net = randomised(NETWORKS["rrdb-x2"]())
+    runner = NativeNetwork(net, threads=2)
+    held = None
+    for height, width in [(20, 28), (12, 10), (20, 28), (8, 30), (2, 2)]:
+        x = torch.rand(1, 3, height, width)
+        with torch.no_grad():
+            assert _close(runner(x), net(x)), (height, width)
+        storage = {role: array.ctypes.data for role, array in runner._space._storage.items()}
+        held = held or storage
+        assert storage == held, (height, width)
+
+
 def test_supported_networks():
     assert native_supported(SRVGGNetCompact(num_feat=64, num_conv=1))
     assert native_supported(RRDBNet(num_feat=64, num_block=1, num_grow_ch=32))
@@ -170,43 +186,48 @@ def test_a_failing_compiler_leaves_no_file_and_names_itself(tmp_path):
 
 
 def test_backend_choice_with_and_without_the_kernel(monkeypatch):
-    model = RealESRGANModel(randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
+    net = randomised(NETWORKS["srvgg-prelu-x4"]())
     cpu = torch.device("cpu")
+    with pytest.raises(InputError, match="cpu_backend must be one of auto, native, pytorch"):
+        choose_backend(net, cpu, torch.float32, "onnx")
     if native_available():
-        assert model.runner(cpu, torch.float32, "auto") == "native"
-        assert model.runner(cpu, torch.float32, "native") == "native"
-    assert model.runner(cpu, torch.bfloat16, "native") == "module"
+        assert choose_backend(net, cpu, torch.float32, "auto") == "native"
+        assert choose_backend(net, cpu, torch.float32, "native") == "native"
+    assert choose_backend(net, cpu, torch.float32, "pytorch") == "pytorch"
+    assert choose_backend(net, cpu, torch.bfloat16, "native") == "pytorch"
 
-    monkeypatch.setattr(models_module, "kernel_library", without_native_kernel)
-    assert model.runner(cpu, torch.float32, "auto") != "native"
+    monkeypatch.setattr(backend_module, "kernel_library", without_native_kernel)
+    assert choose_backend(net, cpu, torch.float32, "auto") == "pytorch"
     with pytest.raises(InputError, match="'native' is not available here: no C\\+\\+ compiler"):
-        model.runner(cpu, torch.float32, "native")
-    narrow = RealESRGANModel(randomised(SRVGGNetCompact(num_feat=8, num_conv=1)), "SRVGGNetCompact", 4, "narrow")
+        choose_backend(net, cpu, torch.float32, "native")
+    narrow = randomised(SRVGGNetCompact(num_feat=8, num_conv=1))
     with pytest.raises(InputError, match="multiples of 16"):
-        narrow.runner(cpu, torch.float32, "native")
+        choose_backend(narrow, cpu, torch.float32, "native")
+    wrapped = nn.Sequential(SRVGGNetCompact(num_feat=16, num_conv=1))
+    assert choose_backend(wrapped, cpu, torch.float32, "auto") == "pytorch"
+    with pytest.raises(InputError, match="Sequential"):
+        choose_backend(wrapped, cpu, torch.float32, "native")
 
 
-@pytest.mark.parametrize("backend, batch", [("native", 1), ("ncnn", 2)])
-def test_auto_backend_and_its_batch_on_the_cpu(monkeypatch, backend, batch):
-    """The native kernel takes one frame at a time on all threads; without it, ncnn two side by side."""
+@pytest.mark.parametrize("backend", ["native", "pytorch"])
+def test_auto_backend_and_its_batch_on_the_cpu(monkeypatch, backend):
+    """auto is the native kernel where it builds, else PyTorch; either takes one frame at a time."""
     if backend == "native" and not native_available():
         pytest.skip("no C++ compiler here to build the native kernel")
-    if backend == "ncnn":
-        if not ncnn_available():
-            pytest.skip("the ncnn package is not installed (it is in the test extra)")
-        monkeypatch.setattr(models_module, "kernel_library", without_native_kernel)
+    if backend == "pytorch":
+        monkeypatch.setattr(backend_module, "kernel_library", without_native_kernel)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     model = RealESRGANModel(randomised(NETWORKS["srvgg-prelu-x4"]()), "SRVGGNetCompact", 4, "small")
     upscaler = Upscaler(model, device="cpu")
-    assert upscaler.runner == backend
-    assert isinstance(upscaler.net, NativeNetwork if backend == "native" else NcnnNetwork)
+    assert upscaler.backend == backend
+    assert isinstance(upscaler.net, NativeNetwork) == (backend == "native")
     frames = torch.rand(5, 21, 17, 3)
     out = upscaler.upscale(frames)
-    assert upscaler.plan.batch == batch
-    reference = Upscaler(model, device="cpu", cpu_backend="pytorch-default").upscale(frames)
+    assert upscaler.plan.batch == 1
+    reference = Upscaler(model, device="cpu", cpu_backend="pytorch").upscale(frames)
     assert out.shape == reference.shape == (5, 84, 68, 3)
     assert float((out - reference).abs().max()) * 255 <= 1.0001
-    assert Upscaler(model, device="cpu", precision="bf16").runner == "module"
+    assert Upscaler(model, device="cpu", precision="bf16").backend == "pytorch"
 
 
 @pytest.mark.parametrize("compiler", ["g++", "clang++"])

@@ -231,7 +231,7 @@ def below(node: dict, gap: float = 60) -> float:
 
 
 def realesrgan_hint(model: str) -> list[dict]:
-    from vsrkit.engines.realesrgan.models import official_model
+    from vsrkit.engines.realesrgan.official import official_model
 
     official = official_model(model)
     return [hint(official.file_name, official.url, "upscale_models")]

@@ -1,8 +1,8 @@
 """Running a Real-ESRGAN network on frame batches: precision, tiling, resizing, memory.
 
-Tiles carry `overlap` input pixels of context on every side. Each tile's result is used only
-over its own core plus a feather band of `overlap // 4` pixels, where it is cross-faded with the
-neighbour's, so the weights of all tiles sum to one everywhere. For SRVGGNetCompact, whose
+Tiles (`engines.tiling`) carry `overlap` input pixels of context on every side. Each tile's
+result is used only over its own core plus a feather band of `overlap // 4` pixels, where it is
+cross-faded with the neighbour's. For SRVGGNetCompact, whose
 receptive field is one pixel per convolution, an overlap of at least `radius * 4 / 3` makes the
 tiled result equal to the untiled one (up to float rounding); the automatic overlap is chosen so.
 For RRDBNet the receptive field is far wider, but its influence decays fast; 32 pixels (ComfyUI's
@@ -18,21 +18,25 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
-from ..cpu_memory import keep_freed_memory
+from ..device import resolve_device, resolve_precision
 from ..errors import InputError
-from .models import RealESRGANModel
+from ..tiling import (
+    BlendWeights,
+    Tile,
+    TileBlender,
+    core_spans,
+    free_cached_memory,
+    grid,
+    is_out_of_memory,
+    pad_to_multiple,
+    smaller_tile,
+)
+from .backend import choose_backend
+from .loading import RealESRGANModel
 
 MIN_TILE = 32
 CPU_BUDGET_BYTES = 1536 * 1024 * 1024
 MAX_BATCH = 16
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -40,20 +44,13 @@ def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return round(height * scale), round(width * scale)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' is fp16 on CUDA, fp32 elsewhere."""
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in table:
-        raise InputError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
-    if precision == "fp16" and device.type == "cpu":
+def network_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype a Real-ESRGAN network runs in (`engines.device.resolve_precision`; "auto" is fp16
+    on CUDA). PyTorch has no fp16 convolutions on the CPU, so fp16 there is refused."""
+    dtype = resolve_precision(precision, device, torch.float16)
+    if dtype == torch.float16 and device.type == "cpu":
         raise InputError("precision fp16 is not supported on the CPU; use fp32 (default) or bf16")
-    return table[precision]
+    return dtype
 
 
 def auto_overlap(model: RealESRGANModel) -> int:
@@ -88,9 +85,9 @@ class TilePlan:
 
 def plan_tiles(model: RealESRGANModel, height: int, width: int, frames: int, dtype: torch.dtype,
                device: torch.device, tile: int = 0, overlap: int | None = None, batch: int | None = None,
-               budget_bytes: int | None = None, cpu_batch: int = 1) -> TilePlan:
+               budget_bytes: int | None = None) -> TilePlan:
     """Pick tile size (0 = whole frame) and batch so one step fits the memory budget; on the CPU the
-    batch is at most `cpu_batch`, the frames the network runs side by side."""
+    batch is one frame."""
     if overlap is None:
         overlap = auto_overlap(model)
     if budget_bytes is None:
@@ -106,7 +103,7 @@ def plan_tiles(model: RealESRGANModel, height: int, width: int, frames: int, dty
             fit = max(1, budget_bytes // max(1, frame_cost))
             # On the CPU a batch that one network call works through as a whole only adds memory
             # traffic (measured 2x slower per frame at 3).
-            most = MAX_BATCH if device.type == "cuda" else cpu_batch
+            most = MAX_BATCH if device.type == "cuda" else 1
             return TilePlan(0, overlap, batch or int(min(most, fit, max(1, frames))))
         side = int(math.sqrt(budget_bytes / per_pixel)) - 2 * overlap
         tile = max(MIN_TILE, side // 16 * 16)
@@ -115,65 +112,25 @@ def plan_tiles(model: RealESRGANModel, height: int, width: int, frames: int, dty
     return TilePlan(tile, overlap, batch or 1)
 
 
-def _cores(length: int, tile: int, multiple: int) -> list[tuple[int, int]]:
-    """Split [0, length) into near-equal parts of at most `tile` (edges on multiples of `multiple`)."""
-    count = max(1, math.ceil(length / tile))
-    edges = [0]
-    for index in range(1, count):
-        edge = round(index * length / count) // multiple * multiple
-        if edge > edges[-1]:
-            edges.append(edge)
-    edges.append(length)
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
-
-def _ramp(start: int, stop: int, core: tuple[int, int], length: int, feather: int, scale: int,
-          device: torch.device) -> torch.Tensor:
-    """1-D weights over output pixels [start*scale, stop*scale) for a tile whose core is `core`."""
-    positions = torch.arange(start * scale, stop * scale, device=device, dtype=torch.float32) + 0.5
-    weight = torch.ones_like(positions)
-    low, high = core
-    if feather > 0:
-        band = 2 * feather * scale
-        if low > 0:
-            weight = weight * ((positions - (low - feather) * scale) / band).clamp(0, 1)
-        if high < length:
-            weight = weight * (((high + feather) * scale - positions) / band).clamp(0, 1)
-    else:
-        if low > 0:
-            weight = weight * (positions >= low * scale)
-        if high < length:
-            weight = weight * (positions < high * scale)
-    return weight
-
-
-def run_network(model: RealESRGANModel, net: torch.nn.Module, x: torch.Tensor, tile: int,
-                overlap: int) -> torch.Tensor:
-    """The network's output for NCHW `x` (already padded to `size_multiple`), tiled when `tile` > 0."""
-    _, _, height, width = x.shape
-    if tile <= 0 or (height <= tile and width <= tile):
-        return net(x)
-    scale = model.net_scale
+def network_tiles(model: RealESRGANModel, height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles of at most `tile` input pixels over a padded height x width frame, read with `overlap`
+    pixels of context (whole multiples of the network's size multiple) and kept over their core
+    plus a cross-fade band of `overlap // 4` (`tiling.core_spans`)."""
     multiple = model.size_multiple
     context = overlap // multiple * multiple if multiple > 1 else overlap
-    rows, cols = _cores(height, tile, multiple), _cores(width, tile, multiple)
-    # Cross-fade bands must not overlap each other, or the weights would not sum to one.
-    feather_y = min(overlap // 4, min(b - a for a, b in rows) // 2)
-    feather_x = min(overlap // 4, min(b - a for a, b in cols) // 2)
-    out = torch.zeros((x.shape[0], x.shape[1], height * scale, width * scale), dtype=torch.float32,
-                      device=x.device)
-    for y0, y1 in rows:
-        for x0, x1 in cols:
-            ey0, ey1 = max(0, y0 - context), min(height, y1 + context)
-            ex0, ex1 = max(0, x0 - context), min(width, x1 + context)
-            result = net(x[:, :, ey0:ey1, ex0:ex1])
-            uy0, uy1 = max(ey0, y0 - feather_y), min(ey1, y1 + feather_y)
-            ux0, ux1 = max(ex0, x0 - feather_x), min(ex1, x1 + feather_x)
-            wy = _ramp(uy0, uy1, (y0, y1), height, feather_y, scale, x.device)
-            wx = _ramp(ux0, ux1, (x0, x1), width, feather_x, scale, x.device)
-            part = result[:, :, (uy0 - ey0) * scale:(uy1 - ey0) * scale, (ux0 - ex0) * scale:(ux1 - ex0) * scale]
-            out[:, :, uy0 * scale:uy1 * scale, ux0 * scale:ux1 * scale] += part.float() * (wy[:, None] * wx[None, :])
-    return out
+    return grid(core_spans(height, tile, context, overlap // 4, multiple),
+                core_spans(width, tile, context, overlap // 4, multiple))
+
+
+def run_network(net: torch.nn.Module, x: torch.Tensor, weights: BlendWeights | None) -> torch.Tensor:
+    """The network's output for NCHW `x` (padded to the network's size multiple): whole, or tile by
+    tile blended with `weights` (`network_tiles` at the network's scale)."""
+    if weights is None:
+        return net(x)
+    blender = TileBlender(weights, x.shape[0], x.shape[1])
+    for tile in weights.tiles:
+        blender.add(tile, net(tile.crop(x)))
+    return blender.frames()
 
 
 def resize_output(y: torch.Tensor, model: RealESRGANModel, out_height: int, out_width: int) -> torch.Tensor:
@@ -193,17 +150,6 @@ def resize_output(y: torch.Tensor, model: RealESRGANModel, out_height: int, out_
                          antialias=out_height < height or out_width < width)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    if multiple <= 1:
-        return x
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not pad_h and not pad_w:
-        return x
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-
-
 class Upscaler:
     """Upscales [B, H, W, C] frame batches with one model on one device.
 
@@ -215,8 +161,8 @@ class Upscaler:
                  precision: str = "auto", tile: int = 0, overlap: int | None = None, batch: int | None = None,
                  budget_bytes: int | None = None, cpu_backend: str = "auto"):
         self.model = model
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = resolve_precision(precision, self.device)
+        self.device = resolve_device(device)
+        self.dtype = network_precision(precision, self.device)
         self.scale = float(scale) if scale else model.scale
         if self.scale <= 0:
             raise ValueError(f"scale must be positive, got {scale}")
@@ -225,8 +171,9 @@ class Upscaler:
         self.batch = batch
         self.budget_bytes = budget_bytes
         self.plan: TilePlan | None = None
-        self.runner = model.runner(self.device, self.dtype, cpu_backend)
-        self.net = model.prepared(self.device, self.dtype, cpu_backend)
+        self._weights: tuple[tuple[int, ...], BlendWeights] | None = None
+        self.backend = choose_backend(model.net, self.device, self.dtype, cpu_backend)
+        self.net = model.prepared(self.device, self.dtype, self.backend)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return output_size(height, width, self.scale)
@@ -234,8 +181,7 @@ class Upscaler:
     def _plan(self, height: int, width: int, frames: int) -> TilePlan:
         if self.plan is None:
             self.plan = plan_tiles(self.model, height, width, frames, self.dtype, self.device, self.tile,
-                                   self.overlap, self.batch, self.budget_bytes,
-                                   getattr(self.net, "frames_in_parallel", 1))
+                                   self.overlap, self.batch, self.budget_bytes)
         return self.plan
 
     def _shrink(self, height: int, width: int) -> None:
@@ -244,12 +190,23 @@ class Upscaler:
         assert plan is not None
         if plan.batch > 1:
             plan.batch = max(1, plan.batch // 2)
-        elif plan.tile == 0 or plan.tile > MIN_TILE:
-            current = plan.tile or max(height, width)
-            plan.tile = max(MIN_TILE, current // 2)
-        else:
+            return
+        tile = smaller_tile(plan.tile, max(height, width), MIN_TILE)
+        if tile is None:
             raise MemoryError(f"out of memory even with one frame and {MIN_TILE}-pixel tiles; free memory "
                               "on the device or use a smaller model")
+        plan.tile = tile
+
+    def _blend_weights(self, height: int, width: int, plan: TilePlan) -> BlendWeights | None:
+        """The tiles' blend weights for a padded height x width frame (None when untiled), kept while
+        the frame size and plan stay the same."""
+        if plan.tile <= 0 or (height <= plan.tile and width <= plan.tile):
+            return None
+        key = (height, width, plan.tile, plan.overlap)
+        if self._weights is None or self._weights[0] != key:
+            tiles = network_tiles(self.model, height, width, plan.tile, plan.overlap)
+            self._weights = (key, BlendWeights(tiles, self.device, self.model.net_scale))
+        return self._weights[1]
 
     @torch.inference_mode()
     def process_device(self, frames: torch.Tensor) -> torch.Tensor:
@@ -257,20 +214,19 @@ class Upscaler:
         height, width = frames.shape[-2:]
         out_h, out_w = self.output_size(height, width)
         x = pad_to_multiple(frames.to(self.dtype), self.model.size_multiple)
-        # The PyTorch module is fastest channels-last; ncnn and the tuned network take NCHW.
-        x = x.contiguous(memory_format=torch.channels_last) if self.runner == "module" else x.contiguous()
+        # The PyTorch module is fastest channels-last; the native kernel takes NCHW.
+        x = x.contiguous(memory_format=torch.channels_last if self.backend == "pytorch" else torch.contiguous_format)
         plan = self._plan(height, width, frames.shape[0])
         while True:
             try:
-                pieces = [run_network(self.model, self.net, x[i:i + plan.batch], plan.tile, plan.overlap)
-                          for i in range(0, x.shape[0], plan.batch)]
+                weights = self._blend_weights(x.shape[-2], x.shape[-1], plan)
+                pieces = [run_network(self.net, x[i:i + plan.batch], weights) for i in range(0, x.shape[0], plan.batch)]
                 break
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
                 pieces = []
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                free_cached_memory(self.device)
                 self._shrink(height, width)
         y = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         s = self.model.net_scale
@@ -295,9 +251,8 @@ class Upscaler:
         """Upscale a stream of [B, H, W, C] batches; on CUDA the next batch's upload and the previous
         batch's download overlap the current batch's compute."""
         if self.device.type != "cuda":
-            with keep_freed_memory():
-                for frames in batches:
-                    yield self._finish(self._compute(frames.to(self.device)))
+            for frames in batches:
+                yield self._finish(self._compute(frames.to(self.device)))
             return
         copy_stream = torch.cuda.Stream(self.device)
         compute_stream = torch.cuda.current_stream(self.device)

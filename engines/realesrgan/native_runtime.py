@@ -9,12 +9,14 @@ while it is in the core's cache, and applies bias, activation and residual on th
 
 The kernel is compiled on first use by the machine's C++ compiler ($CXX, else c++, g++ or clang++)
 for the CPU it runs on, and kept under `<vsrkit home>/kernels/`. Without a compiler the `auto`
-backend uses ncnn or PyTorch instead. Results are fp32 Winograd F(4x4, 3x3): within about 1e-5
+backend uses PyTorch instead. Results are fp32 Winograd F(4x4, 3x3): within about 1e-5
 of the direct convolution per layer, far below one 8-bit level at the network's output.
 
 Each frame uses all threads: the tile rows of every convolution are shared out between them.
 Activations stay NHWC in zero-padded buffers, so RRDBNet's dense concatenations are channel
-slices of one buffer and cost no copies.
+slices of one buffer and cost no copies. A `NativeNetwork` keeps its buffers from call to call
+(a fresh large buffer is fresh memory the system must fault in page by page); make one per
+stream, and the buffers go with it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import shlex
 import shutil
 import subprocess
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +172,7 @@ def kernel_library(compiler: str | None = None) -> ctypes.CDLL:
 def _load(compiler: str | None) -> ctypes.CDLL | NativeKernelError:
     candidates = [compiler] if compiler else _compilers()
     if not candidates:
-        log.info("vsrkit's native CPU kernel needs a C++ compiler and none was found; the CPU uses ncnn or PyTorch")
+        log.info("vsrkit's native CPU kernel needs a C++ compiler and none was found; the CPU uses PyTorch")
         return NativeKernelError("no C++ compiler found (install g++ or clang++, or set CXX)")
     errors = []
     for candidate in candidates:
@@ -183,7 +186,7 @@ def _load(compiler: str | None) -> ctypes.CDLL | NativeKernelError:
         except OSError as exc:
             errors.append(f"the kernel built by {candidate} does not load: {exc}")
     error = NativeKernelError("; ".join(errors))
-    log.warning("vsrkit's native CPU kernel is not available (%s); the CPU uses ncnn or PyTorch", error)
+    log.warning("vsrkit's native CPU kernel is not available (%s); the CPU uses PyTorch", error)
     return error
 
 
@@ -256,15 +259,24 @@ class _Image:
     """An NHWC float32 buffer in the kernel's zero-padded geometry for an H x W image.
 
     Only the padding is zeroed (the kernel never writes it, so it stays zero); the interior is
-    left as allocated and must be written, by a convolution or a fill, before it is read.
-    Zeroing whole buffers took 7% of a 320x240 frame.
+    left as it was and must be written, by a convolution or a fill, before it is read.
+    Zeroing whole buffers took 7% of a 320x240 frame. `storage`, when given, is a flat float32
+    array of at least `_Image.floats(...)` elements that the image lives in.
     """
 
-    def __init__(self, height: int, width: int, channels: int):
+    def __init__(self, height: int, width: int, channels: int, storage: np.ndarray | None = None):
         self.height, self.width = height, width
-        self.data = np.empty((_round_up(height, 4) + 2, _round_up(width, 4) + 2, channels), dtype=np.float32)
+        shape = (_round_up(height, 4) + 2, _round_up(width, 4) + 2, channels)
+        if storage is None:
+            self.data = np.empty(shape, dtype=np.float32)
+        else:
+            self.data = storage[:shape[0] * shape[1] * channels].reshape(shape)
         for padding in (self.data[:1], self.data[height + 1:], self.data[:, :1], self.data[:, width + 1:]):
             padding[...] = 0
+
+    @staticmethod
+    def floats(height: int, width: int, channels: int) -> int:
+        return (_round_up(height, 4) + 2) * (_round_up(width, 4) + 2) * channels
 
     @property
     def tile_rows(self) -> int:
@@ -297,25 +309,58 @@ class _Image:
 
 
 class _Workspace:
-    """The buffers of one network call by role, reused from frame to frame and layer to layer:
-    fresh large buffers would fault their pages in again. Within a clip stage freed memory stays
-    in the process (`cpu_memory.keep_freed_memory`), so the next call's buffers do not either."""
+    """The buffers of one runner by role, reused from layer to layer and from call to call.
+
+    Each role keeps one flat array, grown when a call needs more, so tiles of a few sizes share it
+    and the memory held is that of the largest call, however many calls there are.
+    """
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[str, int, int, int], _Image] = {}
+        self._storage: dict[str, np.ndarray] = {}
 
     def get(self, role: str, height: int, width: int, channels: int) -> _Image:
-        key = (role, height, width, channels)
-        if key not in self._buffers:
-            self._buffers[key] = _Image(height, width, channels)
-        return self._buffers[key]
+        floats = _Image.floats(height, width, channels)
+        storage = self._storage.get(role)
+        if storage is None or storage.size < floats:
+            storage = self._storage[role] = np.empty(floats, dtype=np.float32)
+        return _Image(height, width, channels, storage)
+
+
+# The kernel's form of each network's convolutions, kept while the network lives: it takes seconds
+# for RRDBNet, and every stream makes its own runner.
+_layers: weakref.WeakKeyDictionary[nn.Module, list[_Conv]] = weakref.WeakKeyDictionary()
+_layers_lock = threading.Lock()
+
+
+def _kernel_layers(net: nn.Module) -> list[_Conv]:
+    with _layers_lock:
+        convs = _layers.get(net)
+    if convs is not None:
+        return convs
+    if isinstance(net, SRVGGNetCompact):
+        layers = list(net.body)
+        convs = [_Conv.of(layer, layers[index + 1] if index + 1 < len(layers) else None)
+                 for index, layer in enumerate(layers) if isinstance(layer, nn.Conv2d)]
+    else:
+        convs = [_Conv.of(net.conv_first)]
+        for block in net.body:
+            for rdb in (block.rdb1, block.rdb2, block.rdb3):
+                convs += [_Conv.of(conv, rdb.lrelu) for conv in (rdb.conv1, rdb.conv2, rdb.conv3, rdb.conv4)]
+                convs.append(_Conv.of(rdb.conv5))
+        convs.append(_Conv.of(net.conv_body))
+        convs += [_Conv.of(conv, net.lrelu) for conv in (net.conv_up1, net.conv_up2, net.conv_hr)]
+        convs.append(_Conv.of(net.conv_last))
+    with _layers_lock:
+        _layers[net] = convs
+    return convs
 
 
 class NativeNetwork(nn.Module):
     """An RRDBNet or SRVGGNetCompact run by the native kernel: NCHW float32 CPU tensors in and out.
 
     The `threads` (default: PyTorch's CPU thread count) share each convolution's tile rows, so
-    frames run one after another and a lone frame is as fast as any.
+    frames run one after another and a lone frame is as fast as any. The runner keeps its buffers
+    between calls: one runner per stream (calls from several threads take turns).
     """
 
     def __init__(self, net: nn.Module, threads: int | None = None, compiler: str | None = None):
@@ -327,21 +372,12 @@ class NativeNetwork(nn.Module):
         self._library = kernel_library(compiler)
         # Not a submodule: the PyTorch network stays the model's, this only reads its weights.
         self.__dict__["module"] = net
-        if isinstance(net, SRVGGNetCompact):
-            layers = list(net.body)
-            self._convs = [_Conv.of(layer, layers[index + 1] if index + 1 < len(layers) else None)
-                           for index, layer in enumerate(layers) if isinstance(layer, nn.Conv2d)]
-        else:
-            self._convs = [_Conv.of(net.conv_first)]
-            for block in net.body:
-                for rdb in (block.rdb1, block.rdb2, block.rdb3):
-                    self._convs += [_Conv.of(conv, rdb.lrelu) for conv in (rdb.conv1, rdb.conv2, rdb.conv3, rdb.conv4)]
-                    self._convs.append(_Conv.of(rdb.conv5))
-            self._convs.append(_Conv.of(net.conv_body))
-            self._convs += [_Conv.of(conv, net.lrelu) for conv in (net.conv_up1, net.conv_up2, net.conv_hr)]
-            self._convs.append(_Conv.of(net.conv_last))
-        self._scratch_floats = max(self._library.vsrkit_winograd_scratch(CHUNK_TILES, conv.cin, conv.cout)
-                                   for conv in self._convs)
+        self._convs = _kernel_layers(net)
+        scratch_floats = max(self._library.vsrkit_winograd_scratch(CHUNK_TILES, conv.cin, conv.cout)
+                             for conv in self._convs)
+        self._scratch = [np.empty(scratch_floats, dtype=np.float32) for _ in range(self.threads)]
+        self._space = _Workspace()
+        self._busy = threading.Lock()
 
     def _conv(self, pool: ThreadPoolExecutor | None, scratch: list[np.ndarray], conv: _Conv, source: _Image,
               target: _Image, source_channel: int = 0, target_channel: int = 0, residual: _Image | None = None,
@@ -378,8 +414,13 @@ class NativeNetwork(nn.Module):
             following = space.get(role, height, width, conv.cout)
             run(conv, current, following)
             current = following
-        out = F.pixel_shuffle(current.tensor(net.num_out_ch * net.upscale ** 2)[None], net.upscale)
-        return out[0] + F.interpolate(frame[None], scale_factor=net.upscale, mode="nearest")[0]
+        # Pixel shuffle and the nearest-neighbour base image in one pass over the output buffer.
+        scale, channels = net.upscale, net.num_out_ch
+        shuffled = torch.from_numpy(current.interior(slice(0, channels * scale * scale)))
+        shuffled = shuffled.unflatten(2, (channels, scale, scale)).permute(2, 0, 3, 1, 4)
+        out = torch.empty((channels, height, scale, width, scale))
+        torch.add(shuffled, frame[:, :, None, :, None], out=out)
+        return out.view(channels, height * scale, width * scale)
 
     def _rrdb(self, frame: torch.Tensor, space: _Workspace, run) -> torch.Tensor:
         net: RRDBNet = self.module
@@ -397,7 +438,8 @@ class NativeNetwork(nn.Module):
         buffers[0].interior(slice(0, features))[...] = trunk.interior()
         current = 0
         for _block in net.body:
-            block_input = buffers[current].interior(slice(0, features)).copy()
+            block_input = space.get("block", height, width, features).interior()
+            block_input[...] = buffers[current].interior(slice(0, features))
             for _rdb in range(3):
                 source, target = buffers[current], buffers[1 - current]
                 for index in range(4):
@@ -426,13 +468,11 @@ class NativeNetwork(nn.Module):
         if x.device.type != "cpu":
             raise ValueError("the native network runs on the CPU only")
         x = x.detach().float().contiguous()
-        space = _Workspace()
-        scratch = [np.empty(self._scratch_floats, dtype=np.float32) for _ in range(self.threads)]
-        with ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="vsrkit-native") \
+        frame_fn = self._srvgg if isinstance(self.module, SRVGGNetCompact) else self._rrdb
+        with self._busy, ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="vsrkit-native") \
                 if self.threads > 1 else contextlib.nullcontext() as pool:
             def run(conv: _Conv, source: _Image, target: _Image, **options) -> None:
-                self._conv(pool, scratch, conv, source, target, **options)
+                self._conv(pool, self._scratch, conv, source, target, **options)
 
-            frame_fn = self._srvgg if isinstance(self.module, SRVGGNetCompact) else self._rrdb
-            return torch.stack([frame_fn(frame, space, run) for frame in x])
-
+            outputs = [frame_fn(frame, self._space, run) for frame in x]
+        return outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)

