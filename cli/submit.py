@@ -1,9 +1,11 @@
-"""`vsrkit submit WORKFLOW.json`: run a workflow on a ComfyUI server, headless.
+"""`vsrkit submit WORKFLOW.json` (or a shipped workflow's title): run a workflow on a ComfyUI server, headless.
 
 Uploads the input files, queues the prompt, shows progress from the server's websocket,
 waits until the run has really finished (an `executing` message with `node: null`;
 `/history` may lag `execution_success`), then downloads the outputs. A prompt the server
-refuses ends with its `node_errors`; Ctrl-C interrupts the job on the server.
+refuses ends with its `node_errors`. Ctrl-C interrupts the job on the server, waits (a
+bounded time) until the server has really ended it, and reports what happened: interrupted,
+or finished anyway (its outputs are then downloaded as usual and named).
 """
 
 from __future__ import annotations
@@ -24,15 +26,24 @@ from typing import Any, TextIO
 
 from ..engines.errors import InputError, VsrkitError
 from ..engines.paths import discard, partial_path, publish
+from ..engines.progress import Cancelled
 from .workflow import WorkflowError, is_api_format, is_ui_format, ui_to_api
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
+SHIPPED_API_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
 HISTORY_WAIT_SECONDS = 30.0
+# How long a cancel waits for the server to end the prompt (a node checks for interrupts only
+# between its steps; one long step on a CPU can take a minute).
+CANCEL_WAIT_SECONDS = 60.0
 _CHUNK = 1 << 20
 
 
 class SubmitError(VsrkitError):
     """The workflow could not be run; the message says what the server or the file said."""
+
+
+class SubmitCancelled(Cancelled):
+    """Ctrl-C stopped a submitted prompt; the message says what the server did with it."""
 
 
 class PromptRejected(SubmitError):
@@ -49,7 +60,9 @@ def register(subparsers) -> None:
         description="Run a ComfyUI workflow (API or UI format) headless: upload inputs, queue it, show "
                     "progress, wait for the end of the run, download the outputs. Exits non-zero with "
                     "the server's node_errors when it refuses the prompt; Ctrl-C interrupts the job.")
-    parser.add_argument("workflow", type=Path, help="workflow JSON file (API format, or UI format to convert)")
+    parser.add_argument("workflow", type=Path,
+                        help="workflow JSON file (API format, or UI format to convert), or the title of a "
+                             "workflow shipped with vsrkit (its API file in workflows/api/)")
     parser.add_argument("--server", default=DEFAULT_SERVER, help=f"ComfyUI address (default {DEFAULT_SERVER})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                         help="set an input; NODE is a node id, title or class name; VALUE is JSON when it "
@@ -154,6 +167,12 @@ class ComfyClient:
     def history(self, prompt_id: str) -> dict | None:
         body = self.get_json(f"/history/{urllib.parse.quote(prompt_id)}")
         return body.get(prompt_id) if isinstance(body, dict) else None
+
+    def is_queued(self, prompt_id: str) -> bool:
+        """True while the prompt is running or waiting in the server's queue."""
+        queue = self.get_json("/queue")
+        items = [*(queue.get("queue_running") or []), *(queue.get("queue_pending") or [])]
+        return any(len(item) > 1 and item[1] == prompt_id for item in items)
 
     def cancel(self, prompt_id: str) -> None:
         """Drop the job from the queue if it is waiting, interrupt it if it is running."""
@@ -277,12 +296,27 @@ def set_input(client: ComfyClient | None, prompt: dict, ref: str, input_name: st
     inputs[input_name] = value
 
 
+def shipped_workflows() -> dict[str, Path]:
+    """The pack's API workflows (workflows/api/TITLE.json) by title."""
+    return {path.stem: path for path in sorted(SHIPPED_API_WORKFLOWS.glob("*.json"))}
+
+
+def find_workflow(given: Path) -> Path:
+    """`given` when it is a file; else the shipped API workflow it names (its title, any case, `.json` or not)."""
+    if given.exists() or given.parent != Path("."):
+        return given
+    wanted = given.name.removesuffix(".json").casefold()
+    return next((path for title, path in shipped_workflows().items() if title.casefold() == wanted), given)
+
+
 def load_prompt(path: Path, client: ComfyClient | None) -> dict:
     """The API-format prompt in `path`; a UI-format file is converted with the server's node definitions."""
     try:
         workflow = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise SubmitError(f"workflow file {path} does not exist") from exc
+        titles = "; ".join(shipped_workflows()) or "none"
+        raise SubmitError(f"workflow file {path} does not exist; give a file, or the title of a workflow "
+                          f"shipped with vsrkit: {titles}") from exc
     except json.JSONDecodeError as exc:
         raise SubmitError(f"workflow file {path} is not valid JSON: {exc}") from exc
     if is_api_format(workflow):
@@ -458,9 +492,89 @@ def describe_failure(result: RunResult) -> str:
     return f"prompt {result.prompt_id} failed in {where}: {message}"
 
 
+def wait_for_end(client: ComfyClient, prompt_id: str, wait: float) -> dict | None:
+    """After an interrupt: the prompt's /history entry once it has ended, None if it never ran.
+
+    ComfyUI moves a prompt out of its queue and into /history in one step, so a prompt found in
+    neither, twice in a row, was removed from the queue before it started. TimeoutError when the
+    server has not ended it within `wait` seconds.
+    """
+    give_up = time.monotonic() + wait
+    absent = 0
+    while True:
+        entry = client.history(prompt_id)
+        if entry is not None:
+            return entry
+        absent = 0 if client.is_queued(prompt_id) else absent + 1
+        if absent >= 2:
+            return None
+        if time.monotonic() > give_up:
+            raise TimeoutError
+        time.sleep(0.25)
+
+
+def _names(items: list) -> str:
+    return ", ".join(str(item) for item in items)
+
+
+def stop_on_server(client: ComfyClient, prompt_id: str, output_dir: Path | None, reporter: Reporter,
+                   wait: float) -> str:
+    """Interrupt the prompt, wait until it has really ended and say what happened to it.
+
+    A prompt that finished before the interrupt took effect gets its outputs downloaded as usual;
+    the sentence names them.
+    """
+    client.cancel(prompt_id)
+    reporter.line(f"asked ComfyUI to stop prompt {prompt_id}; waiting up to {wait:g} s for it to end "
+                  "(Ctrl-C again stops waiting)")
+    try:
+        entry = wait_for_end(client, prompt_id, wait)
+    except TimeoutError:
+        return (f"asked ComfyUI to interrupt prompt {prompt_id}, but it had not ended after {wait:g} s; it "
+                "may still be running (see ComfyUI's queue); nothing was downloaded")
+    except KeyboardInterrupt:
+        return (f"asked ComfyUI to interrupt prompt {prompt_id} and stopped waiting before it ended; it may "
+                "still be running (see ComfyUI's queue); nothing was downloaded")
+    except SubmitError as exc:
+        return (f"asked ComfyUI to interrupt prompt {prompt_id}, then could not follow it to its end ({exc}); "
+                "nothing was downloaded")
+    if entry is None:
+        return f"prompt {prompt_id} was removed from ComfyUI's queue before it started; nothing ran"
+    result = RunResult(prompt_id, finished=True)
+    apply_history(entry, result)
+    files = [f"{item.get('subfolder') + '/' if item.get('subfolder') else ''}{item['filename']}"
+             for item in output_files(result.outputs)]
+    if not result.success:
+        if result.interrupted:
+            told = f"prompt {prompt_id} was interrupted on the server"
+        else:
+            told = describe_failure(result).replace(f"prompt {prompt_id} failed",
+                                                    f"prompt {prompt_id} failed before the interrupt took effect")
+        if files:
+            return f"{told}; the files it saved before it stopped are left on the server: {_names(files)}"
+        return f"{told}; it saved no output"
+    told = f"prompt {prompt_id} finished before the interrupt took effect"
+    if not files:
+        return f"{told}; it saved no output"
+    if output_dir is None:
+        return f"{told}; its outputs are left on the server (--no-download): {_names(files)}"
+    saved: list[Path] = []
+    try:
+        for item in output_files(result.outputs):
+            saved.append(client.download(item, output_dir))
+    except KeyboardInterrupt:
+        return (f"{told}; downloading its outputs was cancelled after {len(saved)} of {len(files)} file(s)"
+                + (f" (downloaded: {_names(saved)})" if saved else "") + f"; on the server: {_names(files)}")
+    return f"{told}; its outputs were downloaded: {_names(saved)}"
+
+
 def submit(client: ComfyClient, prompt: dict, output_dir: Path | None, reporter: Reporter,
            timeout: float = 0.0, history_wait: float = HISTORY_WAIT_SECONDS) -> tuple[RunResult, list[Path]]:
-    """Queue `prompt`, follow it to the end, download its outputs into `output_dir` (None: don't)."""
+    """Queue `prompt`, follow it to the end, download its outputs into `output_dir` (None: don't).
+
+    Ctrl-C (SubmitCancelled) and --timeout (SubmitError) stop the prompt on the server first and
+    their message says what the server did with it.
+    """
     import websocket
 
     deadline = time.monotonic() + timeout if timeout > 0 else None
@@ -481,12 +595,15 @@ def submit(client: ComfyClient, prompt: dict, output_dir: Path | None, reporter:
         apply_history(wait_for_history(client, result, history_wait, deadline), result)
     except (KeyboardInterrupt, TimeoutError) as exc:
         reporter.close()
-        if prompt_id is not None:
-            client.cancel(prompt_id)
-            reporter.line(f"interrupted prompt {prompt_id} on the server")
+        if prompt_id is None:
+            if isinstance(exc, TimeoutError):
+                raise SubmitError(f"gave up after {timeout:g} s (--timeout) before ComfyUI accepted the "
+                                  "prompt; check its queue") from None
+            raise SubmitCancelled("cancelled before ComfyUI confirmed the prompt; check its queue") from None
+        told = stop_on_server(client, prompt_id, output_dir, reporter, CANCEL_WAIT_SECONDS)
         if isinstance(exc, TimeoutError):
-            raise SubmitError(f"gave up after {timeout:g} s (--timeout); the job was interrupted") from None
-        raise
+            raise SubmitError(f"gave up after {timeout:g} s (--timeout): {told}") from None
+        raise SubmitCancelled(f"cancelled: {told}") from None
     finally:
         ws.close()
     if not result.success:
@@ -500,7 +617,7 @@ def submit(client: ComfyClient, prompt: dict, output_dir: Path | None, reporter:
 
 def run(args: argparse.Namespace) -> int:
     client = ComfyClient(args.server)
-    prompt = load_prompt(args.workflow, client)
+    prompt = load_prompt(find_workflow(args.workflow), client)
     for spec in args.upload:
         target, sep, file_part = spec.partition("=")
         if not sep or "." not in target:

@@ -17,6 +17,10 @@ def register(subparsers) -> None:
     probe_parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     probe_parser.add_argument("--interlacing", action="store_true",
                               help="also run FFmpeg's idet on the first frames and report its verdict")
+    probe_parser.add_argument("--scenes", action="store_true",
+                              help="also decode the video and list the frames where scdet finds a scene cut")
+    probe_parser.add_argument("--scene-threshold", type=float, default=None, metavar="SCORE",
+                              help="scdet score (0-100) that marks a cut (default 10)")
     probe_parser.set_defaults(func=run_probe)
 
     transcode = subparsers.add_parser("transcode", help="decode and re-encode a video with its audio",
@@ -25,11 +29,13 @@ def register(subparsers) -> None:
     transcode.add_argument("input", type=Path, help="input video file")
     transcode.add_argument("-o", "--output", type=Path, required=True,
                            help="output file (never overwritten); a folder for --codec png")
-    transcode.add_argument("--codec", default="h264", help="h264, h265, vp9, prores, ffv1, av1 or png (default h264)")
+    transcode.add_argument("--codec", default="auto", help="auto (default: the source's codec family, bit depth, "
+                           "chroma and alpha where possible), h264, h265, vp9, prores, ffv1, av1 or png")
     transcode.add_argument("--crf", type=int, default=None, help="quality for h264/h265/vp9/av1 (lower is better)")
     transcode.add_argument("--preset", default=None, help="encoder preset (x264/x265 names; VP9 0-8; AV1 0-13; "
                            "ProRes proxy/lt/standard/hq/4444/4444xq)")
-    transcode.add_argument("--pix-fmt", default=None, help="pixel format, e.g. yuv420p, yuv444p, yuv420p10le")
+    transcode.add_argument("--pix-fmt", default=None, help="pixel format, e.g. yuv420p, yuv444p, yuv420p10le "
+                           "(default: the nearest to the source's)")
     transcode.add_argument("--start", type=int, default=0, help="skip this many frames first")
     transcode.add_argument("--frames", type=int, default=0, help="at most this many frames (0: all)")
     transcode.add_argument("--every-nth", type=int, default=1, help="keep every n-th frame")
@@ -46,12 +52,28 @@ def run_probe(args: argparse.Namespace) -> int:
     from ..engines.video.probe import probe
 
     info = probe(args.file, interlacing=args.interlacing)
+    cuts = scene_report(args) if args.scenes else None
     if args.json:
-        json.dump(info.to_dict(), sys.stdout, indent=2)
+        report = info.to_dict()
+        if cuts is not None:
+            report["scenes"] = cuts
+        json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     print(describe(info))
+    if cuts is not None:
+        listed = ", ".join(str(i) for i in cuts["cuts"]) or "none"
+        print(f"  scene cuts (scdet, threshold {cuts['threshold']:g}) at frames: {listed}")
     return 0
+
+
+def scene_report(args: argparse.Namespace) -> dict:
+    """The frame indices where a new shot starts, found as the upscale stages find them."""
+    from ..engines.video.decode import open_clip
+    from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD, scene_cuts
+
+    threshold = DEFAULT_SCENE_THRESHOLD if args.scene_threshold is None else args.scene_threshold
+    return {"threshold": threshold, "cuts": scene_cuts(open_clip(args.file), threshold)}
 
 
 def describe(info) -> str:
@@ -61,7 +83,7 @@ def describe(info) -> str:
         rate = f"{video.fps.numerator}/{video.fps.denominator}" if video.fps.denominator != 1 else str(video.fps.numerator)
         lines.append(
             f"  video #{video.index}: {video.codec} {video.width}x{video.height} {video.pix_fmt} "
-            f"({video.bit_depth}-bit), {video.frame_count} frames ({video.frame_count_source}) at {rate} fps"
+            f"({video.bit_depth}-bit{', alpha' if video.has_alpha else ''}), {video.frame_count} frames ({video.frame_count_source}) at {rate} fps"
             f"{' VFR' if video.vfr else ''}, {video.duration:.3f} s"
         )
         color = video.color
@@ -86,7 +108,8 @@ def describe(info) -> str:
 def run_transcode(args: argparse.Namespace) -> int:
     from ..engines.progress import ConsoleProgress
     from ..engines.video.decode import open_clip
-    from ..engines.video.encode import EncodeOptions, planned_output, save_clip
+    from ..engines.video.encode import planned_output, save_clip
+    from ..engines.video.formats import EncodeOptions, choose_format
 
     started = time.monotonic()
     planned_output(args.output, args.codec)
@@ -96,10 +119,11 @@ def run_transcode(args: argparse.Namespace) -> int:
     options = EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
                             odd_size=args.odd_size, audio=audio != "none",
                             audio_codec=None if audio in ("auto", "none") else audio)
+    choice = choose_format(clip.info, options, args.output)
     with ConsoleProgress(clip.info.frame_count, "transcode", quiet=args.quiet) as progress:
-        out = save_clip(clip, args.output, options, progress=progress)
+        out = save_clip(clip, args.output, choice.encode_options(options), progress=progress)
     info = clip.info
     elapsed = time.monotonic() - started
     print(f"{info.frame_count} frames, {info.width}x{info.height}, {float(info.fps):.3f} fps, "
-          f"{elapsed:.1f} s -> {out}")
+          f"{elapsed:.1f} s -> {out}\n{choice.describe()}")
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -249,11 +250,49 @@ def _range_problem(value: float, options: Mapping) -> str | None:
     return None
 
 
+# What ComfyUI's frontend writes at the top of a saved workflow, and the types its schema wants.
+FRONTEND_FIELDS = {"id": str, "revision": int, "last_node_id": int, "last_link_id": int, "nodes": list,
+                   "links": list, "groups": list, "config": dict, "extra": dict, "version": float}
+FRONTEND_NODE_FIELDS = {"flags": dict, "order": int, "mode": int, "properties": dict}
+UUID_FORM = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def check_frontend_fields(workflow: Mapping) -> list[str]:
+    """The fields the current frontend (1.45) writes and its workflow schema checks, top level and per node.
+
+    A top-level null (an `"id": null`) is the worst: the frontend's test for API-format
+    files reads every top-level value and fails on it, so a dropped or opened file shows
+    "Unable to find workflow" and nothing loads.
+    """
+    problems = [f"top-level {key!r} is null: the frontend then refuses the file (\"Unable to find workflow\")"
+                for key, value in workflow.items() if value is None]
+    for key, kind in FRONTEND_FIELDS.items():
+        value = workflow.get(key)
+        if key not in workflow:
+            problems.append(f"{key!r} is missing; the frontend writes it ({kind.__name__})")
+        elif value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            problems.append(f"{key!r} is {type(value).__name__}, the frontend wants {kind.__name__}")
+    if isinstance(workflow.get("id"), str) and not UUID_FORM.match(workflow["id"]):
+        problems.append(f"id {workflow['id']!r} is not a lower-case UUID, which the frontend's schema requires")
+    ds = (workflow.get("extra") or {}).get("ds") if isinstance(workflow.get("extra"), dict) else None
+    if ds is not None and not (isinstance(ds.get("scale"), (int, float)) and isinstance(ds.get("offset"), list)):
+        problems.append("extra.ds needs a scale and an [x, y] offset")
+    for node in workflow.get("nodes") or []:
+        for key, kind in FRONTEND_NODE_FIELDS.items():
+            if not isinstance(node.get(key), kind) or isinstance(node.get(key), bool):
+                problems.append(f"node {node.get('id')} ({node.get('type')}): {key!r} must be {kind.__name__}")
+    for group in workflow.get("groups") or []:
+        bounding = group.get("bounding")
+        if not isinstance(group.get("title"), str) or not (isinstance(bounding, list) and len(bounding) == 4):
+            problems.append(f"group {group.get('id')}: needs a title and a 4-number bounding")
+    return problems
+
+
 def check_ui_workflow(workflow: Any, definitions: Mapping[str, Mapping]) -> list[str]:
     """Every problem that would stop this UI-format workflow from loading and queueing as published."""
-    problems: list[str] = []
     if not is_ui_format(workflow):
         return ["not a UI-format workflow (needs 'nodes' and 'links')"]
+    problems = check_frontend_fields(workflow)
     if workflow.get("version") != 0.4:
         problems.append(f"version is {workflow.get('version')!r}, expected 0.4")
     nodes = {}
@@ -390,43 +429,55 @@ def _check_widgets(where: str, node: Mapping, definition: Mapping) -> list[str]:
     return problems
 
 
-def check_api_workflow(prompt: Any, definitions: Mapping[str, Mapping]) -> list[str]:
-    """Problems ComfyUI's prompt validation would report for an API-format prompt (offline)."""
+def check_api_workflow(prompt: Any, definitions: Mapping[str, Mapping], host: str = "") -> list[str]:
+    """Problems ComfyUI's prompt validation would report for an API-format prompt (offline).
+
+    It checks only what the prompt relies on (the inputs it sets, the outputs it links, the
+    inputs a node requires), so it also tells whether a workflow fits another ComfyUI version: a
+    host that added an optional input or an output passes. `host` ("ComfyUI 0.3.64") names whose
+    definitions these are in every message.
+    """
     if not is_api_format(prompt):
         return ["not an API-format prompt ({node_id: {class_type, inputs}})"]
+    on = f" on {host}" if host else ""
     problems = []
     for node_id, node in prompt.items():
-        where = f"node {node_id} ({node['class_type']})"
-        definition = definitions.get(node["class_type"])
+        class_type = node["class_type"]
+        where = f"node {node_id} ({class_type})"
+        definition = definitions.get(class_type)
         if definition is None:
-            problems.append(f"{where}: no such node type")
+            problems.append(f"{where}: no such node type{on}")
             continue
         specs = {name: (spec, required) for name, spec, required in ordered_inputs(definition)}
         for name, value in node.get("inputs", {}).items():
             if name not in specs:
-                problems.append(f"{where}: unknown input {name!r}")
+                problems.append(f"{where}: sets input {name!r}, which {class_type}{on} does not have")
                 continue
             spec, _ = specs[name]
+            kind = input_kind(spec)
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
                 source = prompt.get(value[0])
                 if source is None:
-                    problems.append(f"{where}: {name} comes from missing node {value[0]}")
+                    problems.append(f"{where}: input {name!r} comes from missing node {value[0]}")
                     continue
                 source_def = definitions.get(source["class_type"])
                 if source_def is None:
                     continue
                 outputs = source_def.get("output", [])
-                if not 0 <= value[1] < len(outputs):
-                    problems.append(f"{where}: {name} uses missing output {value[1]} of node {value[0]}")
-                elif not types_compatible(input_kind([outputs[value[1]]]), input_kind(spec)):
-                    problems.append(f"{where}: {name} ({input_kind(spec)}) fed {input_kind([outputs[value[1]]])}")
+                link = f"output {value[1]} of node {value[0]} ({source['class_type']})"
+                if not isinstance(value[1], int) or not 0 <= value[1] < len(outputs):
+                    problems.append(f"{where}: input {name!r} links {link}, which has {len(outputs)} "
+                                    f"output(s){on}")
+                elif not types_compatible(input_kind([outputs[value[1]]]), kind):
+                    problems.append(f"{where}: input {name!r} takes {kind}{on}, but {link} gives "
+                                    f"{input_kind([outputs[value[1]]])}")
             elif is_widget(spec):
                 problem = check_value(spec, value, model_names={value} if isinstance(value, str) else set())
                 if problem:
-                    problems.append(f"{where}: {name}: {problem}")
+                    problems.append(f"{where}: input {name!r}{on}: {problem}")
             else:
-                problems.append(f"{where}: {name} ({input_kind(spec)}) must be connected")
+                problems.append(f"{where}: input {name!r} ({kind}{on}) must be connected")
         for name, (_spec, required) in specs.items():
             if required and name not in node.get("inputs", {}):
-                problems.append(f"{where}: required input {name!r} is missing")
+                problems.append(f"{where}: required input {name!r} is missing{on}")
     return problems

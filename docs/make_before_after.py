@@ -5,7 +5,7 @@ One frame of the real "carphone" clip (176x144), upscaled x4 by Real-ESRGAN
 file is not at hand), next to the same frame resized with bicubic: vsrkit's Compare
 engine, side by side, cropped to the face.
 
-    python docs/make_before_after.py ../shared/footage/carphone_qcif_pristine.mp4 docs/before_after.png
+    python docs/make_before_after.py carphone_qcif_pristine.mp4 docs/before_after.png
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vsrkit.engines.realesrgan.models import load_model, standalone_model_dir
+    from vsrkit.engines.realesrgan.loading import load_model
+    from vsrkit.engines.realesrgan.resolve import standalone_model_dir
     from vsrkit.engines.realesrgan.upscale import upscale_clip
     from vsrkit.engines.video.compare import CompareOptions, compare_clips
     from vsrkit.engines.video.decode import open_clip

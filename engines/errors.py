@@ -12,3 +12,7 @@ class InputError(VsrkitError, ValueError):
 
 class ModelNotFoundError(VsrkitError, FileNotFoundError):
     """A model file could not be found; the message lists where we looked."""
+
+
+class MissingDependencyError(VsrkitError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""

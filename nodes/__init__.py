@@ -5,9 +5,9 @@ this package merges them. The custom clip type that flows between vsrkit nodes
 is `VSRKIT_CLIP` (an `engines.clip.Clip`).
 """
 
-from . import compare, flashvsr, preprocess, realesrgan, video
+from . import compare, flashvsr, preprocess, realesrgan, temporal, video
 
-_MODULES = (video, preprocess, realesrgan, flashvsr, compare)
+_MODULES = (video, preprocess, realesrgan, flashvsr, temporal, compare)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

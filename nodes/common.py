@@ -13,15 +13,6 @@ from . import host
 IMAGE_OUTPUT_LIMIT = 16 * 2**30
 
 
-def device_choices() -> list[str]:
-    return ["auto", "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
-
-
-def resolve_device(device: str) -> torch.device:
-    """A node's `device` input: 'auto' is ComfyUI's device (the standalone default outside it)."""
-    return host.torch_device() if device == "auto" else torch.device(device)
-
-
 def upscale_outputs(result: Clip, images_input: bool, node: str) -> tuple[Clip, torch.Tensor]:
     """An upscale node's (clip, images) outputs.
 
@@ -66,3 +57,9 @@ def around_each_pull(clip: Clip, before: Callable[[], None], after: Callable[[],
                 after()
 
     return Clip(clip.info, source)
+
+
+def on_device(clip: Clip, managed: host.ManagedModel, memory: int, offload_after_run: bool = False) -> Clip:
+    """`clip` with `managed`'s module made resident on its device (with `memory` bytes of working
+    memory kept free) before each pull, and offloaded after it when `offload_after_run`."""
+    return around_each_pull(clip, lambda: managed.load(memory), managed.offload if offload_after_run else None)

@@ -8,21 +8,21 @@ from pathlib import Path
 import torch
 
 from ..engines.clip import Clip
+from ..engines.device import PRECISIONS, device_choices, resolve_precision
 from ..engines.errors import InputError
 from ..engines.flashvsr.colorfix import METHODS as COLOR_FIX_METHODS
 from ..engines.flashvsr.loader import (
-    PRECISIONS,
+    PREFERRED_DTYPE,
     VERSION_FOLDERS,
     VERSIONS,
     FlashVSRModels,
     check_version,
     load_flashvsr,
-    resolve_dtype,
 )
-from ..engines.flashvsr.pipeline import MODES
+from ..engines.flashvsr.settings import MODES
 from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, SCALES, auto_tile_size, upscale_clip
 from . import host
-from .common import around_each_pull, device_choices, resolve_device, upscale_outputs
+from .common import on_device, upscale_outputs
 from .types import CATEGORY, CLIP, FLASHVSR_MODEL
 
 OFFLOAD_CHOICES = ("model management", "after each run")
@@ -95,13 +95,13 @@ class FlashVSRLoader:
         if offload not in OFFLOAD_CHOICES:
             raise InputError(f"offload must be one of {OFFLOAD_CHOICES}, got {offload!r}")
         check_version(version)
-        target = resolve_device(device)
-        dtype = resolve_dtype(precision, target)
+        target = host.node_device(device)
+        dtype = resolve_precision(precision, target, PREFERRED_DTYPE)
         folders = model_folders(version)
         # Inside ComfyUI weights wait on the CPU and the model manager moves them when needed.
         initial = torch.device("cpu") if host.in_comfyui() else target
         models = load_flashvsr(folders, version=version, dtype=dtype, device=initial)
-        managed = host.ManagedModel(models, target)
+        managed = host.managed_model(models, target)
         return (FlashVSRModel(models, managed, offload == "after each run"),)
 
 
@@ -110,12 +110,6 @@ def working_memory(height: int, width: int, tile_size: int) -> int:
     tile = tile_size or auto_tile_size(height, width)
     area = min(height * width, tile * tile) if tile else height * width
     return 4096 * area + 2**30
-
-
-def managed_clip(upscaled: Clip, model: FlashVSRModel, memory: int) -> Clip:
-    """`upscaled` with the model made resident before each pull (and offloaded after, if asked)."""
-    offload = model.managed.offload if model.offload_after_run else None
-    return around_each_pull(upscaled, lambda: model.managed.load(memory), offload)
 
 
 class FlashVSRUpscale:
@@ -187,7 +181,7 @@ class FlashVSRUpscale:
                                 tile_size=tile_size, tile_overlap=tile_overlap,
                                 progress_factory=host.progress)
         memory = working_memory(upscaled.info.height, upscaled.info.width, tile_size)
-        result = managed_clip(upscaled, flashvsr_model, memory)
+        result = on_device(upscaled, flashvsr_model.managed, memory, flashvsr_model.offload_after_run)
         return upscale_outputs(result, images is not None, "FlashVSR Upscale")
 
 NODE_CLASS_MAPPINGS = {

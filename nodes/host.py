@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import weakref
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..engines.device import default_device, resolve_device
 from ..engines.paths import user_data_dir
 from ..engines.progress import ConsoleProgress, Progress
 
@@ -155,20 +157,16 @@ def save_path(filename_prefix: str, extension: str, width: int = 0, height: int 
 
 
 def torch_device() -> Any:
-    """ComfyUI's chosen device inside ComfyUI; otherwise CUDA when present, else CPU."""
+    """ComfyUI's chosen device inside ComfyUI; otherwise `engines.device.default_device()`."""
     mm = _comfy("comfy.model_management")
     if mm is not None:
         return mm.get_torch_device()
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device()
 
 
-def free_memory(bytes_needed: int, device: Any) -> None:
-    """Ask ComfyUI to unload other models so `bytes_needed` fit on `device`; no-op standalone."""
-    mm = _comfy("comfy.model_management")
-    if mm is not None:
-        mm.free_memory(bytes_needed, device)
+def node_device(device: str) -> Any:
+    """A node's `device` input as a torch device: "auto" is the host's device (`torch_device`)."""
+    return resolve_device(device, torch_device() if device == "auto" else None)
 
 
 def soft_empty_cache() -> None:
@@ -183,13 +181,15 @@ def soft_empty_cache() -> None:
 
 
 class ManagedModel:
-    """A torch module whose place on the compute device the host decides.
+    """A torch module whose place on the compute device the host decides: the one way both
+    engines' nodes load, keep and offload a model on the GPU.
 
     Inside ComfyUI the module is wrapped in a `ModelPatcher`: `load()` goes through
     `comfy.model_management.load_models_gpu`, which first unloads other models to make
-    room, and ComfyUI may offload this one later when another model needs the memory.
-    `offload()` hands it back to the offload device at once. Standalone, `load()` moves
-    the module to `device` and `offload()` moves it to the CPU.
+    room for the module and `memory_required` of working memory (as core's upscale nodes
+    ask `free_memory` for), and ComfyUI may offload this one later when another model
+    needs the memory. `offload()` hands it back to the offload device at once. Standalone,
+    `load()` moves the module to `device` and `offload()` moves it to the CPU.
     """
 
     def __init__(self, module: Any, device: Any, offload_device: Any = None):
@@ -229,6 +229,21 @@ class ManagedModel:
         soft_empty_cache()
 
 
+_MANAGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def managed_model(module: Any, device: Any) -> ManagedModel:
+    """The `ManagedModel` of `module` on `device`, made on first use and kept with the module, so a
+    module used by many runs is one model to ComfyUI's model management."""
+    import torch
+
+    managed = _MANAGED.get(module)
+    if managed is None or managed.device != torch.device(device):
+        managed = ManagedModel(module, device)
+        _MANAGED[module] = managed
+    return managed
+
+
 def core_video_from_file() -> Any | None:
     """ComfyUI's core VideoFromFile class (a VIDEO backed by a file), or None outside ComfyUI."""
     for module_name in ("comfy_api.latest._input_impl.video_types", "comfy_api.input_impl.video_types",
@@ -243,13 +258,14 @@ __all__ = [
     "ManagedModel",
     "allowed_roots",
     "core_video_from_file",
-    "free_memory",
     "in_comfyui",
     "input_dir",
     "input_path",
     "input_video_files",
     "model_dirs",
+    "managed_model",
     "model_files",
+    "node_device",
     "output_dir",
     "progress",
     "save_path",

@@ -7,19 +7,24 @@ from typing import Any
 import torch
 
 from ..engines.clip import Clip
+from ..engines.device import PRECISIONS, device_choices
 from ..engines.errors import InputError
+from ..engines.realesrgan.inference import network_precision
 from ..engines.realesrgan.loading import RealESRGANModel, load_model, model_from_upscale_model
 from ..engines.realesrgan.official import official_names
 from ..engines.realesrgan.upscale import upscale_clip
+from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
+from ..engines.video.stabilize import DEFAULT_STRENGTH, StabilizeSettings, stabilized_upscale
 from . import host
-from .common import around_each_pull, device_choices, resolve_device, upscale_outputs
+from .common import on_device, upscale_outputs
+from .temporal import SCENE_TOOLTIP, STRENGTH_TOOLTIP
 from .types import CATEGORY, CLIP, REALESRGAN_MODEL
 
 GPU_WORKING_MEMORY = 2 * 2**30
 SCALE_CHOICES = ("auto", "1", "2", "3", "4")
 TILE_CHOICES = ("auto", "off", "128", "192", "256", "384", "512", "768", "1024")
 OVERLAP_CHOICES = ("auto", "0", "8", "16", "24", "32", "48", "64", "96")
-PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+PRECISION_CHOICES = PRECISIONS
 
 
 def model_choices() -> list[str]:
@@ -108,6 +113,11 @@ class RealESRGANUpscale:
             "optional": {
                 "clip": (CLIP, {"tooltip": "A streaming clip to upscale (connect this or images)."}),
                 "images": ("IMAGE", {"tooltip": "An IMAGE batch to upscale (connect this or clip)."}),
+                "stabilize": ("FLOAT", {"default": DEFAULT_STRENGTH, "min": 0.0, "max": 0.95, "step": 0.05,
+                                        "tooltip": "Temporal stabilisation against the shimmer of per-frame "
+                                                   "upscaling. " + STRENGTH_TOOLTIP}),
+                "scene_threshold": ("FLOAT", {"default": DEFAULT_SCENE_THRESHOLD, "min": 0.0, "max": 100.0,
+                                              "step": 0.5, "tooltip": SCENE_TOOLTIP}),
             },
         }
 
@@ -123,7 +133,8 @@ class RealESRGANUpscale:
 
     def upscale(self, model: Any, scale: str = "auto", tile: str = "auto", overlap: str = "auto",
                 precision: str = "auto", device: str = "auto", clip: Clip | None = None,
-                images: torch.Tensor | None = None):
+                images: torch.Tensor | None = None, stabilize: float = DEFAULT_STRENGTH,
+                scene_threshold: float = DEFAULT_SCENE_THRESHOLD):
         if (clip is None) == (images is None):
             raise InputError("Real-ESRGAN Upscale needs exactly one input: connect either clip or images")
         if not isinstance(model, RealESRGANModel):
@@ -132,16 +143,20 @@ class RealESRGANUpscale:
         tile = _choice(tile, "tile", TILE_CHOICES)
         overlap = _choice(overlap, "overlap", OVERLAP_CHOICES)
         precision = _choice(precision, "precision", PRECISION_CHOICES)
-        target = resolve_device(device)
+        target = host.node_device(device)
+        dtype = network_precision(precision, target)
         source = clip if clip is not None else Clip.from_tensor(images, fps=24)
-        upscaled = upscale_clip(
-            source, model, scale=None if scale == "auto" else float(scale),
+        settings = StabilizeSettings(strength=float(stabilize), scene_threshold=float(scene_threshold))
+        upscaled = stabilized_upscale(source, lambda frames: upscale_clip(
+            frames, model, scale=None if scale == "auto" else float(scale),
             tile={"auto": 0, "off": -1}[tile] if tile in ("auto", "off") else int(tile),
             overlap=None if overlap == "auto" else int(overlap), precision=precision, device=target,
-            progress_factory=host.progress)
-        if target.type == "cuda":
-            # Ask ComfyUI to unload other models before each pull (the clip is lazy).
-            upscaled = around_each_pull(upscaled, lambda: host.free_memory(GPU_WORKING_MEMORY, target))
+            progress_factory=host.progress), settings, target)
+        if target.type != "cpu":
+            # The network's device copy is ComfyUI's to load before each pull (the clip is lazy) and to
+            # offload when another model needs the memory.
+            managed = host.managed_model(model.device_network(dtype), target)
+            upscaled = on_device(upscaled, managed, GPU_WORKING_MEMORY)
         return upscale_outputs(upscaled, images is not None, "Real-ESRGAN Upscale")
 
 NODE_CLASS_MAPPINGS = {

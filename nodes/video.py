@@ -9,7 +9,8 @@ from ..engines.clip import Clip
 from ..engines.errors import InputError
 from ..engines.paths import resolve_inside
 from ..engines.video.decode import open_clip
-from ..engines.video.encode import CODECS, EncodeOptions, available_codecs, save_clip
+from ..engines.video.encode import save_clip
+from ..engines.video.formats import CODECS, EncodeOptions, available_codecs, choose_format
 from ..engines.video.interop import (
     audio_to_comfy,
     audio_track_from_comfy,
@@ -281,9 +282,13 @@ class SaveVideo:
                 "filename_prefix": ("STRING", {"default": "vsrkit/video",
                                                "tooltip": "Name prefix inside the output folder; may include a "
                                                           "sub-folder and %date% style variables."}),
-                "codec": (available_codecs(), {"default": "h264",
-                                               "tooltip": "h264/h265/av1 -> .mp4, vp9 -> .webm, prores -> .mov, "
-                                                          "ffv1 (lossless) -> .mkv, png -> a folder of frames."}),
+                "codec": (["auto", *available_codecs()], {
+                    "default": "auto",
+                    "tooltip": "auto: the source video's codec family (HEVC, ProRes, VP9, AV1, FFV1, H.264) when "
+                               "this FFmpeg can encode it, else H.264 for 8-bit and H.265 for deeper sources; a clip "
+                               "made from IMAGE batches has no source and gets H.264 8-bit 4:2:0. h264/h265/av1 -> "
+                               ".mp4, vp9 -> .webm, prores -> .mov, ffv1 (lossless) -> .mkv, png -> a folder of "
+                               "frames. The node's text output says what was chosen and anything given up."}),
                 "crf": ("INT", {"default": -1, "min": -1, "max": 63, "step": 1,
                                 "tooltip": "Quality for h264/h265 (0-51), vp9/av1 (0-63), lower is better; "
                                            "-1: the codec's default (h264 18, h265 22, vp9 32, av1 35)."}),
@@ -292,8 +297,9 @@ class SaveVideo:
                                                  "veryslow; vp9 0-8; av1 0-13; prores: proxy, lt, standard, "
                                                  "hq, 4444, 4444xq."}),
                 "pix_fmt": (list(_PIX_FMTS), {"default": "auto",
-                                              "tooltip": "Pixel format; auto: yuv420p (10-bit for deep sources "
-                                                         "where the codec allows), ProRes 422 HQ, FFV1 RGB."}),
+                                              "tooltip": "Pixel format; auto: the source's bit depth, chroma "
+                                                         "and alpha where the codec allows, else the nearest; "
+                                                         "IMAGE-batch clips: yuv420p (ProRes 422 HQ, FFV1 RGB)."}),
                 "odd_size": (["pad", "crop"], {"default": "pad",
                                                "tooltip": "Sizes a 4:2:0/4:2:2 format cannot hold: pad repeats "
                                                           "the last row/column, crop drops it."}),
@@ -315,7 +321,7 @@ class SaveVideo:
     FUNCTION = "save"
     CATEGORY = _CATEGORY
 
-    def save(self, clip: Clip, filename_prefix="vsrkit/video", codec="h264", crf=-1, preset="", pix_fmt="auto",
+    def save(self, clip: Clip, filename_prefix="vsrkit/video", codec="auto", crf=-1, preset="", pix_fmt="auto",
              odd_size="pad", audio="auto", audio_override=None, prompt=None, extra_pnginfo=None):
         if audio_override is not None:
             clip = Clip(clip.info.replace(audio=audio_track_from_comfy(audio_override)), clip.chunks)
@@ -323,16 +329,18 @@ class SaveVideo:
                                 pix_fmt=None if pix_fmt == "auto" else pix_fmt, odd_size=odd_size,
                                 audio=audio != "none", audio_codec=None if audio in ("auto", "none") else audio,
                                 metadata=_workflow_tags(prompt, extra_pnginfo))
-        target, subfolder = host.save_path(filename_prefix, _extension(codec), clip.info.width,
+        choice = choose_format(clip.info, options)
+        target, subfolder = host.save_path(filename_prefix, _extension(choice.codec), clip.info.width,
                                            clip.info.height)
         with host.progress(clip.info.frame_count, "Save Video") as progress:
-            saved = save_clip(clip, target, options, progress=progress)
-        if codec == "png":
+            saved = save_clip(clip, target, choice.encode_options(options), progress=progress)
+        if choice.codec == "png":
             preview = {"filename": "frame_000001.png", "subfolder": "/".join(p for p in (subfolder, saved.name) if p),
                        "type": "output"}
         else:
             preview = {"filename": saved.name, "subfolder": subfolder, "type": "output"}
-        return {"ui": {"images": [preview], "animated": (True,)}, "result": (str(saved),)}
+        return {"ui": {"images": [preview], "animated": (True,), "text": [choice.describe()]},
+                "result": (str(saved),)}
 
 
 NODE_CLASS_MAPPINGS = {

@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.flashvsr_stages import DiTRecorder
 from vsrkit.engines.flashvsr import sparse_attention as sa
-from vsrkit.engines.flashvsr.wan_dit import Rope, WanDiT, dit_config_from_shapes
+from vsrkit.engines.flashvsr.wan_dit import Rope, StreamContext, WanDiT, dit_config_from_shapes
 
 ATOL = 1e-4
 CASES = {
@@ -87,13 +88,13 @@ def test_dit_chunks_match_fixture(fixture, dit, prompt, case):
     sparse = sa.SparseSettings.from_ratios(height, width, 0.0,
                                            settings["kv_ratio"], settings["local_range"],
                                            topk_ratio=settings["topk_ratio"])
-    time = dit.embed_time()
+    context = StreamContext(dit.embed_time(), prompt, sparse, backend="sdpa")
     caches = None
     for chunk, (first, count) in enumerate([(0, 6), (6, 2)]):
         latents = noise[:, :, first:first + count]
-        record: dict[str, torch.Tensor] = {}
-        prediction, caches = dit.forward_chunk(latents, [data[f"chunk{chunk}.lq_latents"]], time, prompt, caches,
-                                               first, sparse, backend="sdpa", record=record)
+        with DiTRecorder(dit) as recorder:
+            prediction, caches = dit.forward_chunk(latents, [data[f"chunk{chunk}.lq_latents"]], caches, first, context)
+        record = recorder.calls[0]
         for block in range(len(dit.blocks)):
             assert torch.equal(record[f"block{block}.blockmask"], debug[f"chunk{chunk}.block{block}.blockmask"])
             assert close(record[f"block{block}_out"], debug[f"chunk{chunk}.block{block}_out"])
@@ -230,7 +231,7 @@ def test_rope_depends_only_on_position_differences():
     k = torch.randn(1, 4 * 8 * 8, heads * head_dim, generator=generator)
 
     def scores(first_frame):
-        rope = Rope.build(head_dim, first_frame, 4, 8, 8, torch.device("cpu"), torch.float32)
+        rope = Rope.build(head_dim, first_frame, 4, 8, 8, device=torch.device("cpu"), dtype=torch.float32)
         return rope.apply(q, heads) @ rope.apply(k, heads).transpose(1, 2)
 
     assert torch.allclose(scores(0), scores(5000), atol=1e-3)

@@ -9,28 +9,22 @@ import sys
 import textwrap
 from fractions import Fraction
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from vsrkit.cli.upscale import flashvsr_stage
+from tests.flashvsr_stages import PipelineRecorder
 from vsrkit.engines.clip import Clip
+from vsrkit.engines.cluster.chain import ChainSettings, build_chain, load_engine
 from vsrkit.engines.errors import InputError
+from vsrkit.engines.flashvsr.chunks import chunk_count, pad_index, padded_frame_count, plan_chunk
 from vsrkit.engines.flashvsr.loader import FlashVSRModels
 from vsrkit.engines.flashvsr.lq_proj import CausalLQProjector
-from vsrkit.engines.flashvsr.pipeline import (
-    FlashVSRPipeline,
-    StreamSettings,
-    chunk_count,
-    pad_index,
-    pad_to,
-    padded_frame_count,
-    plan_chunk,
-)
+from vsrkit.engines.flashvsr.pipeline import FlashVSRPipeline, StreamSettings
 from vsrkit.engines.flashvsr.tcdecoder import TCDecoder
 from vsrkit.engines.flashvsr.upscale import upscale_clip
 from vsrkit.engines.flashvsr.wan_dit import WanDiT
+from vsrkit.engines.tiling import pad_to
 
 FRAME_COUNTS = [1, 2, 7, 20, 21, 24, 25, 29, 33, 40, 100]
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "flashvsr" / "fixture"
@@ -101,25 +95,16 @@ def test_chunk_plan_matches_the_reference_plan():
 
 @pytest.mark.parametrize("mode", ["tiny-long", "tiny"])
 @pytest.mark.parametrize("frames", [1, 21, 22, 30, 41])
-def test_stream_runs_the_planned_chunks_on_the_padded_clip(pipeline, monkeypatch, mode, frames):
+def test_stream_runs_the_planned_chunks_on_the_padded_clip(pipeline, mode, frames):
     """A real stream (input in chunks of 5, its end found late) runs chunk_count(N) chunks, and
     the model sees exactly the clip padded per pad_index: padded_frame_count(N) frames."""
     lq = (torch.arange(frames, dtype=torch.float32) / 100).reshape(frames, 1, 1, 1).expand(frames, 3, 128, 128)
-    chunks_run: list[int] = []
-    seen: list[torch.Tensor] = []
-    denoise = pipeline._denoise
-
-    def counting(stream, plan, lq_frames, warm_up, noise_chunk, trace):
-        chunks_run.append(plan.index)
-        seen.extend(frames for frames in (warm_up, lq_frames) if frames is not None)
-        return denoise(stream, plan, lq_frames, warm_up, noise_chunk, trace)
-
-    monkeypatch.setattr(pipeline, "_denoise", counting)
     source = [lq[i:i + 5] for i in range(0, frames, 5)]
-    out = torch.cat(list(pipeline.stream(source, settings=StreamSettings(mode=mode, color_fix="none"))))
+    with PipelineRecorder(pipeline) as recorder:
+        out = torch.cat(list(pipeline.stream(source, settings=StreamSettings(mode=mode, color_fix="none"))))
     assert out.shape == (frames, 3, 128, 128)
-    assert chunks_run == list(range(chunk_count(frames)))
-    model_frames = torch.cat(seen)[:, 0, 0, 0]
+    assert recorder.latent_starts == [plan_chunk(index).latent_start for index in range(chunk_count(frames))]
+    model_frames = torch.cat(recorder.projector_frames)
     assert model_frames.shape[0] == padded_frame_count(frames)
     assert torch.equal(model_frames, torch.tensor(pad_index(frames), dtype=torch.float32) / 100)
 
@@ -150,9 +135,9 @@ def test_output_size_is_exactly_scale_times_input(pipeline, height, width, scale
 def test_padding_is_cropped_back_from_the_top_left(pipeline):
     """The model sees the frame padded on the bottom and right; the output is the top-left crop."""
     lq = torch.rand(25, 3, 128, 256) * 2 - 1
-    trace: dict = {}
-    out = torch.cat(list(pipeline.stream([lq], (80, 144), StreamSettings(color_fix="none"), trace=trace)))
-    padded = torch.cat(trace["video_pre_colorfix"])
+    with PipelineRecorder(pipeline) as recorder:
+        out = torch.cat(list(pipeline.stream([lq], (80, 144), StreamSettings(color_fix="none"))))
+    padded = torch.cat(recorder.stages["video_pre_colorfix"])
     assert padded.shape == (21 + 8, 3, 128, 256) and out.shape == (25, 3, 80, 144)
     assert torch.equal(out, padded[:25, :, :80, :144])
 
@@ -184,6 +169,48 @@ def test_tiled_run_keeps_frames_and_size(pipeline, models):
     parked = FlashVSRPipeline.from_models(models, attention_backend="sdpa")
     parked.park_tiles = True
     assert torch.equal(upscale(parked, frames, scale=2, tile_size=128, tile_overlap=64), tiled)
+
+
+def out_of_memory_above(pipeline, monkeypatch, latent_pixels: int, from_chunk: int = 0) -> list[tuple[int, int]]:
+    """Make the DiT step run out of memory (CUDA's error) on more than `latent_pixels` latent pixels,
+    from the chunk whose first latent is `from_chunk`'s on; returns the latent sizes it was asked for."""
+    sizes: list[tuple[int, int]] = []
+    step = pipeline.dit.forward_chunk
+
+    def limited(latents, lq_tokens, caches, first_frame, context):
+        sizes.append(tuple(latents.shape[-2:]))
+        if first_frame >= plan_chunk(from_chunk).latent_start and latents.shape[-2] * latents.shape[-1] > latent_pixels:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return step(latents, lq_tokens, caches, first_frame, context)
+
+    monkeypatch.setattr(pipeline.dit, "forward_chunk", limited)
+    return sizes
+
+
+def test_out_of_memory_in_the_first_chunk_retries_on_smaller_tiles(pipeline, monkeypatch, caplog):
+    frames = frames_with_levels(1, 64, 64)
+    explicit = upscale(pipeline, frames, scale=4, tile_size=128, tile_overlap=64)
+    sizes = out_of_memory_above(pipeline, monkeypatch, 16 * 16)
+    shrunk = upscale(pipeline, frames, scale=4, tile_overlap=64)
+    assert sizes[0] == (32, 32) and set(sizes[1:]) == {(16, 16)} and len(sizes) == 1 + 9
+    assert torch.equal(shrunk, explicit)
+    assert "ran out of memory on whole frames; continuing with 128 px tiles" in caplog.text
+
+
+def test_out_of_memory_that_smaller_tiles_cannot_fix_is_raised(pipeline, monkeypatch):
+    frames = frames_with_levels(22, 16, 16)
+    sizes = out_of_memory_above(pipeline, monkeypatch, 8 * 8)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        upscale(pipeline, frames, tile_overlap=64)
+    assert sizes == [(16, 16)], "a 128 px frame has no smaller tiles"
+
+
+def test_out_of_memory_after_the_first_chunk_is_raised(pipeline, monkeypatch):
+    """Past the first chunk, frames have gone out: the error is raised, not retried on other tiles."""
+    sizes = out_of_memory_above(pipeline, monkeypatch, 8 * 8, from_chunk=1)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        upscale(pipeline, frames_with_levels(22, 64, 64), scale=4, tile_overlap=64)
+    assert sizes == [(32, 32), (32, 32)]
 
 
 def test_seed_fixes_the_noise(pipeline):
@@ -267,9 +294,9 @@ def test_upscale_clip_rejects_bad_settings(models):
 @pytest.mark.skipif(not (FIXTURE / "config.json").is_file(), reason="golden fixture ../shared/flashvsr absent")
 def test_cli_entry_loads_from_model_dir_and_upscales():
     clip = Clip.from_tensor(torch.rand(3, 9, 11, 3), 25)
-    args = SimpleNamespace(model_dir=FIXTURE, scale=2, device="cpu", precision="fp32", tile=0, quiet=True,
-                           flashvsr_version="v1.1")
-    out = flashvsr_stage(clip, args)
+    settings = ChainSettings(engine="flashvsr", model_dir=str(FIXTURE), scale=2, device="cpu", precision="fp32",
+                             flashvsr_version="v1.1")
+    out = build_chain(clip, settings, load_engine(settings))
     assert (out.info.width, out.info.height, out.info.frame_count) == (22, 18, 3)
     assert out.to_tensor().shape == (3, 18, 22, 3)
 

@@ -15,18 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.flashvsr_stages import PipelineRecorder
 from vsrkit.engines.errors import InputError
+from vsrkit.engines.flashvsr.bicubic import bicubic_resize
 from vsrkit.engines.flashvsr.loader import load_flashvsr
-from vsrkit.engines.flashvsr.pipeline import (
-    FixedNoise,
-    FlashVSRPipeline,
-    StreamSettings,
-    TileBlender,
-    bicubic_resize,
-    feather_weights,
-    plan_tiles,
-    tile_weights,
-)
+from vsrkit.engines.flashvsr.noise import FixedNoise
+from vsrkit.engines.flashvsr.pipeline import FlashVSRPipeline, StreamSettings
+from vsrkit.engines.flashvsr.settings import plan_tiles
+from vsrkit.engines.tiling import BlendWeights, TileBlender
 
 ATOL = 1e-4
 CASE_SETTINGS = {
@@ -55,7 +51,7 @@ def pipeline(fixture):
 
 @pytest.fixture(scope="module")
 def runs(fixture, pipeline):
-    """Memoised pipeline runs: (case, mode, frames) -> (output [T, 3, H, W], trace)."""
+    """Memoised pipeline runs: (case, mode, frames) -> (output [T, 3, H, W], per-stage values)."""
     cache: dict[tuple[str, str, int | None], tuple[torch.Tensor, dict]] = {}
 
     def run(case: str, mode: str, frames: int | None = None):
@@ -67,11 +63,11 @@ def runs(fixture, pipeline):
             noise = data["noise"]
             # Our pipeline may run one chunk past the reference's last; its noise is free to choose.
             extra = torch.randn(1, noise.shape[1], 4, *noise.shape[-2:], generator=torch.Generator().manual_seed(5))
-            trace: dict = {}
             chunks = [lq[i:i + 7] for i in range(0, lq.shape[0], 7)]
-            out = torch.cat(list(pipeline.stream(chunks, None, StreamSettings(mode=mode, **CASE_SETTINGS[case]),
-                                                 FixedNoise(torch.cat([noise, extra], dim=2)), trace=trace)))
-            cache[key] = (out, trace)
+            with PipelineRecorder(pipeline) as recorder:
+                out = torch.cat(list(pipeline.stream(chunks, None, StreamSettings(mode=mode, **CASE_SETTINGS[case]),
+                                                     noise=FixedNoise(torch.cat([noise, extra], dim=2)))))
+            cache[key] = (out, recorder.stages)
         return cache[key]
 
     return run
@@ -90,24 +86,24 @@ def video_close(case: str, got: torch.Tensor, want: torch.Tensor) -> bool:
 def test_tiny_long_matches_every_fixture_stage(fixture, runs, case):
     data = load_file(fixture / f"case_{case}.safetensors")
     debug = load_file(fixture / f"case_{case}_debug.safetensors")
-    out, trace = runs(case, "tiny-long")
+    out, stages = runs(case, "tiny-long")
     frames = data["lr_u8"].shape[0]
     assert out.shape[0] == frames
     for chunk in (0, 1):
         prefix = f"chunk{chunk}."
-        assert torch.allclose(trace[prefix + "lq_latents"], data[prefix + "lq_latents"], atol=ATOL)
+        assert torch.allclose(stages[prefix + "lq_latents"], data[prefix + "lq_latents"], atol=ATOL)
         for block in (0, 1):
-            assert torch.equal(trace[f"{prefix}block{block}.blockmask"], debug[f"{prefix}block{block}.blockmask"])
-            assert torch.allclose(trace[f"{prefix}block{block}_out"], debug[f"{prefix}block{block}_out"], atol=ATOL)
-        assert torch.allclose(trace[prefix + "noise_pred"], data[prefix + "noise_pred"], atol=ATOL)
-        assert torch.allclose(trace[prefix + "denoised"], data[prefix + "denoised"], atol=ATOL)
+            assert torch.equal(stages[f"{prefix}block{block}.blockmask"], debug[f"{prefix}block{block}.blockmask"])
+            assert torch.allclose(stages[f"{prefix}block{block}_out"], debug[f"{prefix}block{block}_out"], atol=ATOL)
+        assert torch.allclose(stages[prefix + "noise_pred"], data[prefix + "noise_pred"], atol=ATOL)
+        assert torch.allclose(stages[prefix + "denoised"], data[prefix + "denoised"], atol=ATOL)
     for block in (0, 1):
         for kind in ("k", "v"):
             name = f"chunk0.self_attn_cache_{kind}.block{block}"
-            assert trace[name].shape[0] == CACHED_WINDOWS[case]
-            assert torch.allclose(trace[name], debug[name], atol=ATOL)
+            assert stages[name].shape[0] == CACHED_WINDOWS[case]
+            assert torch.allclose(stages[name], debug[name], atol=ATOL)
     reference_frames = data["video_out"].shape[1]
-    pre = torch.cat(trace["video_pre_colorfix"])[:reference_frames].transpose(0, 1)
+    pre = torch.cat(stages["video_pre_colorfix"])[:reference_frames].transpose(0, 1)
     assert video_close(case, pre, data["video_pre_colorfix"])
     assert video_close(case, out[:reference_frames].transpose(0, 1), data["video_out"])
 
@@ -115,11 +111,11 @@ def test_tiny_long_matches_every_fixture_stage(fixture, runs, case):
 @pytest.mark.parametrize("case", ["A", "C"])
 def test_tiny_matches_fixture_and_equals_tiny_long(fixture, runs, case):
     data = load_file(fixture / f"case_{case}.safetensors")
-    tiny, trace = runs(case, "tiny")
+    tiny, stages = runs(case, "tiny")
     tiny_long, _ = runs(case, "tiny-long")
     reference_frames = data["video_out"].shape[1]
-    assert len(trace["video_pre_colorfix"]) == 1, "Tiny decodes once, at the end"
-    assert video_close(case, trace["video_pre_colorfix"][0][:reference_frames].transpose(0, 1),
+    assert len(stages["video_pre_colorfix"]) == 1, "Tiny decodes once, at the end"
+    assert video_close(case, stages["video_pre_colorfix"][0][:reference_frames].transpose(0, 1),
                        data["video_pre_colorfix"])
     assert video_close(case, tiny[:reference_frames].transpose(0, 1), data["video_out"])
     assert torch.allclose(tiny, tiny_long, rtol=0, atol=1e-6)
@@ -128,21 +124,21 @@ def test_tiny_matches_fixture_and_equals_tiny_long(fixture, runs, case):
 def test_case_b_is_a_prefix_of_case_a(fixture, runs):
     """25 frames (case B) share chunk 0 with case A; our run keeps all 25 frames (upstream keeps 21)."""
     data = load_file(fixture / "case_A.safetensors")
-    out_b, trace_b = runs("A", "tiny-long", 25)
-    out_a, trace_a = runs("A", "tiny-long")
+    out_b, stages_b = runs("A", "tiny-long", 25)
+    out_a, stages_a = runs("A", "tiny-long")
     assert out_b.shape[0] == 25
     assert torch.equal(out_b[:21], out_a[:21])
     assert torch.allclose(out_b[:21].transpose(0, 1), data["video_out"][:, :21], atol=ATOL)
     for name in ("lq_latents", "noise_pred", "denoised", "block0.blockmask", "block1.blockmask"):
-        assert torch.equal(trace_b[f"chunk0.{name}"], trace_a[f"chunk0.{name}"])
+        assert torch.equal(stages_b[f"chunk0.{name}"], stages_a[f"chunk0.{name}"])
 
 
 def test_frame_bookkeeping_matches_the_fixture_plan(fixture, runs):
     """Decoder calls and colour-fix shapes per chunk, as config.json lists them for Tiny-Long."""
     config = json.loads((fixture / "config.json").read_text())
-    _, trace = runs("A", "tiny-long")
+    _, stages = runs("A", "tiny-long")
     calls = config["cases"]["A"]["decoder_calls"]["tiny_long"]
-    sizes = [piece.shape[0] for piece in trace["video_pre_colorfix"]]
+    sizes = [piece.shape[0] for piece in stages["video_pre_colorfix"]]
     assert sizes[:len(calls)] == [call["out_frames"] for call in calls]
 
 
@@ -167,7 +163,7 @@ def test_tiles_cover_the_frame_and_weights_sum_to_one():
     total = torch.zeros(640, 896)
     for tile in tiles:
         assert tile.height == tile.width == 384 and tile.y0 % 16 == 0 and tile.x0 % 16 == 0
-        total[tile.y0:tile.y0 + tile.height, tile.x0:tile.x0 + tile.width] += feather_weights(tile, tiles)
+        total[tile.y0:tile.y0 + tile.height, tile.x0:tile.x0 + tile.width] += tile.weights()
     assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
     assert plan_tiles(256, 384) == plan_tiles(256, 384, tile_size=512)
     with pytest.raises(ValueError, match="multiple of 128"):
@@ -193,9 +189,9 @@ def test_feathered_blend_has_no_seams():
     height, width = 256, 640
     tiles = plan_tiles(height, width, tile_size=256, overlap=128)
     image = torch.rand(1, 3, height, width)
-    weights = tile_weights(tiles, torch.device("cpu"))
-    agree = TileBlender(tiles, 1, 3, height, width, torch.device("cpu"), weights)
-    disagree = TileBlender(tiles, 1, 3, height, width, torch.device("cpu"), weights)
+    weights = BlendWeights(tiles, torch.device("cpu"))
+    agree = TileBlender(weights, 1, 3)
+    disagree = TileBlender(weights, 1, 3)
     for number, tile in enumerate(tiles):
         region = image[..., tile.y0:tile.y0 + tile.height, tile.x0:tile.x0 + tile.width]
         agree.add(tile, region)

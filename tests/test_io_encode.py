@@ -15,7 +15,8 @@ from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.progress import Cancelled, Progress
 from vsrkit.engines.video.decode import open_clip
-from vsrkit.engines.video.encode import EncodeOptions, available_codecs, save_clip
+from vsrkit.engines.video.encode import EncodeOptions, save_clip
+from vsrkit.engines.video.formats import available_codecs
 from vsrkit.engines.video.interop import images_to_clip
 from vsrkit.engines.video.probe import probe
 

@@ -173,3 +173,26 @@ def test_video_to_clip_streams_an_in_memory_video(comfy_dirs):
     assert clip.info.frame_count == 8
     assert clip.info.audio is not None
     assert clip.to_tensor().shape == (8, 24, 32, 3)
+
+
+def test_save_video_auto_keeps_the_source_and_says_so(comfy_dirs):
+    testsrc.write_source("hevc-10bit", comfy_dirs)
+    clip = LoadVideo().load("ten bit.mkv")[0]
+    result = SaveVideo().save(clip, filename_prefix="kept")
+    assert result["ui"]["images"][0]["filename"] == "kept_00001_.mp4"
+    video = probe(result["result"][0]).video
+    assert (video.codec, video.pix_fmt, video.frame_count) == ("hevc", "yuv420p10le", 6)
+    assert result["ui"]["text"] == ["video: h265 yuv420p10le (10-bit 4:2:0), colour bt709/tv/bt709/bt709: auto: "
+                                    "kept the source's H.265; keeps the source's 10-bit 4:2:0"]
+
+
+def test_save_video_auto_for_image_batches_is_h264_8_bit_420(comfy_dirs):
+    codec_input = SaveVideo.INPUT_TYPES()["required"]["codec"]
+    assert codec_input[0][0] == "auto" and codec_input[1]["default"] == "auto"
+    assert "IMAGE batches has no source and gets H.264 8-bit 4:2:0" in codec_input[1]["tooltip"]
+    clip = ImagesToClip().convert(torch.rand(2, 16, 16, 4), 10)[0]
+    result = SaveVideo().save(clip, filename_prefix="gen", preset="ultrafast")
+    video = probe(result["result"][0]).video
+    assert (video.codec, video.pix_fmt, video.has_alpha) == ("h264", "yuv420p", False)
+    text = result["ui"]["text"][0]
+    assert "no source to follow" in text and "gave up: alpha (H.264 cannot carry it" in text

@@ -157,24 +157,23 @@ def test_cli_help_runs():
 
 
 def test_package_data_ships_the_files_read_at_run_time():
-    """A non-editable install must carry the kernel source and the example workflows."""
-    from fnmatch import fnmatch
-
+    """A non-editable install must carry the kernel source, the example workflows (UI, API, thumbnails)."""
     from vsrkit.engines.realesrgan.native_runtime import KERNEL_SOURCE
 
     tomllib = pytest.importorskip("tomllib")
     config = tomllib.loads((PACKAGE_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = config["tool"]["setuptools"]["package-data"][PACKAGE]
-    needed = [KERNEL_SOURCE, *sorted((PACKAGE_ROOT / "workflows").glob("*.json"))]
-    assert len(needed) > 1
+    shipped = {path.resolve() for pattern in patterns for path in PACKAGE_ROOT.glob(pattern)}  # as setuptools does
+    workflows = PACKAGE_ROOT / "workflows"
+    needed = [KERNEL_SOURCE, *sorted(workflows.rglob("*.json")), *sorted(workflows.glob("*.jpg"))]
+    assert any(p.parent.name == "api" for p in needed) and any(p.suffix == ".jpg" for p in needed)
     for path in needed:
-        relative = path.resolve().relative_to(PACKAGE_ROOT).as_posix()
-        assert any(fnmatch(relative, pattern) for pattern in patterns), f"{relative} is not in package-data"
+        assert path.resolve() in shipped, f"{path.resolve().relative_to(PACKAGE_ROOT)} is not in package-data"
 
 
 # What `engines/` keeps at its top: what every engine and the video package share.
 SHARED_ENGINE_MODULES = {"__init__", "clip", "errors", "paths", "progress", "weights", "tiling", "device"}
-ENGINE_PACKAGES = {"video", "realesrgan", "flashvsr"}
+ENGINE_PACKAGES = {"video", "realesrgan", "flashvsr", "cluster"}
 MODEL_PACKAGES = (f"{PACKAGE}.engines.realesrgan", f"{PACKAGE}.engines.flashvsr")
 
 
@@ -244,3 +243,78 @@ def test_cycle_check_sees_a_cycle(monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "engine_import_graph", lambda: fake)
     with pytest.raises(AssertionError, match="a -> b -> a"):
         test_engine_imports_have_no_cycles()
+
+
+# Test instrumentation lives in the tests (forward hooks, wrappers), never in production signatures.
+INSTRUMENTATION_PARAMETERS = frozenset({"trace", "record"})
+MAX_MODULE_LINES = 500
+MAX_POSITIONAL = 6
+# Where the positional-argument limit is held (model constructors elsewhere mirror their checkpoints).
+FEW_ARGUMENT_MODULES = ("flashvsr", "tiling.py", "device.py")
+
+
+def _functions(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+
+
+def _parameters(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> list[str]:
+    args = function.args
+    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+    return names
+
+
+def _positional(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> int:
+    """Positional parameters besides self and cls."""
+    names = [a.arg for a in (*function.args.posonlyargs, *function.args.args)]
+    return len([name for name in names if name not in ("self", "cls")])
+
+
+def instrumentation_parameters(path: Path) -> list[str]:
+    """`file:line: name(parameter)` for each function of `path` with a trace or record parameter."""
+    return [f"{path}:{f.lineno}: {getattr(f, 'name', 'lambda')}({name})"
+            for f in _functions(path) for name in _parameters(f) if name in INSTRUMENTATION_PARAMETERS]
+
+
+def engine_files() -> list[Path]:
+    files = sorted((PACKAGE_ROOT / "engines").rglob("*.py"))
+    assert len(files) > 20 and PACKAGE_ROOT / "engines" / "flashvsr" / "wan_dit.py" in files
+    return files
+
+
+def test_no_engine_function_takes_a_trace_or_record_argument():
+    found = [line for path in engine_files() for line in instrumentation_parameters(path)]
+    assert not found, "capture values in the tests with hooks or wrappers instead:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("source,bad_lines", [
+    ("def f(x, trace=None):\n    pass\n", [1]),
+    ("class A:\n    def forward(self, x, *, record):\n        pass\n", [2]),
+    ("async def f(record, /):\n    pass\n", [1]),
+    ("g = lambda x, trace: x\n", [1]),
+    ("def f(x, **trace):\n    pass\n", [1]),
+    ("def f(x, recorder=None, traced=False):\n    trace = {}\n    record = []\n", []),
+])
+def test_instrumentation_scan_catches_violations(tmp_path, source, bad_lines):
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    found = instrumentation_parameters(path)
+    assert [int(line[len(f"{path}:"):].split(":")[0]) for line in found] == bad_lines, found
+
+
+def test_no_engine_module_is_over_500_lines():
+    lengths = {str(path.relative_to(PACKAGE_ROOT)): len(path.read_text(encoding="utf-8").splitlines())
+               for path in engine_files()}
+    assert max(lengths.values()) > 100
+    long = {name: lines for name, lines in lengths.items() if lines > MAX_MODULE_LINES}
+    assert not long, f"split these by job (at most {MAX_MODULE_LINES} lines each): {long}"
+
+
+def test_flashvsr_and_shared_engine_functions_take_few_positional_arguments():
+    engines = PACKAGE_ROOT / "engines"
+    files = [path for path in engine_files() if path.relative_to(engines).parts[0] in FEW_ARGUMENT_MODULES]
+    assert engines / "flashvsr" / "pipeline.py" in files and engines / "tiling.py" in files
+    found = [f"{path.relative_to(PACKAGE_ROOT)}:{f.lineno}: {getattr(f, 'name', 'lambda')} takes {_positional(f)}"
+             for path in files for f in _functions(path) if _positional(f) > MAX_POSITIONAL]
+    assert not found, "use keyword-only arguments or a small dataclass:\n" + "\n".join(found)

@@ -11,9 +11,11 @@ from safetensors.torch import save_file
 
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError, ModelNotFoundError
+from vsrkit.engines.realesrgan.inference import Upscaler
 from vsrkit.engines.realesrgan.loading import load_model
 from vsrkit.engines.realesrgan.resolve import package_models_dir
 from vsrkit.engines.realesrgan.srvgg import SRVGGNetCompact
+from vsrkit.nodes import host
 from vsrkit.nodes.realesrgan import NODE_CLASS_MAPPINGS, RealESRGANLoader, RealESRGANUpscale
 
 
@@ -101,3 +103,18 @@ def test_upscale_node_accepts_core_upscale_model_and_checks_inputs(home):
         node.upscale(model)
     with pytest.raises(InputError, match="tile"):
         node.upscale(model, tile="7", images=images)
+
+
+def test_the_network_run_off_the_cpu_is_the_one_model_management_moves(home):
+    """Off the CPU's fp32 path the Upscaler runs `device_network`, the copy the node hands to the host's
+    model management (`host.managed_model`); the loaded network stays fp32 on the CPU."""
+    model = _model(home)
+    copy = model.device_network(torch.bfloat16)
+    assert copy is not model.net and copy is model.device_network(torch.bfloat16)
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.net.parameters()} == {torch.float32}
+    assert Upscaler(model, device="cpu", precision="bf16", cpu_backend="pytorch").net is copy
+    assert Upscaler(model, device="cpu", precision="fp32", cpu_backend="pytorch").net is model.net
+    managed = host.managed_model(copy, "cpu")
+    assert managed.module is copy and host.managed_model(copy, "cpu") is managed
+    assert host.managed_model(copy, "cuda:0") is not managed

@@ -2,7 +2,8 @@
 
 The peer is a network server written here (not a stand-in for ComfyUI's Python modules):
 it answers /prompt, /history, /view, /upload/image, /interrupt, /queue and /object_info,
-and pushes the websocket messages a real server sends, in a scripted order.
+and pushes the websocket messages a real server sends, in a scripted order. Like ComfyUI, it
+keeps each prompt in its queue until the prompt's /history entry is written.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from vsrkit.cli import main
+from vsrkit.cli import submit as submit_module
 from vsrkit.cli.workflow import ui_to_api
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -54,6 +56,10 @@ class FakeComfy:
         self.uploads: list[bytes] = []
         self.object_info: dict = {}
         self.view_cut: int | None = None  # /view sends only this many bytes, then drops the connection
+        self.hold = False  # queued prompts wait in the queue instead of running
+        self.running: list[str] = []
+        self.pending: list[str] = []
+        self.interrupted = threading.Event()
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.httpd.daemon_threads = True
@@ -71,6 +77,12 @@ class FakeComfy:
     def events(self, what: str) -> list:
         with self.lock:
             return [entry for entry in self.log if entry[1] == what]
+
+    def finish(self, prompt_id: str, entry: dict) -> None:
+        """The prompt leaves the queue and its /history entry appears in one step (as in ComfyUI)."""
+        with self.lock:
+            self.history[prompt_id] = entry
+            self.running = [p for p in self.running if p != prompt_id]
 
     def send(self, kind: str, **data) -> None:
         self.ws_messages.put(json.dumps({"type": kind, "data": data}))
@@ -109,6 +121,10 @@ class FakeComfy:
                         fake.history_misses -= 1
                         return self._json(200, {})
                     return self._json(200, {prompt_id: fake.history[prompt_id]})
+                if url.path == "/queue":
+                    with fake.lock:
+                        return self._json(200, {"queue_running": [[0, p, {}, {}, []] for p in fake.running],
+                                                "queue_pending": [[1, p, {}, {}, []] for p in fake.pending]})
                 if url.path == "/view":
                     query = dict(urllib.parse.parse_qsl(url.query))
                     fake.record("view", query)
@@ -138,12 +154,19 @@ class FakeComfy:
                     if fake.reject is not None:
                         return self._json(400, fake.reject)
                     prompt_id = f"p{len(fake.prompts)}"
+                    with fake.lock:
+                        (fake.pending if fake.hold else fake.running).append(prompt_id)
                     self._json(200, {"prompt_id": prompt_id, "number": 1, "node_errors": {}})
                     if fake.script is not None:
                         threading.Thread(target=fake.script, args=(fake, prompt_id), daemon=True).start()
                     return None
                 if self.path in ("/interrupt", "/queue"):
-                    fake.record(self.path.strip("/"), json.loads(body or b"{}"))
+                    request = json.loads(body or b"{}")
+                    fake.record(self.path.strip("/"), request)
+                    if self.path == "/interrupt":
+                        fake.interrupted.set()
+                    with fake.lock:
+                        fake.pending = [p for p in fake.pending if p not in request.get("delete", [])]
                     return self._json(200, {})
                 if self.path == "/upload/image":
                     fake.uploads.append(body)
@@ -252,7 +275,7 @@ def successful_run(fake: FakeComfy, prompt_id: str) -> None:
     fake.send("execution_success", prompt_id=prompt_id)
     time.sleep(0.2)
     fake.history_misses = 1  # the first poll still misses it: /history lags
-    fake.history[prompt_id] = saved_history(prompt_id)
+    fake.finish(prompt_id, saved_history(prompt_id))
     time.sleep(1.0)
     fake.record("finished")
     fake.send("executing", node=None, prompt_id=prompt_id)
@@ -339,8 +362,7 @@ def test_execution_error_exits_non_zero_and_downloads_nothing(tmp_path, capsys):
                  "exception_message": "model file x.pth not found", "exception_type": "ModelNotFoundError",
                  "traceback": [], "executed": ["1"], "current_inputs": {}, "current_outputs": []}
         fake.send("execution_error", **error)
-        fake.history[prompt_id] = {**saved_history(prompt_id, "error", [["execution_error", error]]),
-                                   "outputs": {}}
+        fake.finish(prompt_id, {**saved_history(prompt_id, "error", [["execution_error", error]]), "outputs": {}})
         fake.send("executing", node=None, prompt_id=prompt_id)
 
     with FakeComfy() as fake:
@@ -360,29 +382,162 @@ def python_sigint_handler():
     signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_interrupts_the_job_on_the_server(tmp_path, capsys, python_sigint_handler):
-    def long_run(fake, prompt_id):
-        fake.send("execution_start", prompt_id=prompt_id)
-        fake.send("executing", node="2", display_node="2", prompt_id=prompt_id)
-        fake.send("progress", value=1, max=100, node="2", prompt_id=prompt_id)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(
-                e[2]["type"] == "progress" for e in fake.events("ws_sent")):
-            time.sleep(0.01)
-        time.sleep(0.3)
-        _thread.interrupt_main()
+def start_then_ctrl_c(fake: FakeComfy, prompt_id: str) -> None:
+    """The run starts and reports progress; then the user presses Ctrl-C (SIGINT in the client)."""
+    fake.send("execution_start", prompt_id=prompt_id)
+    fake.send("executing", node="2", display_node="2", prompt_id=prompt_id)
+    fake.send("progress", value=1, max=100, node="2", prompt_id=prompt_id)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(e[2]["type"] == "progress" for e in fake.events("ws_sent")):
+        time.sleep(0.01)
+    time.sleep(0.3)
+    _thread.interrupt_main()
 
+
+def stops_when_interrupted(fake: FakeComfy, prompt_id: str) -> None:
+    """A run that honours /interrupt: it ends interrupted, with no outputs (as ComfyUI records it)."""
+    start_then_ctrl_c(fake, prompt_id)
+    assert fake.interrupted.wait(10)
+    time.sleep(0.5)  # the node notices the interrupt at its next step
+    interrupted = {"prompt_id": prompt_id, "node_id": "2", "node_type": "vsrkitRealESRGANUpscale", "executed": ["1"]}
+    fake.send("execution_interrupted", **interrupted)
+    fake.finish(prompt_id, {**saved_history(prompt_id, "error", [["execution_start", {"prompt_id": prompt_id}],
+                                                                  ["execution_interrupted", interrupted]]),
+                            "outputs": {}})
+    fake.record("ended")
+    fake.send("executing", node=None, prompt_id=prompt_id)
+
+
+def finishes_anyway(fake: FakeComfy, prompt_id: str) -> None:
+    """A run whose last step was already under way: the interrupt comes too late and it saves its video."""
+    start_then_ctrl_c(fake, prompt_id)
+    assert fake.interrupted.wait(10)
+    time.sleep(0.5)
+    fake.send("executing", node="3", display_node="3", prompt_id=prompt_id)
+    fake.send("execution_success", prompt_id=prompt_id)
+    fake.finish(prompt_id, saved_history(prompt_id))
+    fake.record("ended")
+    fake.send("executing", node=None, prompt_id=prompt_id)
+
+
+def never_ends(fake: FakeComfy, prompt_id: str) -> None:
+    start_then_ctrl_c(fake, prompt_id)
+
+
+def test_ctrl_c_reports_an_interrupt_the_server_honoured(tmp_path, capsys, python_sigint_handler):
     out = tmp_path / "o"
     with FakeComfy() as fake:
-        fake.script = long_run
+        fake.script = stops_when_interrupted
         code = main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "-o", str(out)])
         interrupts = [e[2] for e in fake.events("interrupt")]
         deletes = [e[2] for e in fake.events("queue")]
+        [ended] = fake.events("ended")
+        last_history = fake.events("history")[-1]
+        assert not fake.events("view")
+    err = capsys.readouterr().err
     assert code == 130
     assert interrupts == [{"prompt_id": "p1"}]
     assert deletes == [{"delete": ["p1"]}]
+    assert last_history[0] > ended[0], "the client stopped before the server had ended the prompt"
+    assert "vsrkit: cancelled: prompt p1 was interrupted on the server; it saved no output" in err
+    assert "finished" not in err
     assert not out.exists() or not any(out.iterdir())
-    assert "interrupted prompt p1" in capsys.readouterr().err
+
+
+def test_ctrl_c_when_the_server_finishes_anyway_downloads_and_names_the_outputs(tmp_path, capsys,
+                                                                               python_sigint_handler):
+    out = tmp_path / "o"
+    with FakeComfy() as fake:
+        fake.script = finishes_anyway
+        code = main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "-o", str(out)])
+        assert [e[2] for e in fake.events("interrupt")] == [{"prompt_id": "p1"}]
+        views = [e[2] for e in fake.events("view")]
+    err = capsys.readouterr().err
+    saved = out / "out_00001.mp4"
+    assert code == 130
+    assert views == [{"filename": "out_00001.mp4", "subfolder": "vsrkit", "type": "output"}]
+    assert sorted(out.iterdir()) == [saved]
+    assert saved.read_bytes() == VIDEO_BYTES
+    assert (f"vsrkit: cancelled: prompt p1 finished before the interrupt took effect; its outputs were "
+            f"downloaded: {saved}") in err
+    assert "interrupted on the server" not in err
+
+
+def test_ctrl_c_with_no_download_names_the_outputs_left_on_the_server(tmp_path, capsys, python_sigint_handler):
+    with FakeComfy() as fake:
+        fake.script = finishes_anyway
+        code = main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "--no-download"])
+        assert not fake.events("view")
+    assert code == 130
+    assert ("prompt p1 finished before the interrupt took effect; its outputs are left on the server "
+            "(--no-download): vsrkit/out_00001.mp4") in capsys.readouterr().err
+
+
+def test_ctrl_c_while_queued_removes_the_prompt_before_it_runs(tmp_path, capsys, python_sigint_handler):
+    def waits_in_the_queue(fake, prompt_id):
+        time.sleep(0.3)
+        _thread.interrupt_main()
+
+    with FakeComfy() as fake:
+        fake.hold = True
+        fake.script = waits_in_the_queue
+        code = main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "-o", str(tmp_path / "o")])
+        assert [e[2] for e in fake.events("queue")] == [{"delete": ["p1"]}]
+        assert fake.pending == []
+    assert code == 130
+    assert "prompt p1 was removed from ComfyUI's queue before it started; nothing ran" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_so_when_the_server_does_not_end_the_prompt_in_time(tmp_path, capsys, monkeypatch,
+                                                                       python_sigint_handler):
+    monkeypatch.setattr(submit_module, "CANCEL_WAIT_SECONDS", 1.0)
+    out = tmp_path / "o"
+    with FakeComfy() as fake:
+        fake.script = never_ends
+        code = main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "-o", str(out)])
+        assert fake.events("interrupt")
+        assert not fake.events("view")
+    err = capsys.readouterr().err
+    assert code == 130
+    assert ("asked ComfyUI to interrupt prompt p1, but it had not ended after 1 s; it may still be running "
+            "(see ComfyUI's queue); nothing was downloaded") in err
+    assert not out.exists()
+
+
+def test_ctrl_c_says_so_when_the_server_goes_away_before_ending_the_prompt(tmp_path, capsys,
+                                                                          python_sigint_handler):
+    def server_stops(fake, prompt_id):
+        start_then_ctrl_c(fake, prompt_id)
+        assert fake.interrupted.wait(10)
+        fake.httpd.shutdown()
+        fake.httpd.server_close()
+
+    with FakeComfy() as fake:
+        fake.script = server_stops
+        code = main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "asked ComfyUI to interrupt prompt p1, then could not follow it to its end (cannot reach ComfyUI" in err
+    assert err.rstrip().endswith("nothing was downloaded")
+    assert not (tmp_path / "o").exists()
+
+
+def test_timeout_interrupts_and_reports_the_outcome(tmp_path, capsys):
+    def slow_then_honours_the_interrupt(fake, prompt_id):
+        fake.send("execution_start", prompt_id=prompt_id)
+        fake.send("executing", node="2", display_node="2", prompt_id=prompt_id)
+        assert fake.interrupted.wait(10)
+        fake.send("execution_interrupted", prompt_id=prompt_id, node_id="2")
+        fake.finish(prompt_id, {**saved_history(prompt_id, "error", [["execution_interrupted", {}]]), "outputs": {}})
+        fake.send("executing", node=None, prompt_id=prompt_id)
+
+    with FakeComfy() as fake:
+        fake.script = slow_then_honours_the_interrupt
+        code = main(["submit", str(write_prompt(tmp_path)), "--server", fake.url, "-o", str(tmp_path / "o"),
+                     "--timeout", "1"])
+    assert code == 1
+    assert ("gave up after 1 s (--timeout): prompt p1 was interrupted on the server; it saved no output"
+            in capsys.readouterr().err)
 
 
 def test_upload_and_set_fill_the_prompt(tmp_path):
@@ -455,3 +610,38 @@ def test_malformed_set_is_refused(tmp_path, capsys, text):
         assert not fake.prompts
     assert code == 1
     assert "NODE.INPUT=VALUE" in capsys.readouterr().err
+
+
+SHIPPED = Path(submit_module.__file__).resolve().parents[1] / "workflows" / "api" / "Fast upscale x2, Real-ESRGAN.json"
+
+
+@pytest.mark.parametrize("given", [str(SHIPPED), "Fast upscale x2, Real-ESRGAN", "fast upscale X2, real-esrgan.json"])
+def test_shipped_api_workflow_runs_from_workflows_api(tmp_path, monkeypatch, given):
+    """By its path in workflows/api/, or by its title (a name that is no file here)."""
+    monkeypatch.chdir(tmp_path)
+    with FakeComfy() as fake:
+        fake.script = successful_run
+        code = main(["submit", given, "--server", fake.url, "--no-download", "--quiet"])
+        sent = [p["prompt"] for p in fake.prompts]
+    assert code == 0
+    assert sent == [json.loads(SHIPPED.read_text(encoding="utf-8"))]
+
+
+def test_a_file_here_wins_over_a_shipped_title(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Fast upscale x2, Real-ESRGAN").write_text(json.dumps(PROMPT))
+    with FakeComfy() as fake:
+        fake.script = successful_run
+        assert main(["submit", "Fast upscale x2, Real-ESRGAN", "--server", fake.url, "--no-download", "--quiet"]) == 0
+        assert fake.prompts[0]["prompt"] == PROMPT
+
+
+def test_unknown_workflow_names_the_shipped_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with FakeComfy() as fake:
+        code = main(["submit", "Fast upscale x3", "--server", fake.url])
+        assert not fake.prompts
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "workflow file Fast upscale x3 does not exist" in err
+    assert "Fast upscale x2, Real-ESRGAN; " in err and "Restore old video, Real-ESRGAN x4" in err

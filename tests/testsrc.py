@@ -42,6 +42,19 @@ def pattern_rgb(index: int, width: int, height: int) -> np.ndarray:
     return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
 
 
+def smooth_rgb16(index: int, width: int, height: int, alpha: bool = False) -> np.ndarray:
+    """Frame `index` of a smooth 16-bit RGB(A) pattern [H, W, C] uint16: a full-range horizontal ramp
+    in red (as many levels as columns, so 10-bit precision shows), gentle gradients that move with
+    `index` in green and blue, and an alpha ramp down the rows."""
+    xs = np.linspace(0.0, 1.0, width, dtype=np.float64)[None, :] * np.ones((height, 1))
+    ys = np.linspace(0.0, 1.0, height, dtype=np.float64)[:, None] * np.ones((1, width))
+    red = xs
+    green = 0.25 + 0.5 * ys * (0.8 + 0.2 * math.cos(index / 3.0))
+    blue = 0.5 + 0.3 * np.sin(2 * math.pi * (xs + ys) / 2 + index / 4.0)
+    channels = [red, green, blue] + ([0.2 + 0.8 * ys] if alpha else [])
+    return np.round(np.stack(channels, axis=-1) * 65535).astype(np.uint16)
+
+
 def index_rgb(index: int, width: int, height: int) -> np.ndarray:
     """A flat frame whose grey level encodes `index` (8 levels apart, wrapping after 28 frames)."""
     level = 16 + 8 * (index % 28)
@@ -69,7 +82,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: Frac
                 transfer: str | None = None, timestamps: Sequence[float] | None = None,
                 audio: np.ndarray | None = None, audio_rate: int = 48000, audio_codec: str = "aac",
                 rotation: int = 0, container_options: dict[str, str] | None = None) -> str:
-    """Write frames (uint8 RGB [H, W, 3]/[H, W, 4], or a list of YUV planes) to `path`.
+    """Write frames (uint8 or uint16 RGB [H, W, 3]/[H, W, 4], or a list of YUV planes) to `path`.
 
     RGB frames are converted by swscale with the given matrix/range; plane lists are written
     as they are. `timestamps` (seconds) make a variable-rate stream. Colour tags are written
@@ -131,7 +144,8 @@ def _frame(image, pix_fmt: str, tags: dict[str, int]) -> av.VideoFrame:
             view = np.frombuffer(plane, dtype=data.dtype).reshape(plane.height, -1)
             view[:, :plane.width] = data
     else:
-        source = "rgba" if image.shape[-1] == 4 else "rgb24"
+        deep = image.dtype == np.uint16
+        source = ("rgba64le" if deep else "rgba") if image.shape[-1] == 4 else ("rgb48le" if deep else "rgb24")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=source)
         if pix_fmt != source:
             matrix = MATRIX_NAMES.get(tags.get("colorspace", 1), "bt709")
@@ -143,6 +157,33 @@ def _frame(image, pix_fmt: str, tags: dict[str, int]) -> av.VideoFrame:
     for name, value in tags.items():
         setattr(frame, name, value)
     return frame
+
+
+SOURCES = {
+    # kind: (file name, encoder, pixel format, encoder options, colour tags, audio codec)
+    "hevc-10bit": ("ten bit.mkv", "libx265", "yuv420p10le", {"x265-params": "log-level=error"}, "bt709", "aac"),
+    "prores-422hq": ("prores.mov", "prores_ks", "yuv422p10le", {"profile": "3", "vendor": "apl0"}, "bt709", "aac"),
+    "h264-8bit": ("render.mp4", "libx264", "yuv420p", {"preset": "ultrafast"}, None, "aac"),
+    "vp9-alpha": ("alpha.webm", "libvpx-vp9", "yuva420p", {"deadline": "realtime", "cpu-used": "8"}, "bt709",
+                  "libopus"),
+    "ffv1-rgb": ("rgb.mkv", "ffv1", "gbrp10le", {}, None, "pcm_s16le"),
+    "hevc-pq": ("pq.mkv", "libx265", "yuv420p10le", {"x265-params": "log-level=error"}, "pq", "aac"),
+}
+"""Synthetic sources of the families vsrkit keeps; colour "bt709" tags BT.709, "pq" BT.2020 PQ, None none."""
+_SOURCE_TAGS = {"bt709": {"matrix": "bt709", "color_range": "tv", "primaries": "bt709", "transfer": "bt709"},
+                "pq": {"matrix": "bt2020nc", "color_range": "tv", "primaries": "bt2020", "transfer": "smpte2084"},
+                None: {}}
+
+
+def write_source(kind: str, folder: str | os.PathLike, frames: int = 6, width: int = 64, height: int = 64,
+                 fps: int = 25) -> str:
+    """One of `SOURCES` in `folder`: smooth 16-bit pictures (alpha for yuva formats) and a tone as long
+    as the video, as the source's own encoder writes them."""
+    name, codec, pix_fmt, options, tags, audio_codec = SOURCES[kind]
+    alpha = pix_fmt.startswith(("yuva", "gbrap"))
+    pictures = (smooth_rgb16(i, width, height, alpha) for i in range(frames))
+    return write_video(os.path.join(os.fspath(folder), name), pictures, fps, codec=codec, pix_fmt=pix_fmt,
+                       options=options, audio=tone(frames / fps), audio_codec=audio_codec, **_SOURCE_TAGS[tags])
 
 
 def _write_audio(container, stream, samples: np.ndarray, rate: int) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..device import resolve_device, resolve_precision
 from ..errors import InputError, ModelNotFoundError
 from ..paths import user_data_dir
 from ..weights import load_pickle, open_safetensors
@@ -56,8 +57,8 @@ COMPONENT_NAMES = {
     "tcdecoder": "TCDecoder",
     "prompt": "prompt embedding",
 }
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# "auto" precision on CUDA: the DiT runs in bf16, as trained (fp16 where the GPU lacks bf16).
+PREFERRED_DTYPE = torch.bfloat16
 DOWNLOAD_HINT = ("download them from the Hugging Face repository JunhaoZhuang/FlashVSR (v1) or "
                  "JunhaoZhuang/FlashVSR-v1.1 (v1.1) into that folder")
 
@@ -76,7 +77,7 @@ class FlashVSRModels(nn.Module):
     """
 
     def __init__(self, version: str, dit: WanDiT, lq_proj: LQProjector, tcdecoder: TCDecoder,
-                 prompt: torch.Tensor, config: dict[str, dict[str, Any]], files: dict[str, Path]):
+                 prompt: torch.Tensor, *, config: dict[str, dict[str, Any]], files: dict[str, Path]):
         super().__init__()
         self.version = version
         self.dit = dit
@@ -92,28 +93,6 @@ class FlashVSRModels(nn.Module):
 
     def current_device(self) -> torch.device:
         return self.dit.device
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or CUDA when available, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(precision: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto": bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU."""
-    if isinstance(precision, torch.dtype):
-        if precision not in _DTYPES.values():
-            raise InputError(f"precision must be one of {PRECISIONS}, got {precision}")
-        return precision
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return _DTYPES[precision]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 def candidate_folders(model_dir: str | Path, version: str) -> list[Path]:
@@ -189,14 +168,15 @@ def load_flashvsr(model_dir: str | Path | Sequence[str | Path], *, version: str 
                   num_heads: int | None = None) -> FlashVSRModels:
     """Load FlashVSR Tiny `version` from `model_dir` (a folder or a list of folders to search).
 
-    dtype: "auto" | "bf16" | "fp16" | "fp32" or a torch dtype (floating weights are cast to it).
-    device: where the weights go ("cuda", "cpu", ...; None picks CUDA when available).
+    dtype: "auto" | "bf16" | "fp16" | "fp32" or a torch dtype (floating weights are cast to it;
+    "auto" is bf16 on CUDA, `engines.device.resolve_precision`).
+    device: where the weights go ("cuda", "cpu", ...; None or "auto" picks CUDA when available).
     Raises ModelNotFoundError when files are missing and InputError when a file is not a
     FlashVSR checkpoint of the expected layout (both name the file and the folder).
     """
     check_version(version)
     target = resolve_device(device)
-    weight_dtype = resolve_dtype(dtype, target)
+    weight_dtype = resolve_precision(dtype, target, PREFERRED_DTYPE)
     files = find_model_files(model_dir, version)
 
     with open_checkpoint(files["dit"]) as reader:
@@ -216,7 +196,7 @@ def load_flashvsr(model_dir: str | Path | Sequence[str | Path], *, version: str 
     _check_consistency(files, dit_config, lq_config, dec_config, prompt)
     config = {"dit": dit_config, "lq_proj": lq_config, "tcdecoder": dec_config,
               "prompt": {"shape": tuple(prompt.shape)}}
-    return FlashVSRModels(version, dit, lq_proj, tcdecoder, prompt, config, files).eval()
+    return FlashVSRModels(version, dit, lq_proj, tcdecoder, prompt, config=config, files=files).eval()
 
 
 def lq_proj_config_from_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
@@ -386,6 +366,7 @@ def default_model_dirs() -> list[Path]:
 
 __all__ = [
     "COMPONENT_FILES",
+    "PREFERRED_DTYPE",
     "FlashVSRModels",
     "VERSIONS",
     "VERSION_FOLDERS",
@@ -394,7 +375,5 @@ __all__ = [
     "load_flashvsr",
     "load_prompt",
     "lq_proj_config_from_shapes",
-    "resolve_device",
-    "resolve_dtype",
     "tcdecoder_config_from_shapes",
 ]

@@ -4,6 +4,8 @@ The stage pulls the input clip chunk by chunk and emits upscaled frames as soon 
 streaming chunk is decoded (Tiny-Long), so memory stays bounded whatever the clip's
 length. Every input frame gives exactly one output frame, at exactly scale x its size.
 An alpha channel, which the model does not see, is resized with the same bicubic kernel.
+At each scene cut (scdet on the input frames) a new stream starts, with a fresh attention cache
+and decoder state, so each shot is upscaled exactly as if it were a clip of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from ..clip import Clip
 from ..errors import InputError
 from ..progress import Progress, open_progress
+from ..video.scenes import DEFAULT_SCENE_THRESHOLD, SCENE_THRESHOLD, detector_for, split_shots
 from .pipeline import (
     FlashVSRPipeline,
     StreamSettings,
@@ -42,15 +45,17 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
                  color_fix: str = "adain", seed: int = 0, tile_size: int = 0,
                  tile_overlap: int = DEFAULT_OVERLAP,
                  progress_factory: Callable[[int | None, str], Progress] | None = None,
-                 attention_backend: str = "auto") -> Clip:
+                 attention_backend: str = "auto", scene_threshold: float = DEFAULT_SCENE_THRESHOLD) -> Clip:
     """A clip of `clip` upscaled by FlashVSR Tiny (`models` from `loader.load_flashvsr`).
 
     mode "tiny-long" streams with bounded memory; "tiny" decodes the whole clip at the end
     (same frames, memory grows with length). tile_size 0 picks tiling automatically for
     large outputs. `progress_factory(total, desc)` opens a progress bar for each pass; it
-    advances by output frames and is asked for cancellation between chunks. Nothing runs
-    until the returned clip is pulled.
+    advances by output frames and is asked for cancellation between chunks. `scene_threshold`
+    is scdet's cut score (0: one stream for the whole clip). Nothing runs until the returned
+    clip is pulled.
     """
+    scene_threshold = SCENE_THRESHOLD.check(scene_threshold, "FlashVSR")
     if scale not in SCALES:
         raise InputError(f"FlashVSR scale must be one of {SCALES}, got {scale}")
     settings = StreamSettings(mode=mode, sparse_ratio=sparse_ratio, kv_ratio=kv_ratio, local_range=local_range,
@@ -77,7 +82,8 @@ def upscale_clip(clip: Clip, models: Any, *, scale: int = 4, mode: str = "tiny-l
                 yield chunk[..., :3]
 
         with open_progress(progress_factory, info.frame_count or None, "FlashVSR") as bar:
-            for frames in pipeline.upscale(colour(chunks), scale, settings, progress=bar):
+            shots = split_shots(colour(chunks), detector_for(clip, scene_threshold))
+            for frames in (out for shot in shots for out in pipeline.upscale(shot, scale, settings, progress=bar)):
                 if alphas:
                     alpha = torch.stack([alphas.popleft() for _ in range(frames.shape[0])])
                     alpha = bicubic_resize(alpha.permute(0, 3, 1, 2).float(), out_h, out_w).clamp(0, 1)

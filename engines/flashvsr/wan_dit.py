@@ -83,7 +83,7 @@ class Rope:
     sin: torch.Tensor
 
     @classmethod
-    def build(cls, head_dim: int, first_frame: int, frames: int, token_h: int, token_w: int,
+    def build(cls, head_dim: int, first_frame: int, frames: int, token_h: int, token_w: int, *,
               device: torch.device, dtype: torch.dtype) -> Rope:
         positions = torch.arange(first_frame, first_frame + frames, device=device)
         angles = rope_angles(head_dim, positions, token_h, token_w)[:, None, :]
@@ -123,6 +123,18 @@ class ChunkGeometry:
     local_mask: torch.Tensor
 
 
+@dataclasses.dataclass
+class BlockInputs:
+    """What every block gets for one chunk besides its hidden state, cache and prompt keys:
+    the timestep modulation, the chunk's RoPE and token grid, and how attention runs."""
+
+    t_mod: torch.Tensor
+    rope: Rope
+    grid: ChunkGeometry
+    sparse: SparseSettings
+    backend: str = "auto"
+
+
 class AttentionProjections(nn.Module):
     """The q/k/v/o projections and q/k RMS norms that self and cross attention share (official keys)."""
 
@@ -138,10 +150,10 @@ class AttentionProjections(nn.Module):
 
 
 class SelfAttention(AttentionProjections):
-    def forward(self, x: torch.Tensor, rope: Rope, grid: ChunkGeometry, cache: WindowKVCache | None,
-                sparse: SparseSettings, backend: str = "auto",
-                record: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, WindowKVCache]:
+    def forward(self, x: torch.Tensor, cache: WindowKVCache | None,
+                inputs: BlockInputs) -> tuple[torch.Tensor, WindowKVCache]:
         _, length, dim = x.shape
+        grid, rope, sparse = inputs.grid, inputs.rope, inputs.sparse
         frames, token_h, token_w = grid.frames, grid.token_h, grid.token_w
         q = rope.apply(self.norm_q(self.q(x)), self.num_heads)[0]
         k = rope.apply(self.norm_k(self.k(x)), self.num_heads)[0]
@@ -155,14 +167,13 @@ class SelfAttention(AttentionProjections):
             v_w = torch.cat([cache.v, v_w], dim=0)
         mask = draft_block_mask(pooled(q_w), pooled(k_w), self.num_heads, frames // WINDOW[0], sparse.topk,
                                 grid.local_mask)
-        if record is not None:
-            record["blockmask"] = mask[None].to(torch.uint8).cpu()
         head_dim = dim // self.num_heads
 
         def heads_first(windows: torch.Tensor) -> torch.Tensor:
             return windows.reshape(-1, self.num_heads, head_dim).transpose(0, 1)
 
-        out = block_sparse_attention(heads_first(q_w), heads_first(k_w), heads_first(v_w), mask, backend)
+        out = block_sparse_attention(heads_first(q_w), heads_first(k_w), heads_first(v_w), mask,
+                                     inputs.backend)
         out = out.transpose(0, 1).reshape(q_w.shape)
         out = from_windows(out, frames, token_h, token_w).reshape(1, length, dim)
         return self.o(out), extend_cache(cache, k_w, v_w, per_slice, sparse.kv_len)
@@ -204,14 +215,13 @@ class DiTBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, t_mod: torch.Tensor, rope: Rope, grid: ChunkGeometry,
-                cross_k: torch.Tensor, cross_v: torch.Tensor, cache: WindowKVCache | None,
-                sparse: SparseSettings, backend: str = "auto",
-                record: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, WindowKVCache]:
+    def forward(self, x: torch.Tensor, cache: WindowKVCache | None, cross_k: torch.Tensor, cross_v: torch.Tensor,
+                inputs: BlockInputs) -> tuple[torch.Tensor, WindowKVCache]:
+        t_mod = inputs.t_mod
         shift_attn, scale_attn, gate_attn, shift_ffn, scale_ffn, gate_ffn = (
             self.modulation.to(t_mod.dtype) + t_mod).chunk(6, dim=1)
         attn_in = self.norm1(x) * (1 + scale_attn) + shift_attn
-        attn, cache = self.self_attn(attn_in, rope, grid, cache, sparse, backend, record)
+        attn, cache = self.self_attn(attn_in, cache, inputs)
         x = x + gate_attn * attn
         x = x + self.cross_attn(self.norm3(x), cross_k, cross_v)
         ffn_in = self.norm2(x) * (1 + scale_ffn) + shift_ffn
@@ -239,10 +249,22 @@ class TimeEmbedding:
     t_mod: torch.Tensor
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamContext:
+    """What every chunk of one stream shares: the fixed timestep's embedding, the prompt's
+    cross-attention keys and values, the block sparsity (it depends on the stream's frame or
+    tile size) and the attention backend ("auto", "sdpa" or "flex")."""
+
+    time: TimeEmbedding
+    prompt: CrossKV
+    sparse: SparseSettings
+    backend: str = "auto"
+
+
 class WanDiT(nn.Module):
     """Wan 2.1 text-to-video DiT (no image branch); defaults are the 1.3B model FlashVSR uses."""
 
-    def __init__(self, dim: int = 1536, in_dim: int = 16, ffn_dim: int = 8960, out_dim: int = 16,
+    def __init__(self, *, dim: int = 1536, in_dim: int = 16, ffn_dim: int = 8960, out_dim: int = 16,
                  text_dim: int = 4096, freq_dim: int = 256, eps: float = 1e-6,
                  patch_size: Sequence[int] = (1, 2, 2), num_heads: int = 12, num_layers: int = 30):
         super().__init__()
@@ -305,16 +327,13 @@ class WanDiT(nn.Module):
 
     @torch.no_grad()
     def forward_chunk(self, latents: torch.Tensor, lq_tokens: Sequence[torch.Tensor] | None,
-                      time: TimeEmbedding, prompt: CrossKV, caches: list[WindowKVCache | None] | None,
-                      first_frame: int, sparse: SparseSettings, backend: str = "auto",
-                      record: dict[str, torch.Tensor] | None = None,
-                      ) -> tuple[torch.Tensor, list[WindowKVCache]]:
+                      caches: list[WindowKVCache | None] | None, first_frame: int,
+                      context: StreamContext) -> tuple[torch.Tensor, list[WindowKVCache]]:
         """The DiT output for one streaming chunk of noisy latents [1, C, f, H/8, W/8].
 
         lq_tokens: the LQ projector's outputs [1, tokens, dim], added before blocks 0, 1, ...
         caches: each block's self-attention cache from the previous chunk (None at the start).
         first_frame: the latent index of this chunk's first frame (its RoPE time position).
-        record: when given, receives block outputs and block masks under the fixture's names.
         Returns the prediction (same shape as latents) and the caches for the next chunk.
         """
         if latents.shape[0] != 1:
@@ -328,20 +347,17 @@ class WanDiT(nn.Module):
         grid_h, grid_w = token_h // WINDOW[1], token_w // WINDOW[2]
         query_windows = grid_h * grid_w * (frames // WINDOW[0])
         key_windows = query_windows + (caches[0].k.shape[0] if caches[0] is not None else 0)
-        local = local_block_mask(grid_h, grid_w, sparse.local_range, device=x.device)
+        local = local_block_mask(grid_h, grid_w, context.sparse.local_range, device=x.device)
         geometry = ChunkGeometry(frames, token_h, token_w, tile_local_mask(local, query_windows, key_windows))
-        rope = Rope.build(self.head_dim, first_frame, frames, token_h, token_w, x.device, x.dtype)
+        rope = Rope.build(self.head_dim, first_frame, frames, token_h, token_w, device=x.device, dtype=x.dtype)
+        inputs = BlockInputs(context.time.t_mod, rope, geometry, context.sparse, context.backend)
         lq_tokens = list(lq_tokens) if lq_tokens is not None else []
+        prompt = context.prompt
         for index, block in enumerate(self.blocks):
             if index < len(lq_tokens):
                 x = x + lq_tokens[index].to(x.dtype)
-            block_record: dict[str, torch.Tensor] | None = {} if record is not None else None
-            x, caches[index] = block(x, time.t_mod, rope, geometry, prompt.k[index], prompt.v[index],
-                                     caches[index], sparse, backend, block_record)
-            if record is not None:
-                record[f"block{index}.blockmask"] = block_record["blockmask"]
-                record[f"block{index}_out"] = x.detach().float().cpu()
-        x = self.head(x, time.t)
+            x, caches[index] = block(x, caches[index], prompt.k[index], prompt.v[index], inputs)
+        x = self.head(x, context.time.t)
         return self.unpatchify(x, grid), caches
 
 

@@ -1,8 +1,8 @@
 """Running a Real-ESRGAN network on frame batches: precision, tiling, resizing, memory.
 
-Tiles carry `overlap` input pixels of context on every side. Each tile's result is used only
-over its own core plus a feather band of `overlap // 4` pixels, where it is cross-faded with the
-neighbour's, so the weights of all tiles sum to one everywhere. For SRVGGNetCompact, whose
+Tiles (`engines.tiling`) carry `overlap` input pixels of context on every side. Each tile's
+result is used only over its own core plus a feather band of `overlap // 4` pixels, where it is
+cross-faded with the neighbour's. For SRVGGNetCompact, whose
 receptive field is one pixel per convolution, an overlap of at least `radius * 4 / 3` makes the
 tiled result equal to the untiled one (up to float rounding); the automatic overlap is chosen so.
 For RRDBNet the receptive field is far wider, but its influence decays fast; 32 pixels (ComfyUI's
@@ -18,7 +18,19 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
+from ..device import resolve_device, resolve_precision
 from ..errors import InputError
+from ..tiling import (
+    BlendWeights,
+    Tile,
+    TileBlender,
+    core_spans,
+    free_cached_memory,
+    grid,
+    is_out_of_memory,
+    pad_to_multiple,
+    smaller_tile,
+)
 from .backend import choose_backend
 from .loading import RealESRGANModel
 
@@ -27,33 +39,18 @@ CPU_BUDGET_BYTES = 1536 * 1024 * 1024
 MAX_BATCH = 16
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
-
-
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """Exact output size: each side times `scale`, rounded (so x2, x3, x4 give exactly k x the input)."""
     return round(height * scale), round(width * scale)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' is fp16 on CUDA, fp32 elsewhere."""
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in table:
-        raise InputError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
-    if precision == "fp16" and device.type == "cpu":
+def network_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype a Real-ESRGAN network runs in (`engines.device.resolve_precision`; "auto" is fp16
+    on CUDA). PyTorch has no fp16 convolutions on the CPU, so fp16 there is refused."""
+    dtype = resolve_precision(precision, device, torch.float16)
+    if dtype == torch.float16 and device.type == "cpu":
         raise InputError("precision fp16 is not supported on the CPU; use fp32 (default) or bf16")
-    return table[precision]
+    return dtype
 
 
 def auto_overlap(model: RealESRGANModel) -> int:
@@ -115,65 +112,25 @@ def plan_tiles(model: RealESRGANModel, height: int, width: int, frames: int, dty
     return TilePlan(tile, overlap, batch or 1)
 
 
-def _cores(length: int, tile: int, multiple: int) -> list[tuple[int, int]]:
-    """Split [0, length) into near-equal parts of at most `tile` (edges on multiples of `multiple`)."""
-    count = max(1, math.ceil(length / tile))
-    edges = [0]
-    for index in range(1, count):
-        edge = round(index * length / count) // multiple * multiple
-        if edge > edges[-1]:
-            edges.append(edge)
-    edges.append(length)
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
-
-def _ramp(start: int, stop: int, core: tuple[int, int], length: int, feather: int, scale: int,
-          device: torch.device) -> torch.Tensor:
-    """1-D weights over output pixels [start*scale, stop*scale) for a tile whose core is `core`."""
-    positions = torch.arange(start * scale, stop * scale, device=device, dtype=torch.float32) + 0.5
-    weight = torch.ones_like(positions)
-    low, high = core
-    if feather > 0:
-        band = 2 * feather * scale
-        if low > 0:
-            weight = weight * ((positions - (low - feather) * scale) / band).clamp(0, 1)
-        if high < length:
-            weight = weight * (((high + feather) * scale - positions) / band).clamp(0, 1)
-    else:
-        if low > 0:
-            weight = weight * (positions >= low * scale)
-        if high < length:
-            weight = weight * (positions < high * scale)
-    return weight
-
-
-def run_network(model: RealESRGANModel, net: torch.nn.Module, x: torch.Tensor, tile: int,
-                overlap: int) -> torch.Tensor:
-    """The network's output for NCHW `x` (already padded to `size_multiple`), tiled when `tile` > 0."""
-    _, _, height, width = x.shape
-    if tile <= 0 or (height <= tile and width <= tile):
-        return net(x)
-    scale = model.net_scale
+def network_tiles(model: RealESRGANModel, height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles of at most `tile` input pixels over a padded height x width frame, read with `overlap`
+    pixels of context (whole multiples of the network's size multiple) and kept over their core
+    plus a cross-fade band of `overlap // 4` (`tiling.core_spans`)."""
     multiple = model.size_multiple
     context = overlap // multiple * multiple if multiple > 1 else overlap
-    rows, cols = _cores(height, tile, multiple), _cores(width, tile, multiple)
-    # Cross-fade bands must not overlap each other, or the weights would not sum to one.
-    feather_y = min(overlap // 4, min(b - a for a, b in rows) // 2)
-    feather_x = min(overlap // 4, min(b - a for a, b in cols) // 2)
-    out = torch.zeros((x.shape[0], x.shape[1], height * scale, width * scale), dtype=torch.float32,
-                      device=x.device)
-    for y0, y1 in rows:
-        for x0, x1 in cols:
-            ey0, ey1 = max(0, y0 - context), min(height, y1 + context)
-            ex0, ex1 = max(0, x0 - context), min(width, x1 + context)
-            result = net(x[:, :, ey0:ey1, ex0:ex1])
-            uy0, uy1 = max(ey0, y0 - feather_y), min(ey1, y1 + feather_y)
-            ux0, ux1 = max(ex0, x0 - feather_x), min(ex1, x1 + feather_x)
-            wy = _ramp(uy0, uy1, (y0, y1), height, feather_y, scale, x.device)
-            wx = _ramp(ux0, ux1, (x0, x1), width, feather_x, scale, x.device)
-            part = result[:, :, (uy0 - ey0) * scale:(uy1 - ey0) * scale, (ux0 - ex0) * scale:(ux1 - ex0) * scale]
-            out[:, :, uy0 * scale:uy1 * scale, ux0 * scale:ux1 * scale] += part.float() * (wy[:, None] * wx[None, :])
-    return out
+    return grid(core_spans(height, tile, context, overlap // 4, multiple),
+                core_spans(width, tile, context, overlap // 4, multiple))
+
+
+def run_network(net: torch.nn.Module, x: torch.Tensor, weights: BlendWeights | None) -> torch.Tensor:
+    """The network's output for NCHW `x` (padded to the network's size multiple): whole, or tile by
+    tile blended with `weights` (`network_tiles` at the network's scale)."""
+    if weights is None:
+        return net(x)
+    blender = TileBlender(weights, x.shape[0], x.shape[1])
+    for tile in weights.tiles:
+        blender.add(tile, net(tile.crop(x)))
+    return blender.frames()
 
 
 def resize_output(y: torch.Tensor, model: RealESRGANModel, out_height: int, out_width: int) -> torch.Tensor:
@@ -193,17 +150,6 @@ def resize_output(y: torch.Tensor, model: RealESRGANModel, out_height: int, out_
                          antialias=out_height < height or out_width < width)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    if multiple <= 1:
-        return x
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not pad_h and not pad_w:
-        return x
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-
-
 class Upscaler:
     """Upscales [B, H, W, C] frame batches with one model on one device.
 
@@ -213,10 +159,13 @@ class Upscaler:
 
     def __init__(self, model: RealESRGANModel, *, scale: float | None = None, device: str | torch.device | None = None,
                  precision: str = "auto", tile: int = 0, overlap: int | None = None, batch: int | None = None,
-                 budget_bytes: int | None = None, cpu_backend: str = "auto"):
+                 budget_bytes: int | None = None, cpu_backend: str = "auto", bit_depth: int = 8):
         self.model = model
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = resolve_precision(precision, self.device)
+        # Output values are rounded to the source's levels (255 for 8-bit, 1023 for 10-bit...), so a
+        # deep source keeps its precision and the CPU and GPU paths give the same values.
+        self.levels = (1 << max(8, bit_depth)) - 1
+        self.device = resolve_device(device)
+        self.dtype = network_precision(precision, self.device)
         self.scale = float(scale) if scale else model.scale
         if self.scale <= 0:
             raise ValueError(f"scale must be positive, got {scale}")
@@ -225,6 +174,7 @@ class Upscaler:
         self.batch = batch
         self.budget_bytes = budget_bytes
         self.plan: TilePlan | None = None
+        self._weights: tuple[tuple[int, ...], BlendWeights] | None = None
         self.backend = choose_backend(model.net, self.device, self.dtype, cpu_backend)
         self.net = model.prepared(self.device, self.dtype, self.backend)
 
@@ -243,12 +193,23 @@ class Upscaler:
         assert plan is not None
         if plan.batch > 1:
             plan.batch = max(1, plan.batch // 2)
-        elif plan.tile == 0 or plan.tile > MIN_TILE:
-            current = plan.tile or max(height, width)
-            plan.tile = max(MIN_TILE, current // 2)
-        else:
+            return
+        tile = smaller_tile(plan.tile, max(height, width), MIN_TILE)
+        if tile is None:
             raise MemoryError(f"out of memory even with one frame and {MIN_TILE}-pixel tiles; free memory "
                               "on the device or use a smaller model")
+        plan.tile = tile
+
+    def _blend_weights(self, height: int, width: int, plan: TilePlan) -> BlendWeights | None:
+        """The tiles' blend weights for a padded height x width frame (None when untiled), kept while
+        the frame size and plan stay the same."""
+        if plan.tile <= 0 or (height <= plan.tile and width <= plan.tile):
+            return None
+        key = (height, width, plan.tile, plan.overlap)
+        if self._weights is None or self._weights[0] != key:
+            tiles = network_tiles(self.model, height, width, plan.tile, plan.overlap)
+            self._weights = (key, BlendWeights(tiles, self.device, self.model.net_scale))
+        return self._weights[1]
 
     @torch.inference_mode()
     def process_device(self, frames: torch.Tensor) -> torch.Tensor:
@@ -261,15 +222,14 @@ class Upscaler:
         plan = self._plan(height, width, frames.shape[0])
         while True:
             try:
-                pieces = [run_network(self.model, self.net, x[i:i + plan.batch], plan.tile, plan.overlap)
-                          for i in range(0, x.shape[0], plan.batch)]
+                weights = self._blend_weights(x.shape[-2], x.shape[-1], plan)
+                pieces = [run_network(self.net, x[i:i + plan.batch], weights) for i in range(0, x.shape[0], plan.batch)]
                 break
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
                 pieces = []
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                free_cached_memory(self.device)
                 self._shrink(height, width)
         y = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         s = self.model.net_scale
@@ -283,10 +243,17 @@ class Upscaler:
     def to_uint8(self, y: torch.Tensor) -> torch.Tensor:
         return y.mul(255).round_().to(torch.uint8)
 
+    def to_levels(self, y: torch.Tensor) -> torch.Tensor:
+        """Values in 0..1 as integer levels in the smallest type that holds them, for the copy back."""
+        if self.levels == 255:
+            return self.to_uint8(y)
+        levels = y.mul(self.levels).round_()
+        return levels.to(torch.int16) if self.levels < 1 << 15 else levels
+
     def upscale(self, frames: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] float 0..1 (C = 3 or 4) on the CPU -> [B, H', W', C] float32 on the CPU.
 
-        Values are quantized to 8-bit levels on the device before the copy back.
+        Values are rounded to the source's levels (`bit_depth`) on the device before the copy back.
         """
         return next(self.stream(iter([frames])))
 
@@ -332,22 +299,21 @@ class Upscaler:
             ready.record(stream)
         return on_device, ready
 
-    @staticmethod
-    def _host_float(host: torch.Tensor, copied: torch.cuda.Event) -> torch.Tensor:
+    def _host_float(self, host: torch.Tensor, copied: torch.cuda.Event) -> torch.Tensor:
         copied.synchronize()
-        return host.float().div_(255)
+        return host.float().div_(self.levels)
 
     @torch.inference_mode()
     def _compute(self, frames: torch.Tensor) -> torch.Tensor:
-        """[B, H, W, C] on the device -> [B, H', W', C] uint8 (GPU) or float (CPU) on the device."""
+        """[B, H, W, C] on the device -> [B, H', W', C] integer levels (GPU) or float (CPU) on the device."""
         nchw = frames.permute(0, 3, 1, 2).float()
         rgb = self.process_device(nchw[:, :3]).float()
         if nchw.shape[1] == 4:
             rgb = torch.cat([rgb, self._alpha(nchw[:, 3:], *rgb.shape[-2:])], dim=1)
         out = rgb.permute(0, 2, 3, 1)
         if self.device.type == "cuda":
-            return self.to_uint8(out).contiguous()
-        return out.mul(255).round_().div_(255).contiguous()
+            return self.to_levels(out).contiguous()
+        return out.mul(self.levels).round_().div_(self.levels).contiguous()
 
     @staticmethod
     def _finish(result: torch.Tensor) -> torch.Tensor:

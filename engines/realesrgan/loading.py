@@ -57,22 +57,33 @@ class RealESRGANModel:
 
     def prepared(self, device: torch.device, dtype: torch.dtype, backend: str) -> nn.Module:
         """The network that runs this model with `backend` ("native" or "pytorch", as
-        `backend.choose_backend` gives it).
+        `backend.choose_backend` gives it), on `device`.
 
         A native runner is made anew each call: it keeps its buffers, so each stream has its own
         (the kernel's weights are kept per network). The PyTorch module runs channels-last; on the
-        CPU in fp32 it is `self.net` itself, elsewhere a copy, kept for the last device and precision.
+        CPU in fp32 it is `self.net` itself, elsewhere `device_network(dtype)`, moved to `device`
+        if it is not there.
         """
         if backend == "native":
             return NativeNetwork(self.net)
-        key = (str(device), dtype)
-        cached = self.__dict__.get("_prepared")
-        if cached is not None and cached[0] == key:
+        if device.type == "cpu" and dtype == torch.float32:
+            return self.net.to(memory_format=torch.channels_last).eval()
+        return self.device_network(dtype).to(device)
+
+    def device_network(self, dtype: torch.dtype) -> nn.Module:
+        """The PyTorch network in `dtype`, channels-last: a copy of `self.net`, made on the CPU once
+        per precision and kept for the last one asked for.
+
+        Where the copy lives is up to whoever runs it: `prepared` moves it to its device and leaves
+        it there; a host that manages device memory (the nodes, through ComfyUI's model management)
+        moves it in before each run and may move it out again.
+        """
+        cached = self.__dict__.get("_device_network")
+        if cached is not None and cached[0] == dtype:
             return cached[1]
-        self.__dict__.pop("_prepared", None)
-        net = self.net if (device.type == "cpu" and dtype == torch.float32) else copy.deepcopy(self.net)
-        net = net.to(device=device, dtype=dtype).to(memory_format=torch.channels_last).eval()
-        self.__dict__["_prepared"] = (key, net)
+        self.__dict__.pop("_device_network", None)
+        net = copy.deepcopy(self.net).to(dtype=dtype).to(memory_format=torch.channels_last).eval()
+        self.__dict__["_device_network"] = (dtype, net)
         return net
 
     def describe(self) -> str:

@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ..clip import Clip, chunk_frames_for, rechunk
+from ..device import resolve_device
 from ..errors import InputError
 from ..progress import Progress, open_progress
 from .backend import choose_backend
-from .inference import MAX_BATCH, Upscaler, default_device, output_size, resolve_precision
+from .inference import MAX_BATCH, Upscaler, network_precision, output_size
 from .loading import RealESRGANModel
 
 
@@ -35,16 +36,14 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
     out_h, out_w = output_size(info.height, info.width, target)
     if out_h < 1 or out_w < 1:
         raise InputError(f"scale {scale} makes {info.width}x{info.height} frames empty")
-    target_device = torch.device(device) if device else default_device()
-    if target_device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {target_device} was asked for, but this PyTorch has no CUDA device; use cpu")
-    choose_backend(model.net, target_device, resolve_precision(precision, target_device), cpu_backend)
+    target_device = resolve_device(device)
+    choose_backend(model.net, target_device, network_precision(precision, target_device), cpu_backend)
     in_batch = batch or max(1, min(MAX_BATCH, chunk_frames_for(out_w, out_h, info.channels)))
     out_chunk = chunk_frames_for(out_w, out_h, info.channels)
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         upscaler = Upscaler(model, scale=target, device=device, precision=precision, tile=tile, overlap=overlap,
-                            batch=batch, cpu_backend=cpu_backend)
+                            batch=batch, cpu_backend=cpu_backend, bit_depth=info.bit_depth)
         with open_progress(progress_factory, info.frame_count or None, "Real-ESRGAN") as bar:
 
             def batches() -> Iterator[torch.Tensor]:

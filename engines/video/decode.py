@@ -14,7 +14,8 @@ time an output pulls it. Frames are selected on a constant-rate timeline:
 
 YUV is converted to RGB with the stream's own matrix and range (`engines.video.colors`);
 10-bit sources go to float without an 8-bit step; display rotation is applied;
-odd sizes are kept; alpha is kept where the pixel format carries it.
+odd sizes are kept; alpha is kept where the pixel format carries it, and for VP8/VP9
+with alpha in WebM/Matroska through libvpx's decoder (FFmpeg's own drops it).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .colors import parse_matrix, parse_range, yuv_to_rgb
 from .probe import (
     MediaInfo,
     VideoStreamInfo,
+    alpha_decoder_name,
     check_readable,
     decode_packets,
     open_container,
@@ -107,7 +109,7 @@ def open_clip(path: str | os.PathLike, *, skip_first: int = 0, max_frames: int =
         bit_depth=video.bit_depth, color=color, audio=_audio_track(info, start_seconds),
         source_path=str(file), sar=video.sar if not rotation % 180 else 1 / video.sar,
         field_order=normalize_field_order(video.field_order),
-        extra={"vfr": video.vfr, "codec": video.codec, "pix_fmt": video.pix_fmt,
+        extra={"vfr": video.vfr, "codec": video.codec, "pix_fmt": video.pix_fmt, "profile": video.profile,
                "source_frame_count": video.frame_count, "source_fps": video.fps,
                "forced_fps": force_fps is not None, "rotation": rotation},
     )
@@ -255,10 +257,10 @@ def _frames_near_skip(container: av.container.InputContainer, plan: _Plan) -> tu
     stream.thread_type = "AUTO"
     target = float(plan.skip_first / plan.timeline_fps)
     if not plan.seekable or target < SEEK_AFTER_SECONDS:
-        return decode_packets(container, stream), 0
+        return decode_packets(container, stream, decoder=alpha_decoder(stream)), 0
     seconds = plan.start_time + target - 1.0
     container.seek(int(seconds / stream.time_base), stream=stream, backward=True)
-    frames = decode_packets(container, stream)
+    frames = decode_packets(container, stream, decoder=alpha_decoder(stream))
     first = next(frames, None)
     if first is not None and first.pts is not None:
         time = float(first.pts * first.time_base)
@@ -268,7 +270,17 @@ def _frames_near_skip(container: av.container.InputContainer, plan: _Plan) -> tu
             return itertools.chain((first,), frames), 0 if plan.resample else index
     log.debug("seek in %s landed past frame %d; decoding from the start", plan.file, plan.skip_first)
     container.seek(0, stream=stream, backward=True)
-    return decode_packets(container, stream), 0
+    return decode_packets(container, stream, decoder=alpha_decoder(stream)), 0
+
+
+def alpha_decoder(stream) -> av.CodecContext | None:
+    """A fresh libvpx decoder (one per pass) for a VP8/VP9 stream with alpha; None for other streams."""
+    name = alpha_decoder_name(stream)
+    if name is None:
+        return None
+    context = av.CodecContext.create(name, "r")
+    context.extradata = stream.codec_context.extradata
+    return context
 
 
 def _plane(plane, dtype: np.dtype) -> np.ndarray:

@@ -5,14 +5,15 @@ the destination folder, which is renamed into place only when complete (and
 never over an existing file unless asked). On an error or a cancel the partial
 file is removed.
 
-RGB is converted to the target pixel format with the matrix and range the stream
-is tagged with (`engines.video.colors`), so a save-and-reload round trip keeps colours.
-Odd sizes are padded (edge pixels repeated) or cropped for subsampled pixel formats.
+The codec, pixel format and colour tags are chosen by `engines.video.formats` (codec "auto"
+keeps the source's family, depth, chroma and alpha). RGB is converted to the target pixel
+format with the matrix and range the stream is tagged with (`engines.video.colors`), so a
+save-and-reload round trip keeps colours. Odd sizes are padded (edge pixels repeated) or
+cropped for subsampled pixel formats.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -23,154 +24,34 @@ import av
 import numpy as np
 import torch
 
-from ..clip import Clip, ClipInfo, ColorInfo, fit_channels
+from ..clip import Clip, ColorInfo, fit_channels
 from ..errors import InputError
 from ..paths import discard, output_taken, partial_path, publish
 from ..progress import Progress
 from .audio import check_audio_codec, open_audio_writer
-from .colors import (
-    MATRIX_CODES,
-    PRIMARIES_CODES,
-    RANGE_CODES,
-    TRANSFER_CODES,
-    default_color,
-    parse_matrix,
-    parse_range,
-    rgb_to_yuv,
+from .colors import MATRIX_CODES, PRIMARIES_CODES, RANGE_CODES, TRANSFER_CODES, rgb_to_yuv
+from .formats import (
+    CONTAINER_KINDS,
+    PRORES_PROFILES,
+    CodecSpec,
+    EncodeOptions,
+    available_codecs,
+    check_rate_options,
+    choose_format,
+    codec_spec,
+    output_color,
+    output_path_for,
 )
 from .probe import pix_fmt_traits
+
+__all__ = ["EncodeOptions", "available_codecs", "output_color", "planned_output", "save_clip"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class CodecSpec:
-    encoder: str
-    containers: tuple[str, ...]
-    pix_fmt: str
-    deep_pix_fmt: str
-    alpha_pix_fmt: str | None
-    crf: tuple[int, int, int] | None
-    """(lowest, highest, default) quality value, or None when the codec has no crf."""
-    presets: tuple[str, ...]
-    default_preset: str | None
-    min_size: tuple[int, int] = (1, 1)
-    """Smaller frames are refused: libx265 corrupts memory on frames 33-48 pixels wide and
-    libsvtav1 hangs on some frames under 64 pixels high."""
-
-
-_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-CODECS: dict[str, CodecSpec] = {
-    "h264": CodecSpec("libx264", ("mp4", "mkv", "mov"), "yuv420p", "yuv420p", None, (0, 51, 18),
-                      _X26X_PRESETS, "medium"),
-    "h265": CodecSpec("libx265", ("mp4", "mkv", "mov"), "yuv420p", "yuv420p10le", None, (0, 51, 22),
-                      _X26X_PRESETS, "medium", min_size=(64, 16)),
-    "vp9": CodecSpec("libvpx-vp9", ("webm", "mkv", "mp4"), "yuv420p", "yuv420p", "yuva420p", (0, 63, 32),
-                     tuple(str(n) for n in range(9)), "4"),
-    "prores": CodecSpec("prores_ks", ("mov", "mkv"), "yuv422p10le", "yuv422p10le", "yuva444p10le", None,
-                        ("proxy", "lt", "standard", "hq", "4444", "4444xq"), "hq"),
-    "ffv1": CodecSpec("ffv1", ("mkv", "avi"), "gbrp10le", "gbrp16le", "gbrap10le", None, (), None),
-    "av1": CodecSpec("libsvtav1", ("mp4", "mkv", "webm"), "yuv420p", "yuv420p10le", None, (0, 63, 35),
-                     tuple(str(n) for n in range(14)), "8", min_size=(64, 64)),
-    "png": CodecSpec("png", ("png",), "rgb24", "rgb48be", "rgba", None, (), None),
-}
-CODEC_ALIASES = {"x264": "h264", "avc": "h264", "libx264": "h264", "x265": "h265", "hevc": "h265",
-                 "libx265": "h265", "webm": "vp9", "libvpx-vp9": "vp9", "prores_ks": "prores",
-                 "svtav1": "av1", "libsvtav1": "av1", "lossless": "ffv1"}
-_EXTENSIONS = {"mp4": "mp4", "m4v": "mp4", "mkv": "mkv", "mov": "mov", "webm": "webm", "avi": "avi"}
-_PRORES_PROFILES = {"proxy": 0, "lt": 1, "standard": 2, "hq": 3, "4444": 4, "4444xq": 5}
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodeOptions:
-    """How to encode. None means the codec's default (see `CODECS`)."""
-
-    codec: str = "h264"
-    crf: int | None = None
-    preset: str | None = None
-    pix_fmt: str | None = None
-    odd_size: str = "pad"
-    """"pad" (repeat the last row/column) or "crop" (drop it) when a subsampled format needs even sizes."""
-    audio: bool = True
-    audio_codec: str | None = None
-    """None/"auto": copy when the container allows, else re-encode; "copy"; or aac/opus/flac/pcm/mp3/ac3."""
-    audio_bitrate: int | None = None
-    color_matrix: str = "auto"
-    """"auto" keeps the clip's matrix; or bt601, bt709, bt2020."""
-    color_range: str = "tv"
-    """"tv" (limited, what players expect) or "pc" (full); limited/mpeg and full/jpeg work too."""
-    threads: int = 0
-    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Container tags, e.g. ComfyUI's prompt and workflow as JSON (so the file can be dropped back in)."""
-
-
-def codec_spec(codec: str) -> tuple[str, CodecSpec]:
-    name = CODEC_ALIASES.get(codec.lower(), codec.lower())
-    if name not in CODECS:
-        raise InputError(f"video codec '{codec}' is not supported; use one of {', '.join(available_codecs())}")
-    spec = CODECS[name]
-    if not _has_encoder(spec.encoder):
-        raise InputError(f"this FFmpeg build has no {spec.encoder} encoder for '{codec}'; "
-                         f"use one of {', '.join(available_codecs())}")
-    return name, spec
-
-
-def _has_encoder(name: str) -> bool:
-    try:
-        av.codec.Codec(name, "w")
-    except (av.error.FFmpegError, ValueError):
-        return False
-    return True
-
-
-def available_codecs() -> list[str]:
-    """Codec names usable with this FFmpeg build."""
-    return [name for name, spec in CODECS.items() if _has_encoder(spec.encoder)]
-
-
-def output_path_for(path: str | os.PathLike, codec: str) -> Path:
-    """`path` with the codec's default extension when it has none; checks the container fits."""
-    name, spec = codec_spec(codec)
-    target = Path(os.fspath(path)).expanduser()
-    if name == "png":
-        return target.with_suffix("") if target.suffix.lower() == ".png" else target
-    ext = target.suffix.lower().lstrip(".")
-    if not ext:
-        return target.with_name(target.name + "." + spec.containers[0])
-    kind = _EXTENSIONS.get(ext)
-    if kind not in spec.containers:
-        raise InputError(f"a .{ext} file cannot hold {name} video; use one of "
-                         f"{', '.join('.' + c for c in spec.containers)} for '{target.name}'")
-    return target
-
-
-def _pix_fmt(name: str, spec: CodecSpec, options: EncodeOptions, info: ClipInfo) -> str:
-    if options.pix_fmt:
-        supported = [f.name for f in (av.codec.Codec(spec.encoder, "w").video_formats or [])]
-        if options.pix_fmt not in supported:
-            raise InputError(f"pixel format '{options.pix_fmt}' is not available for {name}; "
-                             f"use one of {', '.join(supported)}")
-        return options.pix_fmt
-    if name == "prores" and (options.preset or "").startswith("4444"):
-        return "yuva444p10le" if info.channels == 4 else "yuv444p10le"
-    if info.channels == 4 and spec.alpha_pix_fmt:
-        if info.bit_depth > 8 and name in ("png", "ffv1"):
-            return "rgba64be" if name == "png" else "gbrap16le"
-        return spec.alpha_pix_fmt
-    return spec.deep_pix_fmt if info.bit_depth > 8 else spec.pix_fmt
-
-
 def _codec_options(name: str, spec: CodecSpec, options: EncodeOptions, pix_fmt: str) -> dict[str, str]:
-    if options.crf is not None:
-        if spec.crf is None:
-            raise InputError(f"crf does not apply to {name}; leave it empty")
-        low, high, _ = spec.crf
-        if not low <= options.crf <= high:
-            raise InputError(f"crf for {name} must be between {low} and {high}, got {options.crf}")
+    check_rate_options(name, spec, options.crf, options.preset)
     preset = options.preset or spec.default_preset
-    if options.preset and options.preset not in spec.presets:
-        choices = ", ".join(spec.presets) if spec.presets else "none (leave it empty)"
-        raise InputError(f"preset '{options.preset}' is not known for {name}; use one of {choices}")
     crf = options.crf if options.crf is not None else (spec.crf[2] if spec.crf else None)
     if name in ("h264", "h265"):
         opts = {"crf": str(crf), "preset": preset}
@@ -184,26 +65,10 @@ def _codec_options(name: str, spec: CodecSpec, options: EncodeOptions, pix_fmt: 
     if name == "prores":
         if "444" in pix_fmt and not preset.startswith("4444"):
             preset = "4444"  # 4:4:4 and alpha exist only in the 4444 profiles
-        return {"profile": str(_PRORES_PROFILES[preset]), "vendor": "apl0"}
+        return {"profile": str(PRORES_PROFILES[preset]), "vendor": "apl0"}
     if name == "ffv1":
         return {"level": "3", "slicecrc": "1"}
     return {}
-
-
-def output_color(info: ClipInfo, options: EncodeOptions, width: int, height: int) -> ColorInfo:
-    """The matrix/range/primaries/transfer the output is converted with and tagged as."""
-    color_range = parse_range(options.color_range)
-    fallback = default_color(width, height)
-    source = info.color
-    if options.color_matrix and options.color_matrix != "auto":
-        matrix = parse_matrix(options.color_matrix)
-    else:
-        matrix = source.matrix if source.tagged else fallback.matrix
-    primaries = source.primaries if source.tagged else fallback.primaries
-    transfer = source.transfer if source.tagged else fallback.transfer
-    if matrix.startswith("bt2020") and not source.tagged:
-        primaries, transfer = "bt2020", "bt709"
-    return ColorInfo(matrix=matrix, range=color_range, primaries=primaries, transfer=transfer, tagged=True)
 
 
 CONVERT_BYTES = 24 * 1024 * 1024
@@ -288,19 +153,6 @@ class _PictureWriter:
         return frame
 
 
-def _even_size(width: int, height: int, pix_fmt: str, odd_size: str) -> tuple[int, int]:
-    fmt = av.VideoFormat(pix_fmt)
-    need_w = 1 if fmt.is_rgb else 64 // fmt.chroma_width(64)
-    need_h = 1 if fmt.is_rgb else 64 // fmt.chroma_height(64)
-    if odd_size not in ("pad", "crop"):
-        raise InputError(f"odd_size must be 'pad' or 'crop', got '{odd_size}'")
-    if odd_size == "pad":
-        return width + (-width % need_w), height + (-height % need_h)
-    if width < need_w or height < need_h:
-        raise InputError(f"a {width}x{height} picture is too small to crop to an even size; use odd_size='pad'")
-    return width - width % need_w, height - height % need_h
-
-
 def _resize_edges(chunk: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Crop, or pad by repeating the last row and column, to exactly width x height."""
     chunk = chunk[:, :height, :width]
@@ -318,23 +170,24 @@ def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None
     For codec "png" `path` is a folder that receives frame_000001.png, ... (no audio).
     """
     options = options or EncodeOptions()
-    name, spec = codec_spec(options.codec)
+    choice = choose_format(clip.info, options, path)
+    name, spec = codec_spec(choice.codec)
     final = output_path_for(path, name)
     _check_destination(final, clip)
     info = clip.info
     if info.frame_count <= 0:
         raise InputError("the clip has no frames to save")
-    pix_fmt = _pix_fmt(name, spec, options, info)
-    width, height = _even_size(info.width, info.height, pix_fmt, options.odd_size)
+    pix_fmt, width, height = choice.pix_fmt, choice.width, choice.height
     if (width, height) != (info.width, info.height):
         log.info("%s needs even sizes: %s %dx%d to %dx%d", pix_fmt, options.odd_size, info.width, info.height,
                  width, height)
     if width < spec.min_size[0] or height < spec.min_size[1]:
         raise InputError(f"{name} cannot encode frames smaller than {spec.min_size[0]}x{spec.min_size[1]} "
                          f"pixels (this clip is {width}x{height}); use h264 or another codec")
-    color = output_color(info, options, width, height)
-    pictures = _PictureWriter(pix_fmt, width, height, color)
-    codec_options = _codec_options(name, spec, options, pix_fmt)
+    for item in choice.given_up:
+        log.warning("%s gives up %s", final.name, item)
+    pictures = _PictureWriter(pix_fmt, width, height, choice.color)
+    codec_options = _codec_options(name, spec, choice.encode_options(options), pix_fmt)
     check_audio_codec(options.audio_codec)
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = partial_path(final)
@@ -354,8 +207,19 @@ def save_clip(clip: Clip, path: str | os.PathLike, options: EncodeOptions | None
 
 
 def planned_output(path: str | os.PathLike, codec: str) -> Path:
-    """The file `save_clip` would write for `path` and `codec`; InputError if it cannot (taken, wrong container)."""
-    final = output_path_for(path, codec)
+    """The file `save_clip` would write for `path` and `codec`; InputError if it cannot (taken, wrong container).
+
+    For codec "auto" the codec is not known before the clip is: a path without an extension is
+    returned as is, one with an extension is checked against every container vsrkit writes.
+    """
+    if codec.strip().lower() == "auto":
+        final = Path(os.fspath(path)).expanduser()
+        ext = final.suffix.lower().lstrip(".")
+        if ext and ext not in CONTAINER_KINDS:
+            raise InputError(f"a .{ext} file cannot hold video; use one of "
+                             f"{', '.join('.' + e for e in CONTAINER_KINDS)} for '{final.name}'")
+    else:
+        final = output_path_for(path, codec)
     if final.exists():
         raise output_taken(final)
     return final
@@ -398,7 +262,7 @@ def _write_container(clip: Clip, temp: Path, final: Path, name: str, spec: Codec
                      codec_options: dict[str, str], pictures: _PictureWriter, width: int, height: int,
                      options: EncodeOptions, progress: Progress) -> None:
     info = clip.info
-    kind = _EXTENSIONS[final.suffix.lower().lstrip(".")]
+    kind = CONTAINER_KINDS[final.suffix.lower().lstrip(".")]
     fps = Fraction(info.fps)
     container_options = {}
     if kind in ("mp4", "mov"):

@@ -22,7 +22,7 @@ from typing import Any
 import av
 import torch
 
-from ..clip import Clip, field_order_name, normalize_field_order
+from ..clip import Clip, Reach, field_order_name, normalize_field_order
 from ..errors import InputError
 from ..progress import Progress
 from .filters import (
@@ -33,8 +33,10 @@ from .filters import (
     filter_chunks,
     make_step,
     run_on_frames,
+    step_reach,
     time_base_for,
 )
+from .scenes import DEFAULT_SCENE_THRESHOLD, SCENE_THRESHOLD, detector_for, split_shots
 
 DETECT_FRAMES = 60
 """Frames idet looks at when the stream does not say whether it is interlaced."""
@@ -156,6 +158,11 @@ def _deinterlace_steps(method: str, rate: str, parity: str) -> list[FilterStep]:
     return [make_step(method, {"mode": mode, "parity": parity, "deint": "all"}, owner="deinterlace")]
 
 
+def deinterlace_reaches(method: str = "bwdif", rate: str = "frame") -> list[Reach]:
+    """How far the deinterlacer looks around each frame (`clip.Reach`), in input frames."""
+    return [step_reach(step) for step in _deinterlace_steps(method, rate, "tff")]
+
+
 def deinterlace_clip(clip: Clip, mode: str = "auto", method: str = "bwdif", rate: str = "frame",
                      parity: str = "auto", detect_frames: int = DETECT_FRAMES,
                      progress: Progress | None = None) -> Clip:
@@ -252,6 +259,8 @@ DENOISE_METHODS: dict[str, DenoiseMethod] = {
         ("luma_spatial", "chroma_spatial"), {"luma_tmp": 1.5, "chroma_tmp": 1.5}),
 }
 DEFAULT_DENOISE_METHOD = "fftdnoiz"
+TEMPORAL_FILTERS = frozenset({"fftdnoiz", "atadenoise", "hqdn3d"})
+"""Denoisers that look at other frames: they restart at scene cuts so no shot is averaged into the next."""
 DENOISE_PRESETS = ("none", "light", "medium", "strong")
 
 
@@ -304,10 +313,28 @@ def denoise_steps(preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD, 
     return steps
 
 
+def denoise_reaches(preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD,
+                    scene_threshold: float = DEFAULT_SCENE_THRESHOLD) -> list[Reach]:
+    """How far the deblock/denoise chain of these settings looks around each frame (`clip.Reach`).
+
+    A temporal denoiser that restarts at scene cuts needs one frame more before a segment than its
+    window: scdet scores a frame against the two before it, and the cut flags of every frame whose
+    window reaches into the segment must come out as in one pass.
+    """
+    reaches = [step_reach(step) for step in denoise_steps(preset, method)]
+    threshold = SCENE_THRESHOLD.check(scene_threshold, "denoise")
+    if not threshold:
+        return reaches
+    # A recursive one (hqdn3d) restarts at cuts found on its own input, which need not be the cuts
+    # the segments are planned at: it stays unsplit (step_reach).
+    return [dataclasses.replace(r, before=r.before + 1, restarts_at_cuts=True)
+            if r.name in TEMPORAL_FILTERS and r.splits_in_shot and r.before else r for r in reaches]
+
+
 def denoise_clip(clip: Clip, preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD,
                  strength: float | None = None, options: Mapping[str, Any] | None = None,
                  deblock: bool = False, deblock_strength: float = 0.5, deblock_block: int = 8,
-                 progress: Progress | None = None) -> Clip:
+                 progress: Progress | None = None, scene_threshold: float = DEFAULT_SCENE_THRESHOLD) -> Clip:
     """Deblock and/or denoise a clip, streaming; the frame count and rate are unchanged.
 
     preset: 'light', 'medium', 'strong' ('none': no denoiser, e.g. deblock only).
@@ -317,16 +344,22 @@ def denoise_clip(clip: Clip, preset: str = "medium", method: str = DEFAULT_DENOI
     options: further FFmpeg options of the method by name (e.g. {"s": 9} for atadenoise),
     each type- and range-checked. deblock: run FFmpeg's deblock first (compressed sources),
     `deblock_strength` 0..1 scaling its thresholds, `deblock_block` its block size.
-    Temporal state crosses chunk boundaries: chunked output equals whole-clip output.
+    Temporal state crosses chunk boundaries: chunked output equals whole-clip output. Temporal
+    denoisers start afresh at each scene cut scdet finds at `scene_threshold` (0: never), so each
+    shot is denoised as if alone.
     """
     steps = denoise_steps(preset, method, strength, options, deblock, deblock_strength, deblock_block)
     if not steps:
         return clip
     info = clip.info
+    temporal = any(step.filter in TEMPORAL_FILTERS for step in steps)
+    scene_threshold = SCENE_THRESHOLD.check(scene_threshold, "denoise")
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        yield from filter_chunks(chunks, steps, width=info.width, height=info.height, fps=info.fps,
-                                 alpha_steps=None, progress=progress)
+        detector = detector_for(clip, scene_threshold) if temporal else None
+        for shot in split_shots(chunks, detector):
+            yield from filter_chunks(shot, steps, width=info.width, height=info.height, fps=info.fps,
+                                     alpha_steps=None, progress=progress)
 
     return clip.then(stage, extra={**info.extra, "denoise": [dataclasses.asdict(s) for s in steps]})
 

@@ -198,24 +198,26 @@ def open_container(file: Path) -> av.container.InputContainer:
                          "it may be damaged, incomplete, or not a video at all. Re-export or re-download it") from exc
 
 
-def decode_packets(container: av.container.InputContainer, stream, *,
-                   flush_after_error: bool = True) -> Iterator[av.frame.Frame]:
+def decode_packets(container: av.container.InputContainer, stream, *, flush_after_error: bool = True,
+                   decoder: av.CodecContext | None = None) -> Iterator[av.frame.Frame]:
     """Decoded frames of `stream`; a damaged packet is skipped (logged) rather than ending the stream.
 
     A read error ends it early (logged); with `flush_after_error` the frames the decoder still
-    holds come out first (video does this; audio stops at the error).
+    holds come out first (video does this; audio stops at the error). `decoder` replaces the
+    stream's own (`decode.alpha_decoder` for VP8/VP9 alpha).
     """
+    context = decoder or stream.codec_context
     try:
         for packet in container.demux(stream):
             try:
-                yield from packet.decode()
+                yield from context.decode(packet)
             except av.error.InvalidDataError:
                 log.warning("skipped a damaged %s packet at %s in %s", stream.type, packet.pts, container.name)
     except av.error.FFmpegError as exc:
         log.warning("stopped reading %s of %s early: %s", stream.type, container.name, exc)
         if flush_after_error:
             try:
-                yield from stream.codec_context.decode(None)
+                yield from context.decode(None)
             except av.error.FFmpegError:
                 pass
 
@@ -330,6 +332,22 @@ def with_audio_packets(path: str | os.PathLike, info: AudioStreamInfo) -> AudioS
     return _cached(_AUDIO_CACHE, file, info.index, read)
 
 
+ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+
+
+def alpha_decoder_name(stream) -> str | None:
+    """libvpx's decoder for VP8/VP9 with alpha in WebM/Matroska (side data FFmpeg's own decoder drops)."""
+    name = ALPHA_DECODERS.get(stream.codec_context.name)
+    if name is None or str(stream.metadata.get("alpha_mode", "")) != "1":
+        return None
+    try:
+        return av.codec.Codec(name, "r").name
+    except (av.error.FFmpegError, ValueError):
+        log.warning("stream %d carries alpha but this FFmpeg build has no %s decoder; alpha dropped", stream.index,
+                    name)
+        return None
+
+
 def pix_fmt_traits(pix_fmt: str) -> tuple[int, bool]:
     """(bits per component, has an alpha channel) of an FFmpeg pixel format; (8, False) if unknown.
 
@@ -382,6 +400,7 @@ def _video_info(file: Path, stream, stats: _PacketStats, container_duration: flo
     color, rotation = _first_frame_color(file, stream)
     pix_fmt = codec_context.pix_fmt or "unknown"
     bits, has_alpha = pix_fmt_traits(pix_fmt)
+    has_alpha = has_alpha or alpha_decoder_name(stream) is not None
     return VideoStreamInfo(
         index=stream.index,
         codec=codec_context.name,

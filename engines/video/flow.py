@@ -1,0 +1,139 @@
+"""Dense optical flow with OpenCV's DIS, warping with torch, and the checks that say where flow holds.
+
+OpenCV ships as four wheels (opencv-python, opencv-python-headless, opencv-contrib-python and
+its headless twin) that all install the same `cv2` module and break each other when two of
+them are installed side by side, which has broken ComfyUI installs before. Every variant has
+DIS, so vsrkit uses whichever `cv2` is there, imports it only when flow is needed, and names
+the package to install when there is none; it declares no OpenCV dependency of its own.
+
+Flow here is a [N, 2, H, W] float tensor of (dx, dy) in pixels: `flow` from frame A to frame
+B says that A(x) is seen at B(x + flow(x)). `warp(B, flow)` therefore brings B onto A's grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import MissingDependencyError
+
+OPENCV_INSTALL = "pip install opencv-python-headless"
+FLOW_PRESETS = ("ultrafast", "fast", "medium")
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# The checks of Ruder et al. 2016 that Lai et al. 2018 use for their warping error.
+CONSISTENCY_RELATIVE = 0.01
+CONSISTENCY_ABSOLUTE = 0.5
+BOUNDARY_RELATIVE = 0.01
+BOUNDARY_ABSOLUTE = 0.002
+
+
+def opencv() -> Any:
+    """The installed `cv2` module (any of the four OpenCV wheels), or an error saying what to install."""
+    try:
+        import cv2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "optical flow (the temporal stabiliser and the flicker measure) needs OpenCV, which is not "
+            f"installed in this Python ({exc}); install one OpenCV wheel, e.g. `{OPENCV_INSTALL}` (use "
+            "the variant your environment already has, if any: two OpenCV wheels side by side break "
+            "each other)") from exc
+    if not hasattr(cv2, "DISOpticalFlow_create"):
+        raise MissingDependencyError(
+            f"the installed OpenCV ({getattr(cv2, '__version__', '?')}) has no DIS optical flow; "
+            f"upgrade it, e.g. `{OPENCV_INSTALL} --upgrade` (or the OpenCV variant already installed)")
+    return cv2
+
+
+class DenseFlow:
+    """DIS optical flow between two grey frames at one of OpenCV's presets."""
+
+    def __init__(self, preset: str = "medium"):
+        if preset not in FLOW_PRESETS:
+            raise ValueError(f"flow preset must be one of {FLOW_PRESETS}, got {preset!r}")
+        cv2 = opencv()
+        code = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[preset]
+        self._dis = cv2.DISOpticalFlow_create(code)
+
+    def __call__(self, first: np.ndarray, second: np.ndarray) -> torch.Tensor:
+        """Flow [1, 2, H, W] from `first` to `second` (uint8 [H, W] grey frames)."""
+        flow = self._dis.calc(first, second, None)
+        return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))[None]
+
+
+def grey_u8(frame: torch.Tensor) -> np.ndarray:
+    """A [H, W, C] float RGB(A) frame in 0..1 as uint8 BT.601 luma, contiguous, for DIS."""
+    rgb = frame[..., :3].float().clamp(0, 1).cpu().numpy()
+    luma = rgb @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)
+    return np.ascontiguousarray(np.rint(luma * 255.0).astype(np.uint8))
+
+
+def sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+    """grid_sample's normalised grid [N, H, W, 2] for the points x + flow(x) (pixel centres, align_corners=False)."""
+    _, _, height, width = flow.shape
+    ys = torch.arange(height, device=flow.device, dtype=flow.dtype).view(1, height, 1)
+    xs = torch.arange(width, device=flow.device, dtype=flow.dtype).view(1, 1, width)
+    gx = (xs + flow[:, 0] + 0.5) * (2.0 / width) - 1.0
+    gy = (ys + flow[:, 1] + 0.5) * (2.0 / height) - 1.0
+    return torch.stack((gx, gy), dim=-1)
+
+
+def sample(images: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """`images` [N, C, H, W] read at the points of a `sampling_grid` (the frame's edge extends outward)."""
+    return F.grid_sample(images, grid.to(images.dtype), mode=mode, padding_mode="border", align_corners=False)
+
+
+def warp(images: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """`images` [N, C, H, W] sampled at x + flow(x): the frame the flow points into, brought back."""
+    return sample(images, sampling_grid(flow.to(images.dtype)), mode)
+
+
+def inside_frame(flow: torch.Tensor) -> torch.Tensor:
+    """[N, 1, H, W] bool: x + flow(x) lands inside the frame (within the outer pixel centres)."""
+    _, _, height, width = flow.shape
+    ys = torch.arange(height, device=flow.device, dtype=flow.dtype).view(1, height, 1)
+    xs = torch.arange(width, device=flow.device, dtype=flow.dtype).view(1, 1, width)
+    x, y = xs + flow[:, 0], ys + flow[:, 1]
+    return ((x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1))[:, None]
+
+
+def resize_flow(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Flow [N, 2, h, w] at another frame size: resampled bilinearly, vectors scaled to the new pixels."""
+    _, _, h, w = flow.shape
+    if (h, w) == (height, width):
+        return flow
+    resized = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
+    scale = torch.tensor([width / w, height / h], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
+    return resized * scale
+
+
+def consistency_ratio(flow: torch.Tensor, reverse: torch.Tensor) -> torch.Tensor:
+    """[N, 1, H, W]: the forward-backward error over its allowance (above 1 fails the check).
+
+    error |F(x) + R(x + F(x))|^2, allowance 0.01 (|F|^2 + |R(x + F(x))|^2) + 0.5, where R is the
+    flow back from the second frame to the first.
+    """
+    back = warp(reverse, flow)
+    error = (flow + back).square().sum(1, keepdim=True)
+    allowance = CONSISTENCY_RELATIVE * (flow.square().sum(1, keepdim=True) + back.square().sum(1, keepdim=True))
+    return error / (allowance + CONSISTENCY_ABSOLUTE)
+
+
+def boundary_ratio(flow: torch.Tensor) -> torch.Tensor:
+    """[N, 1, H, W]: the flow's squared gradient over 0.01 |F|^2 + 0.002 (above 1: a motion boundary)."""
+    dx = torch.zeros_like(flow)
+    dy = torch.zeros_like(flow)
+    dx[..., :, 1:-1] = (flow[..., :, 2:] - flow[..., :, :-2]) / 2
+    dy[..., 1:-1, :] = (flow[..., 2:, :] - flow[..., :-2, :]) / 2
+    gradient = (dx.square() + dy.square()).sum(1, keepdim=True)
+    return gradient / (BOUNDARY_RELATIVE * flow.square().sum(1, keepdim=True) + BOUNDARY_ABSOLUTE)
+
+
+def reliable(flow: torch.Tensor, reverse: torch.Tensor) -> torch.Tensor:
+    """[N, 1, H, W] bool: where `flow` passes the forward-backward check, is off motion boundaries
+    and stays inside the frame (the mask M of Lai et al. 2018)."""
+    return (consistency_ratio(flow, reverse) <= 1) & (boundary_ratio(flow) <= 1) & inside_frame(flow)

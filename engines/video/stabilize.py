@@ -1,0 +1,279 @@
+"""Temporal stabilisation of per-frame upscales: the previous result, moved along the optical flow
+of the low-resolution input, blended into each new frame where the flow can be trusted.
+
+An image upscaler run frame by frame invents its fine texture anew in every frame, which shows as
+shimmer on video. For each frame t this stage measures the flow between input frames t and t-1
+(OpenCV's DIS, `flow.py`), warps the previous stabilised output onto frame t, and blends it with
+the new per-frame output by `strength` times a per-pixel confidence. The confidence is zero where
+the flow fails its forward-backward check, on motion boundaries, outside the frame, and where the
+input's own colours do not match along the flow (something appeared or changed), so moving objects
+leave no ghost. At scene cuts (scdet, `scenes.py`) the stage starts afresh: the first frame of a
+shot is the per-frame output itself.
+
+It streams: it keeps only the previous input and output frame, so chunked output equals the whole
+clip's bit for bit and memory does not grow with the clip. Strength 0 returns the per-frame frames
+untouched. Warping and blending run with torch on the chosen device; flow runs in OpenCV on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..clip import Clip, chunk_frames_for, rechunk
+from ..errors import InputError
+from ..progress import Progress, open_progress
+from .filters import Param
+from .flow import (
+    FLOW_PRESETS,
+    DenseFlow,
+    boundary_ratio,
+    consistency_ratio,
+    grey_u8,
+    opencv,
+    resize_flow,
+    sample,
+    sampling_grid,
+)
+from .scenes import DEFAULT_SCENE_THRESHOLD, SCENE_THRESHOLD, SceneDetector
+
+DEFAULT_STRENGTH = 0.8
+STRENGTH = Param("strength", float, 0.0, 0.95, help="share of the previous frame blended in where flow holds")
+FLOW_AT = ("input", "output")
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilizeSettings:
+    """How to stabilise. Users set `strength` and `scene_threshold`; the rest are the defaults chosen
+    by measurement (docs/temporal.md, BENCHMARKS.md), kept as settings so that the benchmark can
+    measure the alternatives.
+
+    strength: weight of the warped previous result where it is fully trusted (0 = off).
+    scene_threshold: scdet score that marks a cut (0: never restart).
+    flow_at: 'output' runs DIS on the input upscaled (bicubic) to the output size; 'input' on the
+    input at its own size, the vectors scaled up (cheaper, coarser).
+    flow_preset: DIS preset. flow_checks: also drop trust where the flow fails its
+    forward-backward check or lies on a motion boundary (a second flow per frame).
+    colour_tolerance: mean RGB mismatch (0-1) of the upscaled input along the flow at which trust
+    falls (linearly) to 0.
+    change_tolerance: mean RGB difference (0-1) between the carried and the new frame, averaged
+    over each input pixel's footprint, up to which trust is full; it falls to 0 at twice that.
+    Invented texture differs pixel by pixel and averages out; a misplaced edge or a real change
+    does not. 0 turns the check off.
+    low_frequency: share of the weight given to the coarse part of the difference (what the input
+    resolution can show); 1 blends all frequencies alike.
+    interpolation: how the previous result is resampled along the flow.
+    """
+
+    strength: float = DEFAULT_STRENGTH
+    scene_threshold: float = DEFAULT_SCENE_THRESHOLD
+    flow_at: str = "output"
+    flow_preset: str = "medium"
+    flow_checks: bool = False
+    colour_tolerance: float = 0.15
+    change_tolerance: float = 0.08
+    low_frequency: float = 1.0
+    interpolation: str = "bicubic"
+
+    def validate(self) -> StabilizeSettings:
+        """These settings with checked, clean values; InputError naming the bad one."""
+        owner = "temporal stabilise"
+        clean = {
+            "strength": STRENGTH.check(self.strength, owner),
+            "scene_threshold": SCENE_THRESHOLD.check(self.scene_threshold, owner),
+            "colour_tolerance": Param("colour_tolerance", float, 0.001, 1.0).check(self.colour_tolerance, owner),
+            "change_tolerance": Param("change_tolerance", float, 0.0, 1.0).check(self.change_tolerance, owner),
+            "low_frequency": Param("low_frequency", float, 0.0, 1.0).check(self.low_frequency, owner),
+        }
+        for name, value, options in (("flow_at", self.flow_at, FLOW_AT), ("flow_preset", self.flow_preset, FLOW_PRESETS),
+                                     ("interpolation", self.interpolation, INTERPOLATIONS)):
+            if value not in options:
+                raise InputError(f"{owner} parameter '{name}' must be one of {', '.join(options)}; got {value!r}")
+        if not isinstance(self.flow_checks, bool):
+            raise InputError(f"{owner} parameter 'flow_checks' must be true or false; got {self.flow_checks!r}")
+        return dataclasses.replace(self, **clean)
+
+
+def _as_nchw(frame: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return frame[..., :3].to(device, torch.float32).permute(2, 0, 1)[None]
+
+
+def _ramp(ratio: torch.Tensor) -> torch.Tensor:
+    """Trust 1 up to ratio 1, falling linearly to 0 at ratio 2."""
+    return (2.0 - ratio).clamp_(0.0, 1.0)
+
+
+def _resized(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    if tuple(frames.shape[-2:]) == size:
+        return frames
+    return F.interpolate(frames, size=size, mode=mode, align_corners=False)
+
+
+def _inside(grid: torch.Tensor) -> torch.Tensor:
+    """[N, 1, H, W]: 1 where a `sampling_grid` point lies within the outer pixel centres, else 0."""
+    height, width = grid.shape[1:3]
+    bound = torch.tensor([1 - 1 / width, 1 - 1 / height], dtype=grid.dtype, device=grid.device)
+    return (grid.abs() <= bound).all(-1, keepdim=True).permute(0, 3, 1, 2).to(grid.dtype)
+
+
+class Stabilizer:
+    """The recursive blend, one frame at a time; holds the previous input and stabilised frame."""
+
+    def __init__(self, settings: StabilizeSettings, source_size: tuple[int, int], output_size: tuple[int, int],
+                 device: torch.device | str = "cpu"):
+        self.settings = settings.validate()
+        self.device = torch.device(device)
+        self.source_size = source_size
+        self.output_size = output_size
+        self._flow = DenseFlow(self.settings.flow_preset)
+        self._previous: tuple[np.ndarray, torch.Tensor, torch.Tensor] | None = None
+
+    def reset(self) -> None:
+        """Forget the previous frame: the next one starts a new shot."""
+        self._previous = None
+
+    def __call__(self, source: torch.Tensor, frame: torch.Tensor, cut: bool = False) -> torch.Tensor:
+        """The stabilised frame [H, W, C] for per-frame output `frame` of input `source` [h, w, c]."""
+        if self.settings.strength == 0:
+            return frame
+        low = _as_nchw(source, self.device)
+        upscaled = _resized(low, self.output_size, "bicubic").clamp_(0, 1)
+        grey = grey_u8((upscaled if self.settings.flow_at == "output" else low)[0].permute(1, 2, 0))
+        output = _as_nchw(frame, self.device)
+        if cut or self._previous is None:
+            self._previous = (grey, upscaled, output)
+            return frame
+        last_grey, last_upscaled, last_output = self._previous
+        back = self._flow(grey, last_grey).to(self.device)
+        grid = sampling_grid(resize_flow(back, *self.output_size))
+        mismatch = (upscaled - sample(last_upscaled, grid)).abs_().mean(1, keepdim=True)
+        trust = (1.0 - mismatch / self.settings.colour_tolerance).clamp_(0.0, 1.0)
+        trust *= _inside(grid)
+        if self.settings.flow_checks:
+            checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
+            trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
+        carried = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1)
+        difference = carried - output
+        if self.settings.change_tolerance:
+            change = F.interpolate(difference, size=self.source_size, mode="area").abs_().mean(1, keepdim=True)
+            trust = trust * _resized(_ramp(change / self.settings.change_tolerance), self.output_size)
+        blended = output + self._weighted(difference, trust)
+        self._previous = (grey, upscaled, blended)
+        result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
+        if frame.shape[-1] > 3:
+            result = torch.cat([result, frame[..., 3:]], dim=-1)
+        return result
+
+    def _weighted(self, difference: torch.Tensor, trust: torch.Tensor) -> torch.Tensor:
+        """`difference` scaled by strength x trust, its coarse part by `low_frequency` of that."""
+        weight = trust * self.settings.strength
+        if self.settings.low_frequency == 1.0:
+            return difference * weight
+        coarse = _resized(F.interpolate(difference, size=self.source_size, mode="area"), self.output_size)
+        return (difference - coarse) * weight + coarse * (weight * self.settings.low_frequency)
+
+
+def _paired_frames(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]], settings: StabilizeSettings,
+                   source: Clip, output_size: tuple[int, int], device: torch.device,
+                   progress: Progress) -> Iterator[torch.Tensor]:
+    """Stabilised output chunks for (source chunk, upscaled chunk) pairs of equal frame counts."""
+    stabilizer = Stabilizer(settings, (source.info.height, source.info.width), output_size, device)
+    detector = SceneDetector(settings.scene_threshold, source.info.width, source.info.height, source.info.fps)
+    for low, high in pairs:
+        progress.check_cancel()
+        cuts = detector(low)
+        frames = [stabilizer(low[i], high[i], cuts[i]) for i in range(int(high.shape[0]))]
+        progress.advance(len(frames))
+        yield torch.stack(frames)
+
+
+def _check_sizes(source: Clip, upscaled_info_width: int, upscaled_info_height: int) -> None:
+    if upscaled_info_width < source.info.width or upscaled_info_height < source.info.height:
+        raise InputError(f"the upscaled clip ({upscaled_info_width}x{upscaled_info_height}) is smaller than its "
+                         f"source ({source.info.width}x{source.info.height}); connect the source as 'source' and "
+                         "the upscale as 'upscaled'")
+
+
+def stabilize_clip(upscaled: Clip, source: Clip, settings: StabilizeSettings | None = None,
+                   device: torch.device | str | None = None,
+                   progress_factory: Callable[[int | None, str], Progress] | None = None) -> Clip:
+    """`upscaled` (a per-frame upscale of `source`, frame for frame) stabilised; both clips are pulled
+    in lockstep, chunk by chunk. Strength 0 returns `upscaled` itself."""
+    settings = (settings or StabilizeSettings()).validate()
+    if settings.strength == 0:
+        return upscaled
+    opencv()
+    info = upscaled.info
+    _check_sizes(source, info.width, info.height)
+    if source.info.frame_count != info.frame_count:
+        raise InputError(f"the source has {source.info.frame_count} frames and the upscaled clip "
+                         f"{info.frame_count}; connect a clip and its own upscale, frame for frame")
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    step = chunk_frames_for(info.width, info.height, info.channels)
+
+    def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        lows = rechunk(source.chunks(), step)
+        done = 0
+        for high in rechunk(upscaled.chunks(), step):
+            low = next(lows, None)
+            if low is None or low.shape[0] != high.shape[0]:
+                raise InputError(f"the source clip ended near frame {done + (0 if low is None else low.shape[0])} "
+                                 "while the upscaled clip went on; connect a clip and its own upscale")
+            done += int(high.shape[0])
+            yield low, high
+        if next(lows, None) is not None:
+            raise InputError(f"the upscaled clip ended at frame {done} while the source went on; connect a "
+                             "clip and its own upscale")
+
+    def stage() -> Iterator[torch.Tensor]:
+        with open_progress(progress_factory, info.frame_count or None, "stabilise") as bar:
+            yield from _paired_frames(pairs(), settings, source, (info.height, info.width), target, bar)
+
+    return Clip(info.replace(extra={**info.extra, "stabilize": dataclasses.asdict(settings)}), stage)
+
+
+def stabilized_upscale(source: Clip, upscale: Callable[[Clip], Clip], settings: StabilizeSettings | None = None,
+                       device: torch.device | str | None = None) -> Clip:
+    """`upscale(source)`, stabilised, decoding `source` once: the low-resolution frames the upscaler
+    reads are held (a few small frames) until their upscaled frames come out. `upscale` must give
+    one output frame per input frame, in order. Strength 0 is `upscale(source)` itself."""
+    settings = (settings or StabilizeSettings()).validate()
+    if settings.strength == 0:
+        return upscale(source)
+    opencv()
+    held: deque[deque[torch.Tensor]] = deque()
+
+    def teed() -> Iterator[torch.Tensor]:
+        frames = held[-1]
+        for chunk in source.chunks():
+            frames.extend(chunk.unbind(0))
+            yield chunk
+
+    upscaled = upscale(Clip(source.info, teed))
+    info = upscaled.info
+    _check_sizes(source, info.width, info.height)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+
+    def stage() -> Iterator[torch.Tensor]:
+        frames: deque[torch.Tensor] = deque()
+        held.append(frames)
+        try:
+            def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                for high in upscaled.chunks():
+                    count = int(high.shape[0])
+                    if len(frames) < count:
+                        raise RuntimeError("the upscaler gave more frames than it read; it must give one "
+                                           "output frame per input frame")
+                    yield torch.stack([frames.popleft() for _ in range(count)]), high
+
+            yield from _paired_frames(pairs(), settings, source, (info.height, info.width), target, Progress())
+        finally:
+            held.remove(frames)
+
+    return Clip(info.replace(extra={**info.extra, "stabilize": dataclasses.asdict(settings)}), stage)

@@ -1,0 +1,103 @@
+"""The flicker measure: the warping error of Lai et al. 2018 as the issue defines it, the flow checks
+behind its mask, edge sharpness and PSNR, in the engine and through `vsrkit flicker`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vsrkit.engines.clip import Clip
+from vsrkit.engines.errors import InputError
+from vsrkit.engines.video.flicker import measure_flicker
+from vsrkit.engines.video.flow import boundary_ratio, consistency_ratio, inside_frame, reliable, warp
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def clip(frames: torch.Tensor) -> Clip:
+    return Clip.from_tensor(frames, fps=Fraction(25))
+
+
+def picture(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """[H, W, 3] smooth random texture (blurred noise) with strong edges for the flow to lock on."""
+    noise = torch.rand(1, 3, height // 4, width // 4, generator=torch.Generator().manual_seed(seed))
+    return F.interpolate(noise, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)[0].permute(1, 2, 0)
+
+
+def sliding(count: int, height: int, width: int, step: int = 2) -> torch.Tensor:
+    """A wide picture seen through a window moving `step` px right per frame (whole pixels: exact)."""
+    wide = picture(height, width + step * count)
+    return torch.stack([wide[:, step * t:step * t + width] for t in range(count)])
+
+
+def test_flow_checks_pass_inverse_flows_and_flag_contradictions_boundaries_and_the_frame_edge():
+    right = torch.zeros(1, 2, 16, 20)
+    right[:, 0] = 2.0
+    assert (consistency_ratio(right, -right) <= 1).all()
+    assert (consistency_ratio(right, right) > 1).all()
+    assert not inside_frame(right)[..., -2:].any() and inside_frame(right)[..., :-2].all()
+    step = torch.zeros(1, 2, 16, 20)
+    step[:, 0, :, 10:] = 3.0
+    boundary = boundary_ratio(step) > 1
+    assert boundary[..., 9:11].all() and not boundary[..., :8].any() and not boundary[..., 12:].any()
+    assert torch.allclose(warp(torch.arange(20.0).expand(1, 1, 16, 20), right)[0, 0, 0, :4], torch.tensor([2., 3, 4, 5]))
+    assert not reliable(right, right).any()
+
+
+def test_warping_error_is_the_papers_formula_on_a_still_reference():
+    reference = picture(24, 32).expand(5, -1, -1, -1).contiguous()
+    candidate = torch.rand(5, 24, 32, 3, generator=torch.Generator().manual_seed(1))
+    (report,) = measure_flicker([clip(candidate)], clip(reference))
+    # Still frames: the flow is zero and the mask keeps every pixel, so E is the mean squared
+    # difference between consecutive frames over pixels and the three channels.
+    expected = (candidate[:-1] - candidate[1:]).square().mean(dim=(1, 2, 3)).mean()
+    assert report.warping_error == pytest.approx(float(expected), rel=1e-3)
+    assert report.frames == 5
+
+
+def test_warping_error_follows_motion_and_counts_only_what_changes_along_it():
+    truth = sliding(6, 32, 48)
+    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(2)) * 0.02
+    blurred = F.avg_pool2d(truth.permute(0, 3, 1, 2), 5, 1, 2, count_include_pad=False).permute(0, 2, 3, 1)
+    steady, flickering, soft = measure_flicker([clip(truth), clip(truth + noise), clip(blurred)], clip(truth))
+    assert steady.warping_error < 1e-5
+    assert flickering.warping_error == pytest.approx(2 * 0.02 ** 2, rel=0.2)  # two independent frames' noise
+    assert steady.psnr == math.inf and flickering.psnr == pytest.approx(-10 * math.log10(0.02 ** 2), abs=0.3)
+    assert steady.edge_ratio == 1.0 and soft.edge_ratio < 0.8 < flickering.edge_ratio
+
+
+def test_a_smaller_reference_gives_the_flow_but_no_psnr_and_mismatches_are_refused():
+    truth = sliding(4, 32, 48)
+    small = F.interpolate(truth.permute(0, 3, 1, 2), size=(16, 24), mode="area").permute(0, 2, 3, 1)
+    (report,) = measure_flicker([clip(truth)], clip(small), clip(small))
+    assert report.psnr is None and report.warping_error < 1e-3
+    with pytest.raises(InputError, match="different frames"):
+        measure_flicker([clip(truth)], clip(truth[:3]))
+    with pytest.raises(InputError, match="one size"):
+        measure_flicker([clip(truth), clip(small)], clip(truth))
+
+
+def test_flicker_command_compares_videos_as_a_user_runs_it(tmp_path):
+    from vsrkit.engines.video.encode import EncodeOptions, save_clip
+
+    truth = sliding(6, 48, 64)
+    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(3)) * 0.03
+    files = {}
+    for name, frames in (("truth", truth), ("noisy", (truth + noise).clamp(0, 1))):
+        files[name] = save_clip(clip(frames), tmp_path / f"{name}.mkv", EncodeOptions(codec="ffv1", pix_fmt="yuv444p"))
+    command = [sys.executable, "-m", "vsrkit.cli", "flicker", str(files["noisy"]), str(files["truth"]),
+               "--reference", str(files["truth"]), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert result.returncode == 0, result.stderr
+    noisy, steady = json.loads(result.stdout)
+    assert noisy["video"].endswith("noisy.mkv") and noisy["edge_ratio"] == 1.0 and noisy["frames"] == 6
+    assert steady["warping_error"] < noisy["warping_error"] / 5 and steady["psnr"] == "inf"
+    assert 25 < noisy["psnr"] < 35

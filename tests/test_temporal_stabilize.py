@@ -1,0 +1,202 @@
+"""The temporal stabiliser on synthetic video whose truth is known: a textured pattern moving by
+sub-pixel steps, upscaled "per frame" as the clean pattern plus fresh random fine texture in every
+frame (the stand-in for a GAN's invented detail), and a moving object over a still background."""
+
+from __future__ import annotations
+
+import math
+import sys
+from fractions import Fraction
+
+import pytest
+import torch
+
+from vsrkit.engines.clip import Clip
+from vsrkit.engines.errors import InputError, MissingDependencyError
+from vsrkit.engines.video.flicker import measure_flicker
+from vsrkit.engines.video.stabilize import (
+    DEFAULT_STRENGTH,
+    StabilizeSettings,
+    stabilize_clip,
+    stabilized_upscale,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCALE = 4
+LOW = (32, 40)
+FRAMES = 10
+STEP = (0.37, 0.23)  # input pixels per frame, x and y
+
+
+def pattern(height: int, width: int, shift: tuple[float, float], scale: int, seed: int = 3) -> torch.Tensor:
+    """[H, W, 3] sum of sinusoids at pixel centres of a grid `scale` times finer than the input's,
+    moved by `shift` input pixels: the same continuous picture at any resolution."""
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5) / scale - 0.5 - shift[1]
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5) / scale - 0.5 - shift[0]
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.full((3, height, width), 0.5, dtype=torch.float64)
+    for _ in range(10):
+        fx, fy = ((torch.rand(2, generator=generator, dtype=torch.float64) - 0.5) * 0.6).tolist()
+        phase = float(torch.rand(1, generator=generator)) * 2 * math.pi
+        amplitude = torch.rand(3, 1, 1, generator=generator, dtype=torch.float64) * 0.07
+        out += amplitude * torch.sin(2 * math.pi * (fx * xs.view(1, -1) + fy * ys.view(-1, 1)) + phase)
+    return out.clamp(0, 1).permute(1, 2, 0).float()
+
+
+def hallucinated(clean: torch.Tensor, seed: int = 9, amount: float = 0.04) -> torch.Tensor:
+    """Clean frames plus fresh random fine texture in every frame."""
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed)) * amount
+    return (clean + noise).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def moving_texture():
+    """(input, clean upscale, per-frame upscale) of the sub-pixel moving pattern."""
+    h, w = LOW
+    source = torch.stack([pattern(h, w, (STEP[0] * t, STEP[1] * t), 1) for t in range(FRAMES)])
+    clean = torch.stack([pattern(h * SCALE, w * SCALE, (STEP[0] * t, STEP[1] * t), SCALE) for t in range(FRAMES)])
+    return source, clean, hallucinated(clean)
+
+
+def clip(frames: torch.Tensor) -> Clip:
+    return Clip.from_tensor(frames, fps=Fraction(25))
+
+
+def stabilised(per_frame: torch.Tensor, source: torch.Tensor, **settings) -> torch.Tensor:
+    return stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(**settings)).to_tensor()
+
+
+def test_flicker_of_invented_texture_falls_below_40_percent_and_the_result_nears_the_truth(moving_texture):
+    source, clean, per_frame = moving_texture
+    steady = stabilised(per_frame, source)
+    plain, stable = measure_flicker([clip(per_frame), clip(steady)], clip(clean), clip(source))
+    assert stable.warping_error <= 0.4 * plain.warping_error
+    assert (steady - clean).square().mean() < (per_frame - clean).square().mean()
+    assert stable.psnr > plain.psnr and stable.edge_ratio >= 0.95
+
+
+def test_a_moving_object_leaves_no_ghost_on_the_still_background():
+    h, w = LOW
+    background_low, background = pattern(h, w, (0, 0), 1, seed=4), pattern(h * SCALE, w * SCALE, (0, 0), SCALE, seed=4)
+
+    def scene(height: int, width: int, scale: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame and the object's mask: a bright textured square moving 1.5 input px a frame."""
+        frame = (background_low if scale == 1 else background).clone()
+        ys = (torch.arange(height) + 0.5) / scale
+        xs = (torch.arange(width) + 0.5) / scale
+        left = 6 + 1.5 * t
+        inside = ((ys >= 8) & (ys < 22)).view(-1, 1) & ((xs >= left) & (xs < left + 10)).view(1, -1)
+        frame[inside] = pattern(height, width, (1.5 * t, 0), scale, seed=5)[inside] * 0.3 + 0.65
+        return frame, inside
+
+    source = torch.stack([scene(h, w, 1, t)[0] for t in range(FRAMES)])
+    clean, masks = zip(*(scene(h * SCALE, w * SCALE, SCALE, t) for t in range(FRAMES)), strict=True)
+    clean = torch.stack(clean)
+    per_frame = hallucinated(clean)
+    steady = stabilised(per_frame, source)
+    for t in range(1, FRAMES):
+        now, before = masks[t].float()[None, None], masks[t - 1].float()[None, None]
+        grown = torch.nn.functional.max_pool2d(torch.maximum(now, before), 17, 1, 8)
+        shrunk = -torch.nn.functional.max_pool2d(-torch.minimum(now, before), 17, 1, 8)
+        near_edges = (grown - shrunk)[0, 0].bool()  # a band 8 output px either side of both outlines
+        plain_error = (per_frame[t] - clean[t])[near_edges].square().mean()
+        steady_error = (steady[t] - clean[t])[near_edges].square().mean()
+        assert steady_error <= plain_error, f"frame {t}: {steady_error:.6f} > {plain_error:.6f}"
+
+
+def test_strength_0_is_the_per_frame_output_bit_for_bit(moving_texture):
+    source, _, per_frame = moving_texture
+    upscaled = clip(per_frame)
+    assert stabilize_clip(upscaled, clip(source), StabilizeSettings(strength=0)) is upscaled
+    through = stabilized_upscale(clip(source), lambda low: upscaled, StabilizeSettings(strength=0))
+    assert torch.equal(through.to_tensor(), per_frame)
+
+
+def test_chunked_equals_whole_and_every_frame_comes_out_at_its_size(moving_texture):
+    source, _, per_frame = moving_texture
+    whole = stabilised(per_frame, source)
+    assert whole.shape == per_frame.shape
+    for size in (1, 3):
+        def chunked(frames: torch.Tensor, size=size) -> Clip:
+            return Clip(clip(frames).info, lambda: iter(frames.split(size)))
+
+        out = stabilize_clip(chunked(per_frame), chunked(source), StabilizeSettings()).to_tensor()
+        assert torch.equal(out, whole), f"chunks of {size}"
+
+    def replay(low: Clip) -> Clip:
+        """An 'upscaler' that reads the source chunk by chunk and gives the matching per-frame frames."""
+        def frames():
+            done = 0
+            for chunk in low.chunks():
+                yield per_frame[done:done + chunk.shape[0]]
+                done += chunk.shape[0]
+        return Clip(clip(per_frame).info, frames)
+
+    assert torch.equal(stabilized_upscale(clip(source), replay).to_tensor(), whole)
+
+
+def test_alpha_passes_through_and_odd_sizes_and_scales_are_kept():
+    source = torch.rand(4, 11, 13, 4)
+    upscaled = torch.rand(4, 22, 26, 4)
+    out = stabilize_clip(clip(upscaled), clip(source)).to_tensor()
+    assert out.shape == (4, 22, 26, 4)
+    assert torch.equal(out[..., 3], upscaled[..., 3]) and torch.equal(out[0], upscaled[0])
+
+
+def nearest(low: Clip, repeat: int = 1) -> Clip:
+    """A stand-in upscaler: nearest-neighbour x4, each frame given `repeat` times."""
+    def grow(chunk: torch.Tensor) -> torch.Tensor:
+        big = torch.nn.functional.interpolate(chunk.permute(0, 3, 1, 2), scale_factor=SCALE).permute(0, 2, 3, 1)
+        return big.repeat_interleave(repeat, dim=0)
+
+    return low.map(grow, width=low.info.width * SCALE, height=low.info.height * SCALE)
+
+
+def test_the_teed_source_is_decoded_once_and_upscalers_must_keep_the_frame_count(moving_texture):
+    source, _, _ = moving_texture
+    pulls = []
+    low = clip(source)
+
+    def counted():
+        pulls.append(1)
+        yield from low.chunks()
+
+    out = stabilized_upscale(Clip(low.info, counted), nearest).to_tensor()
+    assert out.shape == (FRAMES, LOW[0] * SCALE, LOW[1] * SCALE, 3) and len(pulls) == 1
+    assert torch.equal(out, stabilised(nearest(low).to_tensor(), source))
+    with pytest.raises(RuntimeError, match="one output frame per input frame"):
+        stabilized_upscale(low, lambda frames: nearest(frames, repeat=2)).to_tensor()
+
+
+def test_mismatched_inputs_and_settings_are_refused_by_name(moving_texture):
+    source, _, per_frame = moving_texture
+    with pytest.raises(InputError, match="frames"):
+        stabilize_clip(clip(per_frame[:5]), clip(source))
+    with pytest.raises(InputError, match="smaller than its source"):
+        stabilize_clip(clip(source), clip(per_frame))
+    with pytest.raises(InputError, match="'strength'"):
+        stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(strength=1.5))
+    with pytest.raises(InputError, match="'scene_threshold'"):
+        stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(scene_threshold=-1))
+
+
+def test_without_opencv_the_error_says_what_to_install(moving_texture, monkeypatch):
+    source, _, per_frame = moving_texture
+    monkeypatch.setitem(sys.modules, "cv2", None)  # what `import cv2` meets where OpenCV is not installed
+    with pytest.raises(MissingDependencyError, match="pip install opencv-python-headless"):
+        stabilize_clip(clip(per_frame), clip(source))
+    assert stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(strength=0)).to_tensor().shape[0] == FRAMES
+
+
+def test_nodes_stabilise_clips_and_image_batches(moving_texture):
+    from vsrkit.nodes.temporal import TemporalStabilize
+
+    source, _, per_frame = moving_texture
+    node = TemporalStabilize()
+    lazy, empty = node.stabilize(DEFAULT_STRENGTH, device="cpu", clip=clip(per_frame), source_clip=clip(source))
+    assert empty.shape[0] == 0
+    _, images = node.stabilize(DEFAULT_STRENGTH, device="cpu", images=per_frame, source_images=source)
+    assert torch.equal(images, lazy.to_tensor()) and torch.equal(images, stabilised(per_frame, source))
+    with pytest.raises(InputError, match="one upscaled input"):
+        node.stabilize(DEFAULT_STRENGTH, device="cpu", images=per_frame)
