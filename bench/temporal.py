@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from vsrkit.engines.clip import Clip
-from vsrkit.engines.realesrgan.models import load_model, standalone_model_dir
+from vsrkit.engines.realesrgan.loading import load_model
+from vsrkit.engines.realesrgan.resolve import standalone_model_dir
 from vsrkit.engines.realesrgan.upscale import upscale_clip
 from vsrkit.engines.video.decode import open_clip
 from vsrkit.engines.video.flicker import measure_flicker
