@@ -12,6 +12,9 @@ Tiny-Long, sparse_ratio 2.0, for 512x512 -> 1024x1024 and 384x704 -> 768x1408 (x
 
     python bench/flashvsr.py --gpu [--frames 101] [--model-dir models/FlashVSR-v1.1]
 
+--dry-run runs the --gpu cases on the CPU with the tiny configuration at 64x64 and 64x128
+(so the GPU path of this script cannot rot); --json FILE also writes every figure as JSON.
+
 Reports the whole run's frames/s, the steady rate after the first output (the first
 chunk holds 21 frames and pays for warm-up), and the peak memory torch allocated.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import platform
 import time
@@ -49,6 +53,10 @@ OFFICIAL = {
     "prompt": (1, 512, 4096),
 }
 GPU_CASES = ((512, 512), (384, 704))
+# Whole-run frames/s the GPU cases are meant to beat (issue 16's targets, on an H200-class GPU).
+FPS_TARGETS = {(512, 512): 31.2, (384, 704): 17.0}
+# The GPU cases' shapes (square, then wide) at the tiny configuration's scale, for --dry-run.
+DRY_RUN_CASES = ((64, 64), (64, 128))
 
 
 @torch.no_grad()
@@ -128,20 +136,46 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def case_report(height: int, width: int, scale: int, result: dict, target: float | None) -> dict:
+    """One case's figures; `meets_target` compares the whole run's frames/s with `target`."""
+    return {"input": [height, width], "output": [scale * height, scale * width], **result,
+            "peak_gib": result.get("peak_gib"), "target_fps": target,
+            "meets_target": None if target is None else result["fps"] > target}
+
+
+def write_json(path: Path | None, report: dict) -> None:
+    """Write `report` to `path` (if given) through a temporary file, so a reader never sees half of it."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(report, indent=1))
+        partial.replace(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help="official sizes in bf16 on CUDA (default: tiny on CPU)")
+    parser.add_argument("--dry-run", action="store_true", help="the --gpu cases on the CPU with the tiny "
+                        "configuration at small sizes, so the GPU path of this script runs without a GPU")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--model-dir", type=Path, default=None, help="real checkpoints instead of random weights")
-    parser.add_argument("--frames", type=int, default=None, help="frames per run (default: CPU 25, GPU 101)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per run (default: CPU 25, GPU 101, "
+                        "dry run 9)")
     parser.add_argument("--mode", choices=("tiny-long", "tiny"), default="tiny-long")
     parser.add_argument("--sparse-ratio", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (CPU mode)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs of 25 frames")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 2; 1 in a dry run, "
+                        "where tiny layers run fastest on one)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs of 25 frames (default 1; "
+                        "none in a dry run)")
     args = parser.parse_args()
     settings = StreamSettings(mode=args.mode, sparse_ratio=args.sparse_ratio)
     stamp = datetime.date.today().isoformat()
+    report = {"bench": "flashvsr", "date": stamp, "dry_run": args.dry_run, "torch": torch.__version__,
+              "cuda": torch.version.cuda, "mode": args.mode, "sparse_ratio": args.sparse_ratio, "scale": 2}
 
-    if not args.gpu:
+    args.threads = args.threads or (1 if args.dry_run else 2)
+    args.warmup = (0 if args.dry_run else 1) if args.warmup is None else args.warmup
+    if not args.gpu and not args.dry_run:
         torch.set_num_threads(args.threads)
         frames = args.frames or 25
         models = random_models(TINY, torch.float32, torch.device("cpu"))
@@ -152,26 +186,42 @@ def main() -> int:
         print(f"tiny config (fixture sizes, random fp32), {args.mode}, 64x64 -> 128x128, {frames} frames: "
               f"{result['seconds_per_frame'] * 1000:.0f} ms per output frame "
               f"({result['fps']:.2f} frames/s, steady {result['steady_fps']:.2f})")
+        write_json(args.json, {**report, "device": cpu_name(), "threads": args.threads, "dtype": "fp32",
+                               "weights": "tiny config, random", "frames": frames,
+                               "cases": {"64x64": case_report(64, 64, 2, result, None)}})
         return 0
 
-    if not torch.cuda.is_available():
-        parser.error("--gpu needs CUDA")
-    device = torch.device("cuda")
-    frames = args.frames or 101
-    if args.model_dir:
-        models = load_flashvsr(args.model_dir, version="v1.1", dtype="bf16", device=device)
-        weights = f"checkpoints from {args.model_dir}"
+    if args.dry_run:
+        torch.set_num_threads(args.threads)
+        device, dtype, cases, warmup_frames = torch.device("cpu"), torch.float32, DRY_RUN_CASES, 9
+        frames = args.frames or 9
+        models = random_models(TINY, dtype, device)
+        weights, name = "tiny config, random weights", cpu_name()
     else:
-        models = random_models(OFFICIAL, torch.bfloat16, device)
-        weights = "official sizes, random weights"
-    print(f"{stamp} {torch.cuda.get_device_name(device)}, torch {torch.__version__}, {weights}, bf16, "
-          f"{args.mode}, sparse_ratio {args.sparse_ratio}")
-    for height, width in GPU_CASES:
+        if not torch.cuda.is_available():
+            parser.error("--gpu needs CUDA")
+        device, dtype, cases, warmup_frames = torch.device("cuda"), torch.bfloat16, GPU_CASES, 25
+        frames = args.frames or 101
+        if args.model_dir:
+            models = load_flashvsr(args.model_dir, version="v1.1", dtype="bf16", device=device)
+            weights = f"checkpoints from {args.model_dir}"
+        else:
+            models = random_models(OFFICIAL, dtype, device)
+            weights = "official sizes, random weights"
+        name = torch.cuda.get_device_name(device)
+    print(f"{stamp} {name}, torch {torch.__version__}, {weights}, {str(dtype).removeprefix('torch.')}, "
+          f"{args.mode}, sparse_ratio {args.sparse_ratio}", flush=True)
+    report.update(device=name, dtype=str(dtype).removeprefix("torch."), weights=weights, frames=frames, cases={})
+    for height, width in cases:
         for _ in range(args.warmup):
-            measure(models, 25, height, width, 2, settings)
+            measure(models, warmup_frames, height, width, 2, settings)
         result = measure(models, frames, height, width, 2, settings)
+        target = None if args.dry_run else FPS_TARGETS.get((height, width))
+        report["cases"][f"{width}x{height}"] = case_report(height, width, 2, result, target)
+        peak = "" if result.get("peak_gib") is None else f", peak {result['peak_gib']:.1f} GiB"
         print(f"{width}x{height} -> {2 * width}x{2 * height}, {frames} frames: {result['fps']:.1f} frames/s "
-              f"(steady {result['steady_fps']:.1f}), peak {result['peak_gib']:.1f} GiB")
+              f"(steady {result['steady_fps']:.1f}){peak}", flush=True)
+        write_json(args.json, report)  # after each case, so a run stopped later keeps what it measured
     return 0
 
 

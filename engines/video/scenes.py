@@ -23,8 +23,7 @@ from ..clip import Clip
 from .filters import FilterRunner, Param, make_step, time_base_for
 
 DEFAULT_SCENE_THRESHOLD = 10.0
-"""scdet's own default: on the bundled footage it finds every cut of Big Buck Bunny's first 30 s
-(scores 31-39) and nothing on fast motion (scores below 6)."""
+"""scdet's own default."""
 SCENE_THRESHOLD = Param("scene_threshold", float, 0.0, 100.0,
                         help="scdet score that marks a cut (0 turns cut detection off)")
 

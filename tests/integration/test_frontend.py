@@ -128,9 +128,10 @@ CLOSE_DIALOGS = """async () => {
     for (const button of document.querySelectorAll('button')) {
         if (button.textContent.trim() === 'Dismiss') button.click();
     }
+    const found = document.querySelectorAll('[role=dialog]').length;
     app.extensionManager.toast.removeAll();
-    await new Promise(r => setTimeout(r, 500));
-    return document.querySelectorAll('[role=dialog]').length;
+    await new Promise(r => setTimeout(r, 300));
+    return found;
 }"""
 
 # Hands the file to the frontend as a user does: dropped on the page, or picked in the Open dialog.
@@ -212,6 +213,8 @@ TEMPLATES = """async (titles) => {
     let entry = null;
     for (let i = 0; i < 300 && !(entry = find('vsrkit')); i++) await sleep(100);
     if (!entry) return {listed, error: 'no vsrkit entry in the Templates browser'};
+    const dialogs = document.querySelectorAll('[role=dialog]').length;
+    if (dialogs !== 1) return {listed, error: `${dialogs} dialogs open instead of the Templates browser alone`};
     entry.click();
     const cards = {};
     for (const title of titles) {
@@ -227,6 +230,8 @@ TEMPLATES = """async (titles) => {
         cards[title] = image ? {width: image.naturalWidth, height: image.naturalHeight, placeholder: placeholder(image)}
                              : null;
     }
+    const shown = Object.values(cards).every(Boolean) ? [] : Array.from(document.querySelectorAll('[role=dialog] *'))
+        .filter(e => !e.children.length && e.textContent.trim()).map(e => e.textContent.trim()).slice(0, 60);
     const requested = performance.getEntriesByType('resource').map(e => decodeURIComponent(new URL(e.name).pathname))
         .filter(path => path.includes('/workflow_templates/vsrkit/'));
     const served = {};
@@ -234,7 +239,7 @@ TEMPLATES = """async (titles) => {
         const response = await fetch(path.split('/').map(encodeURIComponent).join('/'));
         served[path] = {status: response.status, type: response.headers.get('content-type')};
     }
-    return {listed, cards, requested, served};
+    return {listed, cards, shown, requested, served};
 }"""
 
 
@@ -289,8 +294,13 @@ def open_comfy(tools: DevTools, url: str) -> Page:
             pass  # still navigating or loading its scripts
         assert time.monotonic() < deadline, "ComfyUI's frontend did not start"
         time.sleep(0.5)
-    time.sleep(1.0)  # first-run dialogs open after the app is ready
-    page.call(CLOSE_DIALOGS)
+    # First-run dialogs (the Templates browser for a new user) open a moment after the app is
+    # ready: close them until none has come back for two seconds.
+    quiet_since, deadline = time.monotonic(), time.monotonic() + 30
+    while time.monotonic() - quiet_since < 2.0 and time.monotonic() < deadline:
+        if page.call(CLOSE_DIALOGS):
+            quiet_since = time.monotonic()
+        time.sleep(0.5)
     return page
 
 
@@ -346,14 +356,16 @@ def test_user_opens_the_workflow_and_queues_our_api_file(fresh_page, path, route
     assert layout_problems(queued["workflow"]) == [], "with the sizes the frontend gave the nodes"
 
 
-def test_templates_browser_lists_exactly_the_ui_workflows_with_thumbnails(fresh_page):
+def test_templates_browser_lists_exactly_the_ui_workflows_with_thumbnails(fresh_page, tmp_path):
     titles = sorted(p.stem for p in ui_files())
     found = fresh_page.call(TEMPLATES, titles)
+    (tmp_path / "templates.png").write_bytes(fresh_page.screenshot())
     assert "error" not in found, found
     assert sorted(found["listed"]) == titles, "/api/workflow_templates lists other files"
     for title in titles:
         card = found["cards"][title]
-        assert card is not None, f"no card titled {title!r}"
+        assert card is not None, f"no card titled {title!r}; the browser shows {found['shown']} " \
+                                 f"({tmp_path / 'templates.png'})"
         assert not card["placeholder"] and (card["width"], card["height"]) == (THUMBNAIL_SIZE, THUMBNAIL_SIZE), \
             f"{title}: the card shows {card}"
         thumbnail = f"/api/workflow_templates/vsrkit/{title}.jpg"
