@@ -1,6 +1,6 @@
 """Compare vsrkit's default CPU Real-ESRGAN path in two checkouts, alternated round by round.
 
-    python bench/realesrgan_ab.py BEFORE_PATH AFTER_PATH [--rounds 6] [--frames 3] [--threads 2]
+    python bench/realesrgan_ab.py BEFORE_PATH AFTER_PATH [--rounds 6] [--frames 3] [--threads 2] [--only NAME ...]
 
 Each PATH is a folder that holds the checkout as `vsrkit` (what PYTHONPATH gets). The inputs are
 those of `bench/realesrgan.py` (real frames, same sizes and models). For each input, the two
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--frames", type=int, default=3, help="timed frames per run (after one warm-up frame)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None, help="input names (as in bench/realesrgan.py) to run")
     parser.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -89,6 +90,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temp:
         inputs = {}
         for config, (model_name, width, height) in bench.CPU_CONFIGS.items():
+            if args.only and config not in args.only:
+                continue
             model_file = Path(temp) / f"{model_name}.safetensors"
             if not model_file.exists():
                 param = package / f"{model_name}.param"
