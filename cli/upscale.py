@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..engines.progress import ConsoleProgress
+from . import cluster
 
 
 def register(subparsers) -> None:
@@ -44,6 +45,7 @@ def register(subparsers) -> None:
                         "bit depth, chroma and alpha where possible), h264, h265, vp9, prores, ffv1, av1, png")
     parser.add_argument("--crf", type=int, default=None, help="quality for h264/h265/vp9/av1 (lower is better)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    cluster.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -63,92 +65,48 @@ class MegabyteProgress(ConsoleProgress):
         super().set_total(None if total is None else max(1, total // 2**20))
 
 
-def scene_threshold(args: argparse.Namespace) -> float:
-    """--scene-threshold, or scdet's default when it is not given."""
+def chain_settings(args: argparse.Namespace):
+    """The chain the options describe; the single-process run and the cluster build it the same way."""
+    from ..engines.cluster.chain import ChainSettings
     from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
 
-    value = getattr(args, "scene_threshold", None)
-    return DEFAULT_SCENE_THRESHOLD if value is None else value
+    threshold = DEFAULT_SCENE_THRESHOLD if args.scene_threshold is None else args.scene_threshold
+    return ChainSettings(engine=args.engine, model=args.model, model_dir=str(args.model_dir) if args.model_dir else None,
+                         flashvsr_version=args.flashvsr_version, scale=args.scale, tile=args.tile,
+                         precision=args.precision, device=args.device, cpu_backend=args.cpu_backend,
+                         deinterlace=args.deinterlace, denoise=args.denoise, stabilize=args.stabilize,
+                         scene_threshold=threshold)
 
 
-def realesrgan_stage(clip, args: argparse.Namespace):
-    """Resolve the model (default realesr-animevideov3 at --scale), say which one, what runs it and
-    where it came from, and return the lazily upscaled clip."""
-    import torch
+def console_factory(quiet: bool):
+    """Progress bars for the console: frames as they are, downloads in MB."""
 
-    from ..engines.device import resolve_device
-    from ..engines.errors import InputError
-    from ..engines.realesrgan.backend import choose_backend, describe_backend
-    from ..engines.realesrgan.inference import network_precision
-    from ..engines.realesrgan.loading import load_model
-    from ..engines.realesrgan.official import DEFAULT_MODEL_FOR_SCALE
-    from ..engines.realesrgan.resolve import standalone_model_dir
-    from ..engines.realesrgan.upscale import upscale_clip
-
-    name = args.model
-    if not name:
-        if args.scale not in DEFAULT_MODEL_FOR_SCALE:
-            raise InputError(f"--scale {args.scale}: the default model realesr-animevideov3 comes in x2, x3 and x4; "
-                             "choose one of those or pass --model")
-        name = DEFAULT_MODEL_FOR_SCALE[args.scale]
-
-    def console(total: int | None, desc: str, unit: str):
+    def console(total: int | None, desc: str, unit: str = "frames"):
         if unit == "bytes":
-            return MegabyteProgress(total, desc, quiet=args.quiet)
-        return ConsoleProgress(total, desc, unit=unit, quiet=args.quiet)
+            return MegabyteProgress(total, desc, quiet=quiet)
+        return ConsoleProgress(total, desc, unit=unit, quiet=quiet)
 
-    model = load_model(name, [standalone_model_dir()], progress=console)
-    device = resolve_device(args.device)
-    dtype = network_precision(args.precision, device)
-    backend = choose_backend(model.net, device, dtype, args.cpu_backend)
-    if not args.quiet:
-        print(f"model: {model.describe()}, {describe_backend(backend, device, dtype)}\n  source: {model.origin}",
-              file=sys.stderr)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return upscale_clip(clip, model, scale=args.scale, tile=args.tile, precision=args.precision, device=device,
-                        cpu_backend=args.cpu_backend)
-
-
-def flashvsr_stage(clip, args: argparse.Namespace):
-    """Load FlashVSR Tiny (--flashvsr-version) from --model-dir, or the default search path, and return
-    the lazily upscaled clip; a --tile size is rounded up to the model's multiple of 128 pixels."""
-    from ..engines.flashvsr.loader import default_model_dirs, load_flashvsr
-    from ..engines.flashvsr.settings import SIZE_MULTIPLE
-    from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, upscale_clip
-    from ..engines.tiling import round_up
-
-    folders = [args.model_dir] if args.model_dir else default_model_dirs()
-    models = load_flashvsr(folders, version=args.flashvsr_version, dtype=args.precision or "auto",
-                           device=args.device)
-    tile = int(args.tile or 0)
-    tile = round_up(tile, SIZE_MULTIPLE) if tile > 0 else 0
-    return upscale_clip(clip, models, scale=int(args.scale), tile_size=tile,
-                        tile_overlap=min(DEFAULT_OVERLAP, tile // 2) if tile else DEFAULT_OVERLAP,
-                        scene_threshold=scene_threshold(args))
+    return console
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engines.device import resolve_device
+    from ..engines.cluster.chain import build_chain, load_engine
     from ..engines.video.decode import open_clip
     from ..engines.video.encode import planned_output, save_clip
     from ..engines.video.formats import EncodeOptions, choose_format
-    from ..engines.video.preprocess import deinterlace_clip, denoise_clip
-    from ..engines.video.stabilize import DEFAULT_STRENGTH, StabilizeSettings, stabilized_upscale
 
+    if args.cluster:
+        from .cluster import run_on_cluster
+
+        return run_on_cluster(args, chain_settings(args))
     started = time.monotonic()
     planned_output(args.output, args.codec)
     clip = open_clip(args.input)
-    clip = deinterlace_clip(clip, mode=args.deinterlace)
-    cuts = scene_threshold(args)
-    if args.denoise != "none":
-        clip = denoise_clip(clip, preset=args.denoise, scene_threshold=cuts)
-    strength = args.stabilize
-    if strength is None:
-        strength = DEFAULT_STRENGTH if args.engine == "realesrgan" else 0.0
-    settings = StabilizeSettings(strength=strength, scene_threshold=cuts).validate()
-    engine = realesrgan_stage if args.engine == "realesrgan" else flashvsr_stage
-    clip = stabilized_upscale(clip, lambda source: engine(source, args), settings, resolve_device(args.device))
+    settings = chain_settings(args)
+    engine = load_engine(settings, progress_factory=console_factory(args.quiet))
+    if not args.quiet:
+        print(f"model: {engine.description}\n  source: {engine.origin}", file=sys.stderr)
+    clip = build_chain(clip, settings, engine)
     options = EncodeOptions(codec=args.codec, crf=args.crf)
     choice = choose_format(clip.info, options, args.output)
     with ConsoleProgress(clip.info.frame_count, "upscale", quiet=args.quiet) as progress:

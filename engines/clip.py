@@ -107,6 +107,27 @@ class ClipInfo:
         return dataclasses.replace(self, **changes)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reach:
+    """How far a streaming stage looks beyond the frame it makes, in frames of its own input.
+
+    Given `before` frames before a stretch of the clip and `after` frames after it, a windowed
+    stage (deinterlacer, fftdnoiz, atadenoise) gives over that stretch exactly what one pass over
+    the whole clip gives. A recursive stage (its state carried from frame to frame) never forgets
+    its start exactly: `lead_in` is how many frames it needs before a split for its output there to
+    match the one pass within what was measured; a stage that `restarts_at_cuts` needs no lead-in
+    at a scene cut. A stage that may not be split inside a shot at all (`splits_in_shot` False)
+    is split only at cuts. The cluster's segment planner (`engines.video.segments`) reads these.
+    """
+
+    before: int = 0
+    after: int = 0
+    lead_in: int = 0
+    restarts_at_cuts: bool = False
+    splits_in_shot: bool = True
+    name: str = ""
+
+
 def chunk_frames_for(width: int, height: int, channels: int = 3,
                      budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Frames per chunk so that one float32 chunk stays within `budget_bytes`."""

@@ -9,14 +9,13 @@ import sys
 import textwrap
 from fractions import Fraction
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from tests.flashvsr_stages import PipelineRecorder
-from vsrkit.cli.upscale import flashvsr_stage
 from vsrkit.engines.clip import Clip
+from vsrkit.engines.cluster.chain import ChainSettings, build_chain, load_engine
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.flashvsr.chunks import chunk_count, pad_index, padded_frame_count, plan_chunk
 from vsrkit.engines.flashvsr.loader import FlashVSRModels
@@ -295,9 +294,9 @@ def test_upscale_clip_rejects_bad_settings(models):
 @pytest.mark.skipif(not (FIXTURE / "config.json").is_file(), reason="golden fixture ../shared/flashvsr absent")
 def test_cli_entry_loads_from_model_dir_and_upscales():
     clip = Clip.from_tensor(torch.rand(3, 9, 11, 3), 25)
-    args = SimpleNamespace(model_dir=FIXTURE, scale=2, device="cpu", precision="fp32", tile=0, quiet=True,
-                           flashvsr_version="v1.1")
-    out = flashvsr_stage(clip, args)
+    settings = ChainSettings(engine="flashvsr", model_dir=str(FIXTURE), scale=2, device="cpu", precision="fp32",
+                             flashvsr_version="v1.1")
+    out = build_chain(clip, settings, load_engine(settings))
     assert (out.info.width, out.info.height, out.info.frame_count) == (22, 18, 3)
     assert out.to_tensor().shape == (3, 18, 22, 3)
 

@@ -173,7 +173,7 @@ def test_package_data_ships_the_files_read_at_run_time():
 
 # What `engines/` keeps at its top: what every engine and the video package share.
 SHARED_ENGINE_MODULES = {"__init__", "clip", "errors", "paths", "progress", "weights", "tiling", "device"}
-ENGINE_PACKAGES = {"video", "realesrgan", "flashvsr"}
+ENGINE_PACKAGES = {"video", "realesrgan", "flashvsr", "cluster"}
 MODEL_PACKAGES = (f"{PACKAGE}.engines.realesrgan", f"{PACKAGE}.engines.flashvsr")
 
 

@@ -142,8 +142,9 @@ def test_cpu_backend_option_picks_the_path_and_the_results_agree(tmp_path, offli
 
 def test_every_cpu_backend_is_accepted_and_reaches_the_engine(monkeypatch):
     from vsrkit.cli import build_parser
-    from vsrkit.cli.upscale import realesrgan_stage
+    from vsrkit.cli.upscale import chain_settings
     from vsrkit.engines.clip import Clip
+    from vsrkit.engines.cluster.chain import build_chain, load_engine
     from vsrkit.engines.realesrgan import backend as backend_module
     from vsrkit.engines.realesrgan import loading, upscale
     from vsrkit.engines.realesrgan.backend import CPU_BACKENDS
@@ -153,12 +154,15 @@ def test_every_cpu_backend_is_accepted_and_reaches_the_engine(monkeypatch):
     small = RealESRGANModel(SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2), "SRVGGNetCompact", 2, "small")
     monkeypatch.setattr(loading, "load_model", lambda *args, **kwargs: small)
     received, asked = [], []
-    monkeypatch.setattr(upscale, "upscale_clip", lambda clip, model, **kwargs: received.append(kwargs["cpu_backend"]))
+    monkeypatch.setattr(upscale, "upscale_clip", lambda clip, model, **kwargs: received.append(kwargs["cpu_backend"])
+                        or clip)
     # The model line's backend is chosen with the user's word too (this network is too narrow to run natively).
     monkeypatch.setattr(backend_module, "choose_backend",
                         lambda net, device, dtype, cpu_backend: asked.append(cpu_backend) or "pytorch")
     clip = Clip.from_tensor(torch.rand(1, 8, 8, 3), fps=1)
     for backend in CPU_BACKENDS:
-        args = build_parser().parse_args(["upscale", "in.mp4", "-o", "out.mp4", "--quiet", "--cpu-backend", backend])
-        realesrgan_stage(clip, args)
+        args = build_parser().parse_args(["upscale", "in.mp4", "-o", "out.mp4", "--quiet", "--cpu-backend", backend,
+                                          "--stabilize", "0"])
+        settings = chain_settings(args)
+        build_chain(clip, settings, load_engine(settings))
     assert received == asked == list(CPU_BACKENDS)

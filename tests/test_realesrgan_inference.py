@@ -194,3 +194,17 @@ def test_memory_estimate_follows_the_rrdbnet_width():
     assert narrow_bytes < bytes_per_input_pixel(standard, torch.float32)
     assert narrow_bytes == bytes_per_input_pixel(
         RealESRGANModel(RRDBNet(num_feat=32, num_block=2, num_grow_ch=32), "RRDBNet", 4, "deeper"), torch.float32)
+
+
+@pytest.mark.parametrize("bit_depth,levels", [(8, 255), (10, 1023), (12, 4095)])
+def test_output_keeps_the_source_bit_depth(animevideo, bit_depth, levels):
+    """A 10-bit source comes out on the 10-bit grid with far more than 256 distinct values; an
+    8-bit one stays on the 8-bit grid."""
+    ramp = torch.linspace(0, 1, 1024).repeat(3, 8, 1).permute(1, 2, 0)[None]  # [1, 8, 1024, 3]
+    clip = Clip.from_tensor(ramp, fps=1)
+    clip = Clip(clip.info.replace(bit_depth=bit_depth), clip.chunks)
+    out = upscale_clip(clip, animevideo[2], device="cpu").to_tensor()
+    on_grid = out * levels
+    assert torch.equal(on_grid, on_grid.round())
+    distinct = out.unique().numel()
+    assert distinct > 256 if bit_depth > 8 else distinct <= 256

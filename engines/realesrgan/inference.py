@@ -159,8 +159,11 @@ class Upscaler:
 
     def __init__(self, model: RealESRGANModel, *, scale: float | None = None, device: str | torch.device | None = None,
                  precision: str = "auto", tile: int = 0, overlap: int | None = None, batch: int | None = None,
-                 budget_bytes: int | None = None, cpu_backend: str = "auto"):
+                 budget_bytes: int | None = None, cpu_backend: str = "auto", bit_depth: int = 8):
         self.model = model
+        # Output values are rounded to the source's levels (255 for 8-bit, 1023 for 10-bit...), so a
+        # deep source keeps its precision and the CPU and GPU paths give the same values.
+        self.levels = (1 << max(8, bit_depth)) - 1
         self.device = resolve_device(device)
         self.dtype = network_precision(precision, self.device)
         self.scale = float(scale) if scale else model.scale
@@ -240,10 +243,17 @@ class Upscaler:
     def to_uint8(self, y: torch.Tensor) -> torch.Tensor:
         return y.mul(255).round_().to(torch.uint8)
 
+    def to_levels(self, y: torch.Tensor) -> torch.Tensor:
+        """Values in 0..1 as integer levels in the smallest type that holds them, for the copy back."""
+        if self.levels == 255:
+            return self.to_uint8(y)
+        levels = y.mul(self.levels).round_()
+        return levels.to(torch.int16) if self.levels < 1 << 15 else levels
+
     def upscale(self, frames: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] float 0..1 (C = 3 or 4) on the CPU -> [B, H', W', C] float32 on the CPU.
 
-        Values are quantized to 8-bit levels on the device before the copy back.
+        Values are rounded to the source's levels (`bit_depth`) on the device before the copy back.
         """
         return next(self.stream(iter([frames])))
 
@@ -289,22 +299,21 @@ class Upscaler:
             ready.record(stream)
         return on_device, ready
 
-    @staticmethod
-    def _host_float(host: torch.Tensor, copied: torch.cuda.Event) -> torch.Tensor:
+    def _host_float(self, host: torch.Tensor, copied: torch.cuda.Event) -> torch.Tensor:
         copied.synchronize()
-        return host.float().div_(255)
+        return host.float().div_(self.levels)
 
     @torch.inference_mode()
     def _compute(self, frames: torch.Tensor) -> torch.Tensor:
-        """[B, H, W, C] on the device -> [B, H', W', C] uint8 (GPU) or float (CPU) on the device."""
+        """[B, H, W, C] on the device -> [B, H', W', C] integer levels (GPU) or float (CPU) on the device."""
         nchw = frames.permute(0, 3, 1, 2).float()
         rgb = self.process_device(nchw[:, :3]).float()
         if nchw.shape[1] == 4:
             rgb = torch.cat([rgb, self._alpha(nchw[:, 3:], *rgb.shape[-2:])], dim=1)
         out = rgb.permute(0, 2, 3, 1)
         if self.device.type == "cuda":
-            return self.to_uint8(out).contiguous()
-        return out.mul(255).round_().div_(255).contiguous()
+            return self.to_levels(out).contiguous()
+        return out.mul(self.levels).round_().div_(self.levels).contiguous()
 
     @staticmethod
     def _finish(result: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ def upscale_clip(clip: Clip, model: RealESRGANModel, *, scale: float | None = No
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         upscaler = Upscaler(model, scale=target, device=device, precision=precision, tile=tile, overlap=overlap,
-                            batch=batch, cpu_backend=cpu_backend)
+                            batch=batch, cpu_backend=cpu_backend, bit_depth=info.bit_depth)
         with open_progress(progress_factory, info.frame_count or None, "Real-ESRGAN") as bar:
 
             def batches() -> Iterator[torch.Tensor]:

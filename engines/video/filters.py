@@ -26,6 +26,7 @@ import av.filter.context
 import numpy as np
 import torch
 
+from ..clip import Reach
 from ..errors import InputError
 from ..progress import Progress
 
@@ -182,6 +183,27 @@ def make_step(filter_name: str, values: Mapping[str, Any], owner: str | None = N
             raise InputError(f"{owner} has no parameter {key!r}; it takes: {', '.join(spec) or 'none'}")
         options.append((key, param.to_option(param.check(value, owner))))
     return FilterStep(filter_name, tuple(options))
+
+
+def step_reach(step: FilterStep) -> Reach:
+    """How many frames around each output frame this filter reads (`clip.Reach`).
+
+    bwdif and yadif read the previous and the next frame; fftdnoiz its `prev` and `next` frames;
+    atadenoise a window of `s` frames centred on the frame (tests/test_segments.py checks each
+    figure is enough and needed). hqdn3d's temporal part is recursive and cannot be measured in
+    builds without it, so a clip it denoises is never split inside a shot.
+    """
+    options = dict(step.options)
+    if step.filter in ("bwdif", "yadif"):
+        return Reach(before=1, after=1, name=step.filter)
+    if step.filter == "fftdnoiz":
+        return Reach(before=int(options.get("prev", 0)), after=int(options.get("next", 0)), name=step.filter)
+    if step.filter == "atadenoise":
+        half = int(options.get("s", 9)) // 2
+        return Reach(before=half, after=half, name=step.filter)
+    if step.filter == "hqdn3d":
+        return Reach(splits_in_shot=False, name=step.filter)
+    return Reach(name=step.filter)
 
 
 @dataclasses.dataclass(frozen=True)

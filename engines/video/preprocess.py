@@ -22,7 +22,7 @@ from typing import Any
 import av
 import torch
 
-from ..clip import Clip, field_order_name, normalize_field_order
+from ..clip import Clip, Reach, field_order_name, normalize_field_order
 from ..errors import InputError
 from ..progress import Progress
 from .filters import (
@@ -33,6 +33,7 @@ from .filters import (
     filter_chunks,
     make_step,
     run_on_frames,
+    step_reach,
     time_base_for,
 )
 from .scenes import DEFAULT_SCENE_THRESHOLD, SCENE_THRESHOLD, detector_for, split_shots
@@ -155,6 +156,11 @@ def interlace_report(path: str | Path, frames: int = DETECT_FRAMES, stream_index
 def _deinterlace_steps(method: str, rate: str, parity: str) -> list[FilterStep]:
     mode = "send_field" if rate == "field" else "send_frame"
     return [make_step(method, {"mode": mode, "parity": parity, "deint": "all"}, owner="deinterlace")]
+
+
+def deinterlace_reaches(method: str = "bwdif", rate: str = "frame") -> list[Reach]:
+    """How far the deinterlacer looks around each frame (`clip.Reach`), in input frames."""
+    return [step_reach(step) for step in _deinterlace_steps(method, rate, "tff")]
 
 
 def deinterlace_clip(clip: Clip, mode: str = "auto", method: str = "bwdif", rate: str = "frame",
@@ -305,6 +311,24 @@ def denoise_steps(preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD, 
     values.update(options or {})
     steps.append(make_step(chosen.filter, values, owner=f"denoise ({method})"))
     return steps
+
+
+def denoise_reaches(preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD,
+                    scene_threshold: float = DEFAULT_SCENE_THRESHOLD) -> list[Reach]:
+    """How far the deblock/denoise chain of these settings looks around each frame (`clip.Reach`).
+
+    A temporal denoiser that restarts at scene cuts needs one frame more before a segment than its
+    window: scdet scores a frame against the two before it, and the cut flags of every frame whose
+    window reaches into the segment must come out as in one pass.
+    """
+    reaches = [step_reach(step) for step in denoise_steps(preset, method)]
+    threshold = SCENE_THRESHOLD.check(scene_threshold, "denoise")
+    if not threshold:
+        return reaches
+    # A recursive one (hqdn3d) restarts at cuts found on its own input, which need not be the cuts
+    # the segments are planned at: it stays unsplit (step_reach).
+    return [dataclasses.replace(r, before=r.before + 1, restarts_at_cuts=True)
+            if r.name in TEMPORAL_FILTERS and r.splits_in_shot and r.before else r for r in reaches]
 
 
 def denoise_clip(clip: Clip, preset: str = "medium", method: str = DEFAULT_DENOISE_METHOD,
