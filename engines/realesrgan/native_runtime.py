@@ -327,7 +327,8 @@ class _Workspace:
 
 
 # The kernel's form of each network's convolutions, kept while the network lives: it takes seconds
-# for RRDBNet, and every stream makes its own runner.
+# for RRDBNet, and every stream makes its own runner. Weights are read once per network (models
+# are not changed in place; a blend or a new file is a new network).
 _layers: weakref.WeakKeyDictionary[nn.Module, list[_Conv]] = weakref.WeakKeyDictionary()
 _layers_lock = threading.Lock()
 
