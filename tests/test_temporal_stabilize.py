@@ -191,8 +191,9 @@ def test_mismatched_inputs_and_settings_are_refused_by_name(moving_texture):
 def test_without_opencv_the_error_says_what_to_install(moving_texture, monkeypatch):
     source, _, per_frame = moving_texture
     monkeypatch.setitem(sys.modules, "cv2", None)  # what `import cv2` meets where OpenCV is not installed
-    with pytest.raises(MissingDependencyError, match="pip install opencv-python-headless"):
+    with pytest.raises(MissingDependencyError, match="pip install opencv-python-headless") as caught:
         stabilize_clip(clip(per_frame), clip(source))
+    assert "--stabilize 0" in str(caught.value) and "strength 0.8" in str(caught.value)
     assert stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(strength=0)).to_tensor().shape[0] == FRAMES
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..clip import Clip, chunk_frames_for, rechunk
-from ..errors import InputError
+from ..errors import InputError, MissingDependencyError
 from ..progress import Progress, open_progress
 from .filters import Param
 from .flow import (
@@ -101,6 +101,16 @@ class StabilizeSettings:
         if not isinstance(self.flow_checks, bool):
             raise InputError(f"{owner} parameter 'flow_checks' must be true or false; got {self.flow_checks!r}")
         return dataclasses.replace(self, **clean)
+
+
+def _require_flow(strength: float) -> None:
+    """Fail before any frame is read when OpenCV is missing, saying how to run without it."""
+    try:
+        opencv()
+    except MissingDependencyError as exc:
+        raise MissingDependencyError(
+            f"stabilize strength {strength:g}: {exc}; or set the strength to 0 (the node's stabilize or "
+            "strength input, the CLI's --stabilize 0) for the plain per-frame output") from exc
 
 
 def _as_nchw(frame: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -221,7 +231,7 @@ def stabilize_clip(upscaled: Clip, source: Clip, settings: StabilizeSettings | N
     settings = (settings or StabilizeSettings()).validate()
     if settings.strength == 0:
         return upscaled
-    opencv()
+    _require_flow(settings.strength)
     info = upscaled.info
     _check_sizes(source, info.width, info.height)
     if source.info.frame_count != info.frame_count:
@@ -259,7 +269,7 @@ def stabilized_upscale(source: Clip, upscale: Callable[[Clip], Clip], settings: 
     settings = (settings or StabilizeSettings()).validate()
     if settings.strength == 0:
         return upscale(source)
-    opencv()
+    _require_flow(settings.strength)
     held: list[deque[torch.Tensor]] = []  # the low-resolution frames of each pass in progress
 
     def teed() -> Iterator[torch.Tensor]:

