@@ -11,9 +11,10 @@ difference (in 8-bit levels) over all split points and frames, per L.
     python bench/cluster.py lead-in [--frames 96] [--models realesrgan-x4plus realesr-animevideov3-x4]
 
 Speed (`speed`): a --seconds clip of Big Buck Bunny shrunk to --size, upscaled with
-realesr-animevideov3-x2 (stabilised, the CLI's default) by `vsrkit upscale` in one process and with
-`--cluster ray --workers 1` (Ray started by the command, segments of --segment-seconds, joined),
-alternating, each a fresh process; wall-clock ratios, and the cluster run's own phases.
+realesr-animevideov3-x2 (stabilised, the CLI's defaults) as `vsrkit upscale` does it in one process
+and as `--cluster ray --workers 1` does (a local Ray runtime started once and counted in every
+round; segments of --segment-seconds, the scene scan, the join), alternating which goes first;
+wall-clock ratios and the cluster run's phases.
 
     python bench/cluster.py speed [--seconds 30] [--size 320x180] [--rounds 1]
 
@@ -27,7 +28,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -146,30 +146,84 @@ def bbb_clip(folder: Path, seconds: float, size: tuple[int, int]) -> Path:
     return save_clip(clip.map(shrink, width=width, height=height), path, EncodeOptions(codec="h264", crf=18))
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+def one_process(clip: Path, out: Path) -> float:
+    """`vsrkit upscale` without --cluster, as cli/upscale.py runs it: seconds from opening the input
+    (model load included) to the written file."""
+    from vsrkit.engines.cluster.chain import ChainSettings, build_chain, load_engine
+    from vsrkit.engines.video.decode import open_clip
+    from vsrkit.engines.video.encode import save_clip
+    from vsrkit.engines.video.formats import EncodeOptions, choose_format
+
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return time.monotonic() - started, result.stdout
+    settings = ChainSettings()
+    chain = build_chain(open_clip(clip), settings, load_engine(settings))
+    options = EncodeOptions(codec="h264")
+    save_clip(chain, out, choose_format(chain.info, options, out).encode_options(options))
+    return time.monotonic() - started
+
+
+def on_cluster(clip: Path, out: Path, segment_seconds: float) -> tuple[float, dict[str, float], int]:
+    """The same with one Ray worker: seconds, the driver's phases, and the number of segments."""
+    from vsrkit.engines.cluster import run
+    from vsrkit.engines.cluster.chain import ChainSettings
+    from vsrkit.engines.video.formats import EncodeOptions
+
+    phases: dict[str, float] = {}
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            started = time.monotonic()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.monotonic() - started
+        return wrapper
+
+    saved = {name: getattr(run, name) for name in ("_start_workers", "_find_cuts", "_render", "join_segments")}
+    labels = {"_start_workers": "start worker", "_find_cuts": "scene scan", "_render": "render",
+              "join_segments": "join"}
+    for name, function in saved.items():
+        setattr(run, name, timed(labels[name], function))
+    try:
+        started = time.monotonic()
+        result = run.upscale_file(clip, out, ChainSettings(), EncodeOptions(codec="h264"),
+                                  run.ClusterOptions(workers=1, segment_seconds=segment_seconds))
+        return time.monotonic() - started, phases, result.segments
+    finally:
+        for name, function in saved.items():
+            setattr(run, name, function)
 
 
 def speed(args: argparse.Namespace) -> None:
+    from vsrkit.engines.cluster.runtime import ray_session
+
+    os.environ.setdefault("VSRKIT_OFFLINE", "1")
     width, height = (int(v) for v in args.size.split("x"))
+    clip = bbb_clip(args.cache, args.seconds, (width, height))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        clip = bbb_clip(args.cache, args.seconds, (width, height))
-        env = {**os.environ, "VSRKIT_OFFLINE": "1"}
-        base = [sys.executable, "-m", "vsrkit.cli", "upscale", str(clip), "--codec", "h264", "--quiet"]
-        ratios = []
-        for round_index in range(args.rounds):
-            single, _ = timed([*base, "-o", str(folder / f"single{round_index}.mp4")], env)
-            cluster, out = timed([*base, "-o", str(folder / f"cluster{round_index}.mp4"), "--cluster", "ray",
-                                  "--workers", "1", "--segment-seconds", str(args.segment_seconds)], env)
-            ratios.append(cluster / single)
-            print(f"round {round_index + 1}: one process {single:.1f} s, cluster (1 worker) {cluster:.1f} s, "
-                  f"ratio {cluster / single:.3f}; {out.splitlines()[0]}")
-        print(f"cluster / one process: {', '.join(f'{r:.3f}' for r in ratios)}")
+        started = time.monotonic()
+        with ray_session("ray") as _:
+            ray_start = time.monotonic() - started
+            print(f"{clip.name}: realesr-animevideov3-x2, stabilised (the defaults), H.264; Ray runtime started "
+                  f"in {ray_start:.1f} s (what --cluster ray adds once per command)")
+            ratios = []
+            for index in range(args.rounds):
+                order = ("one", "cluster") if index % 2 == 0 else ("cluster", "one")
+                times: dict[str, float] = {}
+                for name in order:
+                    out = folder / f"{name}{index}.mp4"
+                    if name == "one":
+                        times[name] = one_process(clip, out)
+                    else:
+                        times[name], phases, segments = on_cluster(clip, out, args.segment_seconds)
+                ratio = (times["cluster"] + ray_start) / times["one"]
+                ratios.append(ratio)
+                print(f"round {index + 1} ({order[0]} first): one process {times['one']:.1f} s; cluster "
+                      f"{times['cluster']:.1f} s + Ray start {ray_start:.1f} s ({segments} segments; "
+                      + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+                      + f"); ratio {ratio:.3f} (without Ray start {times['cluster'] / times['one']:.3f})")
+    print(f"cluster with Ray start / one process: {', '.join(f'{r:.3f}' for r in ratios)}")
 
 
 def overhead(args: argparse.Namespace) -> None:

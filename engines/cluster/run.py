@@ -44,7 +44,7 @@ from .worker import RunPlan, SegmentJob, SegmentWorker, Tally
 log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT_SECONDS = 20.0
-"""At 24 fps a segment of 480 frames: the stabiliser's lead-in inside a shot costs under 3% more frames,
+"""At 24 fps a segment of 480 frames: the stabiliser's lead-in inside a shot costs under 4% more frames,
 and a two-hour film still gives 360 segments to share out."""
 DEFAULT_WORKER_CPUS = 4
 WORKER_RESTARTS = 3
@@ -135,13 +135,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike, settings: 
         jobs: list[SegmentJob] = []
         try:
             info = _results(ray, [workers[0].chain_info.remote(str(source), settings)])[0]
-            choice = choose_format(info, encode, output)
-            encode = choice.encode_options(encode)
-            final = output_path_for(output, choice.codec)
-            if final.exists():
-                raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)")
-            if final.resolve() == source:
-                raise InputError(f"output '{final}' is the input file; vsrkit never overwrites its input")
+            choice, encode, final = _output_format(info, encode, output, source)
             extension = segment_container(choice.codec)
             folder = Path(options.segments_dir or final.with_name(final.name + ".segments")).expanduser().resolve()
             folder.mkdir(parents=True, exist_ok=True)
@@ -168,15 +162,31 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike, settings: 
     paths = [job.path for job in jobs]
     counts = [job.segment.frames for job in jobs]
     total = sum(counts)
-    with _opened(progress_factory, total, "join") as bar:
-        joined = join_segments(paths, counts, final, clip.info.fps, clip.info.audio if encode.audio else None,
-                               encode.audio_codec, progress=bar)
+    try:
+        with _opened(progress_factory, total, "join") as bar:
+            joined = join_segments(paths, counts, final, clip.info.fps, clip.info.audio if encode.audio else None,
+                                   encode.audio_codec, progress=bar)
+    except KeyboardInterrupt as exc:
+        raise RunInterrupted(folder, len(jobs)) from exc
     if not options.keep_segments:
         for path in paths:
             discard(Path(path))
         _remove_if_empty(folder)
     return ClusterResult(joined, total, len(jobs), len(todo), len(jobs) - len(todo), len(workers),
                          time.monotonic() - started, choice)
+
+
+def _output_format(info: Any, encode: EncodeOptions, output: str | os.PathLike,
+                   source: Path) -> tuple[FormatChoice, EncodeOptions, Path]:
+    """The format chosen once for every segment from what the chain makes, the options that pin it,
+    and the output file (refused if taken or the input itself)."""
+    choice = choose_format(info, encode, output)
+    final = output_path_for(output, choice.codec)
+    if final.exists():
+        raise InputError(f"output '{final}' already exists; choose another name (vsrkit never overwrites)")
+    if final.resolve() == source:
+        raise InputError(f"output '{final}' is the input file; vsrkit never overwrites its input")
+    return choice, choice.encode_options(encode), final
 
 
 def _opened(factory: Callable[[int | None, str], Progress] | None, total: int, desc: str) -> Progress:
