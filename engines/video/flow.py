@@ -72,6 +72,14 @@ def grey_u8(frame: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(np.rint(luma * 255.0).astype(np.uint8))
 
 
+def grey_resized(grey: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A uint8 grey frame resized (bicubic, pixel centres aligned) to height x width, for DIS on the
+    input at the output's size; resizing one 8-bit channel costs a fraction of resizing RGB floats."""
+    if grey.shape == (height, width):
+        return grey
+    return opencv().resize(grey, (width, height), interpolation=opencv().INTER_CUBIC)
+
+
 def pixel_centres(height: int, width: int, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """[1, H, W, 2] the pixel centres in grid_sample's normalised coordinates (align_corners=False)."""
@@ -110,11 +118,16 @@ def inside_frame(flow: torch.Tensor) -> torch.Tensor:
 
 
 def resize_flow(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Flow [N, 2, h, w] at another frame size: resampled bilinearly, vectors scaled to the new pixels."""
+    """Flow [N, 2, h, w] at another frame size, vectors scaled to the new pixels: resampled bilinearly
+    to enlarge it, averaged over each new pixel's footprint to shrink it."""
     _, _, h, w = flow.shape
     if (h, w) == (height, width):
         return flow
-    resized = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
+    if height <= h and width <= w and h % height == 0 and w % width == 0:
+        resized = F.avg_pool2d(flow, (h // height, w // width))
+    else:
+        mode = "area" if height <= h and width <= w else "bilinear"
+        resized = F.interpolate(flow, size=(height, width), mode=mode, **({} if mode == "area" else {"align_corners": False}))
     scale = torch.tensor([width / w, height / h], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
     return resized * scale
 

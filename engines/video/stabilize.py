@@ -36,6 +36,7 @@ from .flow import (
     DenseFlow,
     boundary_ratio,
     consistency_ratio,
+    grey_resized,
     grey_u8,
     opencv,
     pixel_centres,
@@ -155,6 +156,7 @@ class Stabilizer:
         self._flow = DenseFlow(self.settings.flow_preset)
         self._previous: tuple[np.ndarray, torch.Tensor, torch.Tensor] | None = None
         self._centres: torch.Tensor | None = None
+        self._low_centres: torch.Tensor | None = None
 
     def reset(self) -> None:
         """Forget the previous frame: the next one starts a new shot."""
@@ -165,29 +167,33 @@ class Stabilizer:
         if self.settings.strength == 0:
             return frame
         low = _as_nchw(source, self.device)
-        upscaled = _resized(low, self.output_size, "bicubic").clamp_(0, 1)
-        grey = grey_u8((upscaled if self.settings.flow_at == "output" else low)[0].permute(1, 2, 0))
+        grey = grey_u8(source)
+        if self.settings.flow_at == "output":
+            grey = grey_resized(grey, *self.output_size)
         output = _as_nchw(frame, self.device)
         if cut or self._previous is None:
-            self._previous = (grey, upscaled, output)
+            self._previous = (grey, low, output)
             return frame
-        last_grey, last_upscaled, last_output = self._previous
+        last_grey, last_low, last_output = self._previous
         back = self._flow(grey, last_grey).to(self.device)
         if self._centres is None:
             self._centres = pixel_centres(*self.output_size, self.device)
+            self._low_centres = pixel_centres(*self.source_size, self.device)
         grid = sampling_grid(resize_flow(back, *self.output_size), self._centres)
-        mismatch = sample(last_upscaled, grid).sub_(upscaled).abs_().mean(1, keepdim=True)
-        trust = mismatch.div_(-self.settings.colour_tolerance).add_(1.0).clamp_(0.0, 1.0)
-        trust *= _inside(grid)
-        if self.settings.flow_checks:
-            checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
-            trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
+        # The checks run on the input's grid: what the input can show is all they can judge.
+        low_grid = sampling_grid(resize_flow(back, *self.source_size), self._low_centres)
+        mismatch = sample(last_low, low_grid, "bicubic").clamp_(0, 1).sub_(low).abs_().mean(1, keepdim=True)
+        low_trust = mismatch.div_(-self.settings.colour_tolerance).add_(1.0).clamp_(0.0, 1.0)
         difference = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1).sub_(output)
         if self.settings.change_tolerance:
             change = _footprint_mean(difference, self.source_size).abs_().mean(1, keepdim=True)
-            trust *= _resized(_ramp(change.div_(self.settings.change_tolerance)), self.output_size)
+            low_trust *= _ramp(change.div_(self.settings.change_tolerance))
+        trust = _resized(low_trust, self.output_size).mul_(_inside(grid))
+        if self.settings.flow_checks:
+            checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
+            trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
         blended = self._weighted(difference, trust).add_(output)
-        self._previous = (grey, upscaled, blended)
+        self._previous = (grey, low, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
         if frame.shape[-1] > 3:
             result = torch.cat([result, frame[..., 3:]], dim=-1)
