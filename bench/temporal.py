@@ -56,15 +56,20 @@ CLIPS = {
 }
 MODELS = ("realesrgan-x4plus", "realesr-animevideov3-x4")
 VARIANTS = {
+    "previous default": {"strength": 0.8, "low_frequency": 1.0, "change_tolerance": 0.08},
+    "one band": {"low_frequency": 1.0},
+    "low band 0.5": {"low_frequency": 0.5},
+    "strength 0.8": {"strength": 0.8},
+    "strength 0.95": {"strength": 0.95},
+    "change 0.08": {"change_tolerance": 0.08},
+    "no change check": {"change_tolerance": 0.0},
+    "colour reach 0.25": {"colour_reach": 0.25},
+    "colour reach 0.5": {"colour_reach": 0.5},
+    "B-spline warp": {"interpolation": "bspline"},
+    "bilinear warp": {"interpolation": "bilinear"},
     "flow on the input": {"flow_at": "input"},
     "DIS fast": {"flow_preset": "fast"},
     "+ flow checks": {"flow_checks": True},
-    "no change check": {"change_tolerance": 0.0},
-    "change 0.05": {"change_tolerance": 0.05},
-    "low band 0.5": {"low_frequency": 0.5},
-    "bilinear warp": {"interpolation": "bilinear"},
-    "strength 0.7": {"strength": 0.7},
-    "strength 0.9": {"strength": 0.9},
 }
 COST_SIZE = (240, 320)
 

@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.video.flicker import measure_flicker
-from vsrkit.engines.video.flow import boundary_ratio, consistency_ratio, inside_frame, reliable, warp
+from vsrkit.engines.video.flow import (
+    boundary_ratio,
+    consistency_ratio,
+    inside_frame,
+    pixel_centres,
+    reliable,
+    resize_flow,
+    sample,
+    warp,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,6 +59,31 @@ def test_flow_checks_pass_inverse_flows_and_flag_contradictions_boundaries_and_t
     assert boundary[..., 9:11].all() and not boundary[..., :8].any() and not boundary[..., 12:].any()
     assert torch.allclose(warp(torch.arange(20.0).expand(1, 1, 16, 20), right)[0, 0, 0, :4], torch.tensor([2., 3, 4, 5]))
     assert not reliable(right, right).any()
+
+
+def test_bspline_sampling_keeps_the_pixels_and_follows_a_smooth_picture_between_them():
+    frame = picture(24, 32).permute(2, 0, 1)[None]
+    centres = pixel_centres(24, 32)
+    assert torch.allclose(sample(frame, centres, "bspline"), frame, atol=2e-3)
+    # Between pixels, a cubic (no overshoot, exact on quadratics) on a quadratic ramp.
+    xs = torch.arange(32.0)
+    ramp = (0.3 + 0.02 * xs + 0.0004 * xs * xs).expand(1, 1, 24, 32)
+    shifted = centres + torch.tensor([0.37 * 2 / 32, 0.0])
+    expected = 0.3 + 0.02 * (xs + 0.37) + 0.0004 * (xs + 0.37) ** 2
+    inner = sample(ramp, shifted, "bspline")[0, 0, :, 8:-8]
+    assert torch.allclose(inner, expected[8:-8].expand(24, -1), atol=2e-5)
+    assert not torch.allclose(sample(ramp, shifted, "bilinear")[0, 0, :, 8:-8], expected[8:-8].expand(24, -1), atol=2e-5)
+
+
+def test_shrinking_a_flow_averages_it_and_scales_its_vectors():
+    flow = torch.zeros(1, 2, 8, 12)
+    flow[:, 0, :, :6] = 4.0
+    flow[:, 1, :4] = -2.0
+    small = resize_flow(flow, 4, 6)
+    assert small.shape == (1, 2, 4, 6)
+    assert torch.equal(small[0, 0, :, :3], torch.full((4, 3), 2.0)) and torch.equal(small[0, 0, :, 3:], torch.zeros(4, 3))
+    assert torch.equal(small[0, 1, :2], torch.full((2, 6), -1.0)) and torch.equal(small[0, 1, 2:], torch.zeros(2, 6))
+    assert resize_flow(flow, 16, 24).shape == (1, 2, 16, 24)
 
 
 def test_warping_error_is_the_papers_formula_on_a_still_reference():

@@ -17,6 +17,7 @@ from vsrkit.engines.video.flicker import measure_flicker
 from vsrkit.engines.video.stabilize import (
     DEFAULT_STRENGTH,
     StabilizeSettings,
+    _dissimilarity,
     stabilize_clip,
     stabilized_upscale,
 )
@@ -112,6 +113,19 @@ def test_a_moving_object_leaves_no_ghost_on_the_still_background():
     assert worst_edge_error(stabilised(per_frame, source, change_tolerance=0)) > 1.2
 
 
+def test_the_colour_check_with_reach_forgives_sub_pixel_shifts_of_fine_detail_but_not_changes():
+    xs = torch.arange(16.0)
+    stripes = (0.5 + 0.4 * torch.sin(xs * 2.2)).expand(1, 3, 8, 16)
+    moved = (0.5 + 0.4 * torch.sin((xs + 0.3) * 2.2)).expand(1, 3, 8, 16)  # a third of a pixel on
+    changed = moved.clone()
+    changed[..., 2:6, 5:11] = 0.0  # something dark came in
+    plain = _dissimilarity(stripes, moved, 0.0)[..., 1:-1]
+    forgiving = _dissimilarity(stripes, moved, 0.5)[..., 1:-1]
+    assert plain.mean() > 0.1 and forgiving.max() < 0.02
+    assert _dissimilarity(stripes, changed, 0.5)[..., 3:5, 6:10].mean() > 0.2
+    assert torch.equal(_dissimilarity(stripes, moved, 0.0), (stripes - moved).abs())
+
+
 def test_strength_0_is_the_per_frame_output_bit_for_bit(moving_texture):
     source, _, per_frame = moving_texture
     upscaled = clip(per_frame)
@@ -193,7 +207,7 @@ def test_without_opencv_the_error_says_what_to_install(moving_texture, monkeypat
     monkeypatch.setitem(sys.modules, "cv2", None)  # what `import cv2` meets where OpenCV is not installed
     with pytest.raises(MissingDependencyError, match="pip install opencv-python-headless") as caught:
         stabilize_clip(clip(per_frame), clip(source))
-    assert "--stabilize 0" in str(caught.value) and "strength 0.8" in str(caught.value)
+    assert "--stabilize 0" in str(caught.value) and f"strength {DEFAULT_STRENGTH:g}" in str(caught.value)
     assert stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(strength=0)).to_tensor().shape[0] == FRAMES
 
 

@@ -46,10 +46,10 @@ from .flow import (
 )
 from .scenes import DEFAULT_SCENE_THRESHOLD, SCENE_THRESHOLD, SceneDetector
 
-DEFAULT_STRENGTH = 0.8
+DEFAULT_STRENGTH = 0.9
 STRENGTH = Param("strength", float, 0.0, 0.95, help="share of the previous frame blended in where flow holds")
 FLOW_AT = ("input", "output")
-INTERPOLATIONS = ("bilinear", "bicubic")
+INTERPOLATIONS = ("bilinear", "bicubic", "bspline")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,11 @@ class StabilizeSettings:
     forward-backward check or lies on a motion boundary (a second flow per frame).
     colour_tolerance: mean RGB mismatch (0-1) of the upscaled input along the flow at which trust
     falls (linearly) to 0.
+    colour_reach: how far (in input pixels, up to 0.5) the colour check looks for a match: each
+    input pixel is compared with the range of values its neighbour on the other frame takes within
+    that distance (Birchfield and Tomasi's sampling-insensitive dissimilarity at 0.5), so that
+    flow off by a fraction of a pixel on fine or aliased detail is not taken for a change. 0
+    compares pixel with pixel.
     change_tolerance: mean RGB difference (0-1) between the carried and the new frame, averaged
     over each input pixel's footprint, up to which trust is full; it falls to 0 at twice that.
     Invented texture differs pixel by pixel and averages out; a misplaced edge or a real change
@@ -81,8 +86,9 @@ class StabilizeSettings:
     flow_preset: str = "medium"
     flow_checks: bool = False
     colour_tolerance: float = 0.15
-    change_tolerance: float = 0.08
-    low_frequency: float = 1.0
+    colour_reach: float = 0.0
+    change_tolerance: float = 0.07
+    low_frequency: float = 0.7
     interpolation: str = "bicubic"
 
     def validate(self) -> StabilizeSettings:
@@ -92,6 +98,7 @@ class StabilizeSettings:
             "strength": STRENGTH.check(self.strength, owner),
             "scene_threshold": SCENE_THRESHOLD.check(self.scene_threshold, owner),
             "colour_tolerance": Param("colour_tolerance", float, 0.001, 1.0).check(self.colour_tolerance, owner),
+            "colour_reach": Param("colour_reach", float, 0.0, 0.5).check(self.colour_reach, owner),
             "change_tolerance": Param("change_tolerance", float, 0.0, 1.0).check(self.change_tolerance, owner),
             "low_frequency": Param("low_frequency", float, 0.0, 1.0).check(self.low_frequency, owner),
         }
@@ -135,6 +142,32 @@ def _footprint_mean(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     if height % size[0] == 0 and width % size[1] == 0:  # the same, by a cheaper kernel
         return F.avg_pool2d(frames, (height // size[0], width // size[1]))
     return F.interpolate(frames, size=size, mode="area")
+
+
+def _reach(images: torch.Tensor, reach: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lowest and highest value each pixel of [N, C, H, W] takes between itself and the points
+    `reach` pixels toward its four neighbours (linear interpolation; the edge extends outward)."""
+    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+    centre = padded[..., 1:-1, 1:-1]
+    lowest, highest = centre.clone(), centre.clone()
+    for neighbour in (padded[..., 1:-1, :-2], padded[..., 1:-1, 2:], padded[..., :-2, 1:-1], padded[..., 2:, 1:-1]):
+        between = torch.lerp(centre, neighbour, reach)
+        lowest = torch.minimum(lowest, between)
+        highest = torch.maximum(highest, between)
+    return lowest, highest
+
+
+def _dissimilarity(first: torch.Tensor, second: torch.Tensor, reach: float) -> torch.Tensor:
+    """Per pixel and channel, |first - second|, or with `reach` > 0 Birchfield and Tomasi's
+    dissimilarity: how far each frame's value lies outside the other's range within `reach`, the
+    smaller of the two."""
+    if reach == 0:
+        return (first - second).abs_()
+    low, high = _reach(second, reach)
+    one_way = torch.maximum(first - high, low - first).clamp_(min=0)
+    low, high = _reach(first, reach)
+    other_way = torch.maximum(second - high, low - second).clamp_(min=0)
+    return torch.minimum(one_way, other_way)
 
 
 def _inside(grid: torch.Tensor) -> torch.Tensor:
@@ -182,30 +215,36 @@ class Stabilizer:
         grid = sampling_grid(resize_flow(back, *self.output_size), self._centres)
         # The checks run on the input's grid: what the input can show is all they can judge.
         low_grid = sampling_grid(resize_flow(back, *self.source_size), self._low_centres)
-        mismatch = sample(last_low, low_grid, "bicubic").clamp_(0, 1).sub_(low).abs_().mean(1, keepdim=True)
+        carried_low = sample(last_low, low_grid, "bicubic").clamp_(0, 1)
+        mismatch = _dissimilarity(low, carried_low, self.settings.colour_reach).mean(1, keepdim=True)
         low_trust = mismatch.div_(-self.settings.colour_tolerance).add_(1.0).clamp_(0.0, 1.0)
         difference = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1).sub_(output)
-        if self.settings.change_tolerance:
-            change = _footprint_mean(difference, self.source_size).abs_().mean(1, keepdim=True)
-            low_trust *= _ramp(change.div_(self.settings.change_tolerance))
         trust = _resized(low_trust, self.output_size).mul_(_inside(grid))
+        coarse = None
+        if self.settings.change_tolerance or self.settings.low_frequency != 1.0:
+            coarse = _footprint_mean(difference, self.source_size)
+        if self.settings.change_tolerance:
+            change = coarse.abs().mean(1, keepdim=True).div_(self.settings.change_tolerance)
+            trust *= _resized(_ramp(change), self.output_size)
         if self.settings.flow_checks:
             checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
             trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
-        blended = self._weighted(difference, trust).add_(output)
+        blended = self._weighted(difference, trust, coarse).add_(output)
         self._previous = (grey, low, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
         if frame.shape[-1] > 3:
             result = torch.cat([result, frame[..., 3:]], dim=-1)
         return result
 
-    def _weighted(self, difference: torch.Tensor, trust: torch.Tensor) -> torch.Tensor:
-        """`difference` scaled by strength x trust, its coarse part by `low_frequency` of that."""
+    def _weighted(self, difference: torch.Tensor, trust: torch.Tensor, coarse: torch.Tensor | None) -> torch.Tensor:
+        """`difference` scaled by strength x trust, its coarse part (`coarse`, its mean over each
+        input pixel's footprint) by `low_frequency` of that."""
         weight = trust.mul_(self.settings.strength)
+        difference.mul_(weight)
         if self.settings.low_frequency == 1.0:
-            return difference.mul_(weight)
-        coarse = _resized(_footprint_mean(difference, self.source_size), self.output_size)
-        return (difference - coarse) * weight + coarse * (weight * self.settings.low_frequency)
+            return difference
+        held_back = _resized(coarse, self.output_size).mul_(weight).mul_(1.0 - self.settings.low_frequency)
+        return difference.sub_(held_back)
 
 
 def _paired_frames(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]], settings: StabilizeSettings,
