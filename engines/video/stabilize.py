@@ -219,17 +219,24 @@ class Stabilizer:
         mismatch = _dissimilarity(low, carried_low, self.settings.colour_reach).mean(1, keepdim=True)
         low_trust = mismatch.div_(-self.settings.colour_tolerance).add_(1.0).clamp_(0.0, 1.0)
         difference = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1).sub_(output)
-        trust = _resized(low_trust, self.output_size).mul_(_inside(grid))
-        coarse = None
-        if self.settings.change_tolerance or self.settings.low_frequency != 1.0:
+        # The change check and the coarse band live on the input's grid too; one resize brings
+        # every map on that grid to the output's.
+        low_maps = [low_trust]
+        two_bands = self.settings.low_frequency != 1.0
+        if self.settings.change_tolerance or two_bands:
             coarse = _footprint_mean(difference, self.source_size)
+            if self.settings.change_tolerance:
+                low_maps.append(_ramp(coarse.abs().mean(1, keepdim=True).div_(self.settings.change_tolerance)))
+            if two_bands:
+                low_maps.append(coarse)
+        maps = _resized(torch.cat(low_maps, 1) if len(low_maps) > 1 else low_trust, self.output_size)
+        trust = maps[:, :1] * _inside(grid)
         if self.settings.change_tolerance:
-            change = coarse.abs().mean(1, keepdim=True).div_(self.settings.change_tolerance)
-            trust *= _resized(_ramp(change), self.output_size)
+            trust *= maps[:, 1:2]
         if self.settings.flow_checks:
             checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
             trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
-        blended = self._weighted(difference, trust, coarse).add_(output)
+        blended = self._weighted(difference, trust, maps[:, -3:] if two_bands else None).add_(output)
         self._previous = (grey, low, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
         if frame.shape[-1] > 3:
@@ -237,14 +244,13 @@ class Stabilizer:
         return result
 
     def _weighted(self, difference: torch.Tensor, trust: torch.Tensor, coarse: torch.Tensor | None) -> torch.Tensor:
-        """`difference` scaled by strength x trust, its coarse part (`coarse`, its mean over each
-        input pixel's footprint) by `low_frequency` of that."""
+        """`difference` scaled by strength x trust, its coarse part (`coarse`: its mean over each
+        input pixel's footprint, at the output's size) by `low_frequency` of that."""
         weight = trust.mul_(self.settings.strength)
         difference.mul_(weight)
-        if self.settings.low_frequency == 1.0:
+        if coarse is None:
             return difference
-        held_back = _resized(coarse, self.output_size).mul_(weight).mul_(1.0 - self.settings.low_frequency)
-        return difference.sub_(held_back)
+        return difference.sub_(coarse.mul_(weight).mul_(1.0 - self.settings.low_frequency))
 
 
 def _paired_frames(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]], settings: StabilizeSettings,
