@@ -31,10 +31,10 @@ ENGINES = ("realesrgan", "flashvsr")
 SCDET_FRAMES = 2
 """scdet scores a frame against the two before it: a stage that restarts at the cuts it finds needs
 them before a segment to find exactly the cuts one pass finds."""
-STABILIZE_LEAD_IN = 16
-"""Frames the stabiliser runs before a segment that starts inside a shot: at the default strength the
-frames after such a join came within 0.02 of an 8-bit level (mean absolute difference) of one pass on
-every measured split of real footage, 50 times inside the 1/255 asked for (bench/cluster.py lead-in,
+STABILIZE_LEAD_IN = 24
+"""Frames the stabiliser runs before a segment that starts inside a shot: at the default settings the
+frames after such a join came within 0.03 of an 8-bit level (mean absolute difference) of one pass on
+every measured split of real footage, 30 times inside the 1/255 asked for (bench/cluster.py lead-in,
 BENCHMARKS.md)."""
 
 ProgressFactory = Callable[..., Progress]
