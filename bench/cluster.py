@@ -2,8 +2,8 @@
 cost of planning and joining.
 
 Lead-in (`lead-in`): the stabiliser is recursive, so a segment that starts inside a shot never
-matches one pass exactly. Real clips from ../shared/footage (area-downscaled 4x, as bench/temporal.py
-takes them) are upscaled frame by frame once (cached); then, at split points every 8 frames, the
+matches one pass exactly. Real clips from ../shared/footage (area-downscaled 4x by bench/footage.py,
+as for bench/temporal.py) are upscaled frame by frame once (cached); then, at split points every 8 frames, the
 stabiliser is started L + 2 frames before the split (L lead-in frames plus scdet's two) and the
 first 8 frames from the split are compared with one pass. Printed: the largest mean absolute
 difference (in 8-bit levels) over all split points and frames, per L.
@@ -37,60 +37,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-FOOTAGE = ROOT.parent / "shared" / "footage"
-# name: (file, first frame, ground-truth width, height, deinterlace), as bench/temporal.py
-CLIPS = {
-    "bbb-fast": ("bbb_0_30_720p24_vorbis.webm", 420, 480, 272, False),
-    "bbb-slow": ("bbb_0_30_720p24_vorbis.webm", 160, 480, 272, False),
-    "ntsc": ("ntsc480i_tff_bt601_ac3.mkv", 60, 480, 320, True),
-    "carphone": ("carphone_qcif_pristine.mp4", 0, 176, 144, False),
-}
+from vsrkit.bench.footage import CLIPS, FOOTAGE, footage, per_frame
+
 LEAD_INS = (0, 2, 4, 8, 12, 16, 24, 32)
 COMPARED = 8
-
-
-def area(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    out = F.interpolate(frames.permute(0, 3, 1, 2), size=(height, width), mode="area")
-    return (out.permute(0, 2, 3, 1).contiguous() * 255).round().clamp(0, 255) / 255
-
-
-def footage(name: str, frames: int) -> torch.Tensor:
-    """The clip's frames downscaled 4x (the upscaler's input)."""
-    from vsrkit.engines.video.decode import open_clip
-    from vsrkit.engines.video.preprocess import deinterlace_clip
-
-    file, start, width, height, interlaced = CLIPS[name]
-    clip = open_clip(FOOTAGE / file)
-    if interlaced:
-        clip = deinterlace_clip(clip, mode="on")
-    pulled, index = [], 0
-    for chunk in clip.chunks():
-        for frame in chunk[..., :3]:
-            if start <= index < start + frames:
-                pulled.append(frame)
-            index += 1
-        if index >= start + frames:
-            break
-    return area(area(torch.stack(pulled), height, width), height // 4, width // 4)
-
-
-def per_frame(cache: Path, key: str, model_name: str, frames: torch.Tensor) -> torch.Tensor:
-    from vsrkit.engines.clip import Clip
-    from vsrkit.engines.realesrgan.loading import load_model
-    from vsrkit.engines.realesrgan.resolve import standalone_model_dir
-    from vsrkit.engines.realesrgan.upscale import upscale_clip
-
-    path = cache / f"{key}-{model_name}.pt"
-    if path.is_file():
-        cached = torch.load(path, weights_only=True)
-        if cached.shape[0] == frames.shape[0]:
-            return cached
-    model = load_model(model_name, [standalone_model_dir()], allow_download=False)
-    out = upscale_clip(Clip.from_tensor(frames, 24), model, device="cpu").to_tensor()
-    cache.mkdir(parents=True, exist_ok=True)
-    torch.save(out, path)
-    return out
 
 
 def lead_in(args: argparse.Namespace) -> None:
@@ -105,7 +55,7 @@ def lead_in(args: argparse.Namespace) -> None:
     print("|---|---|---|" + "---|" * len(LEAD_INS))
     worst = {n: 0.0 for n in LEAD_INS}
     for name in args.clips:
-        source = footage(name, args.frames)
+        source = footage(name, args.frames)[1]
         for model_name in args.models:
             output = per_frame(args.cache, f"{name}-{args.frames}", model_name, source)
 

@@ -12,11 +12,11 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 
+from tests.testsrc import audio_packets, decoded_frames
 from vsrkit.engines.clip import AudioTrack, Clip
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.paths import TEMP_MARK
@@ -106,14 +106,8 @@ def vsrkit(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def frames_of(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="gbrp10le") for f in container.decode(video=0)])
-
-
-def audio_packets(path: Path) -> list[tuple[int, bytes]]:
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        return [(round(1000 * p.pts * p.time_base), bytes(p)) for p in container.demux(stream) if p.size]
+    """Every frame as 10-bit planar RGB, so no rounding to 8 bits hides a difference."""
+    return decoded_frames(path, "gbrp10le")
 
 
 _references: dict[tuple, Path] = {}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.testsrc import audio_packets, decoded_frames
 from vsrkit.engines.clip import AudioTrack, Clip, Reach
 from vsrkit.engines.errors import InputError
 from vsrkit.engines.paths import TEMP_MARK
@@ -216,18 +217,6 @@ def encode_segments(folder: Path, frames: torch.Tensor, bounds: list[tuple[int, 
                       EncodeOptions(codec=codec, audio=False)) for i, (a, b) in enumerate(bounds)]
 
 
-def decoded(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
-def audio_packets(path: Path) -> list[tuple[int, bytes]]:
-    """(start in milliseconds, bytes) of each audio packet."""
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        return [(round(1000 * p.pts * p.time_base), bytes(p)) for p in container.demux(stream) if p.size]
-
-
 BOUNDS = [(0, 11), (11, 12), (12, 30), (30, 36)]  # a one-frame segment has no reordering delay
 
 
@@ -239,7 +228,7 @@ def test_join_copies_every_frame_in_order_with_exact_times_and_the_audio_once(
     segments = encode_segments(tmp_path, frames, BOUNDS, codec, segment_ext)
     audio = open_clip(source).info.audio
     out = join_segments(segments, [b - a for a, b in BOUNDS], tmp_path / f"joined.{output_ext}", FPS, audio)
-    assert np.array_equal(decoded(out), np.concatenate([decoded(s) for s in segments]))
+    assert np.array_equal(decoded_frames(out), np.concatenate([decoded_frames(s) for s in segments]))
     with av.open(str(out)) as container:
         video = container.streams.video[0]
         assert len(container.streams.audio) == 1 and video.average_rate == FPS

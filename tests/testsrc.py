@@ -4,6 +4,7 @@ Used by the tests and `bench/` to make clips with known content: moving patterns
 exact YUV code values with chosen colour tags, variable frame timing, tone audio.
 Pictures are built as YUV planes (or converted by FFmpeg's swscale), never through
 `engines.video.colors`, so decoding them checks vsrkit's conversion against an outside reference.
+The readers at the end (frames, audio samples, audio packets) likewise go straight through PyAV.
 """
 
 from __future__ import annotations
@@ -241,3 +242,16 @@ def decoded_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, float]:
             blocks.append(out.to_ndarray())
     samples = np.concatenate(blocks, axis=1) if blocks else np.zeros((1, 0), dtype=np.float32)
     return samples, rate, start or 0.0
+
+
+def decoded_frames(path: str | os.PathLike, pixel_format: str = "rgb24") -> np.ndarray:
+    """Every frame of the first video stream as [T, ...] in `pixel_format` (PyAV's layout for it)."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format=pixel_format) for f in container.decode(video=0)])
+
+
+def audio_packets(path: str | os.PathLike) -> list[tuple[int, bytes]]:
+    """(start in milliseconds, bytes) of each packet of the first audio stream: to check audio was copied."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return [(round(1000 * p.pts * p.time_base), bytes(p)) for p in container.demux(stream) if p.size]

@@ -155,8 +155,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike, settings: 
             finished = sum(Path(job.path).exists() for job in jobs)
             raise RunInterrupted(folder, finished) from exc
         finally:
-            for worker in workers:
-                ray.kill(worker, no_restart=True)
+            _stop_workers(ray, workers)
             if folder is not None:
                 _remove_partials(folder, [Path(job.path).name for job in jobs])
     paths = [job.path for job in jobs]
@@ -217,10 +216,15 @@ def _start_workers(ray: Any, settings: ChainSettings, options: ClusterOptions) -
         for where in _results(ray, [worker.ready.remote() for worker in workers]):
             log.info("worker ready on %s", where)
     except BaseException:
-        for worker in workers:
-            ray.kill(worker, no_restart=True)
+        _stop_workers(ray, workers)
         raise
     return workers
+
+
+def _stop_workers(ray: Any, workers: list[Any]) -> None:
+    """Kill the workers for good (no restart): the run is over, or could not start."""
+    for worker in workers:
+        ray.kill(worker, no_restart=True)
 
 
 def _results(ray: Any, refs: list[Any]) -> list[Any]:

@@ -13,7 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..clip import ClipInfo
+from ..clip import Clip, ClipInfo
 from ..errors import InputError
 from ..paths import TEMP_MARK
 from ..progress import Progress
@@ -64,6 +64,11 @@ def check_visible(plan: RunPlan) -> None:
         raise InputError(f"a worker on {node} cannot write to the segment folder '{folder}' "
                          f"({exc.strerror or exc}): every machine of the cluster needs it at this same path "
                          "(a shared folder); choose one with --segments-dir") from exc
+
+
+def decoded_range(plan: RunPlan, segment: Segment) -> Clip:
+    """The input's frames a worker decodes for `segment`: its own plus the context the chain needs."""
+    return open_clip(plan.input, skip_first=segment.decode_start, max_frames=segment.decode_end - segment.decode_start)
 
 
 class Tally:
@@ -133,8 +138,7 @@ class SegmentWorker:
         the pre-processing and scdet need before and after."""
         self.ready()
         check_visible(plan)
-        clip = open_clip(plan.input, skip_first=segment.decode_start,
-                         max_frames=segment.decode_end - segment.decode_start)
+        clip = decoded_range(plan, segment)
         found = scene_cuts(preprocessed(clip, plan.settings), plan.settings.scene_threshold)
         return [segment.decode_start + cut for cut in found
                 if segment.start <= segment.decode_start + cut < segment.end]
@@ -147,8 +151,7 @@ class SegmentWorker:
         segment = job.segment
         if target.exists():
             return segment.frames
-        clip = open_clip(plan.input, skip_first=segment.decode_start,
-                         max_frames=segment.decode_end - segment.decode_start)
+        clip = decoded_range(plan, segment)
         chain = build_chain(clip, plan.settings, self.engine)
         kept = trim_clip(chain, segment.start - segment.decode_start, segment.frames)
         options = dataclasses.replace(plan.encode, audio=False, metadata={})

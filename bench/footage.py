@@ -1,0 +1,73 @@
+"""Real footage for the benchmarks that measure quality on it (bench/temporal.py, bench/cluster.py).
+
+Both take the same clips the same way (ground truth area-resized to 8 bits, the input that
+downscaled 4x) and reuse one cached frame-by-frame upscale per clip and model, so their figures
+stay comparable. Not a benchmark itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vsrkit.engines.clip import Clip
+from vsrkit.engines.realesrgan.loading import load_model
+from vsrkit.engines.realesrgan.resolve import standalone_model_dir
+from vsrkit.engines.realesrgan.upscale import upscale_clip
+from vsrkit.engines.video.decode import open_clip
+from vsrkit.engines.video.preprocess import deinterlace_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+FOOTAGE = ROOT.parent / "shared" / "footage"
+# name: (file, first frame, ground-truth width, height, deinterlace)
+CLIPS = {
+    "bbb-fast": ("bbb_0_30_720p24_vorbis.webm", 420, 480, 272, False),
+    "bbb-slow": ("bbb_0_30_720p24_vorbis.webm", 160, 480, 272, False),
+    "ntsc": ("ntsc480i_tff_bt601_ac3.mkv", 60, 480, 320, True),
+    "carphone": ("carphone_qcif_pristine.mp4", 0, 176, 144, False),
+}
+
+
+def eight_bit(frames: torch.Tensor) -> torch.Tensor:
+    return (frames * 255).round().clamp(0, 255) / 255
+
+
+def area(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[T, H, W, 3] resized with area averaging, 8-bit."""
+    out = F.interpolate(frames.permute(0, 3, 1, 2), size=(height, width), mode="area")
+    return eight_bit(out.permute(0, 2, 3, 1).contiguous())
+
+
+def footage(name: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ground truth [T, H, W, 3], input [T, H/4, W/4, 3]) of one clip."""
+    file, start, width, height, interlaced = CLIPS[name]
+    clip = open_clip(FOOTAGE / file)
+    if interlaced:
+        clip = deinterlace_clip(clip, mode="on")
+    pulled = []
+    index = 0
+    for chunk in clip.chunks():  # skip after deinterlacing, so bwdif sees the frames before the first
+        for frame in chunk[..., :3]:
+            if start <= index < start + frames:
+                pulled.append(frame)
+            index += 1
+        if index >= start + frames:
+            break
+    truth = area(torch.stack(pulled), height, width)
+    return truth, area(truth, height // 4, width // 4)
+
+
+def per_frame(cache: Path, key: str, model_name: str, frames: torch.Tensor) -> torch.Tensor:
+    """The model's frame-by-frame upscale of `frames`, cached by `key`."""
+    path = cache / f"{key}-{model_name}.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached.shape[0] == frames.shape[0]:
+            return cached
+    model = load_model(model_name, [standalone_model_dir()], allow_download=False)
+    out = upscale_clip(Clip.from_tensor(frames, 24), model, device="cpu").to_tensor()
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
