@@ -39,7 +39,7 @@ from ..video.segments import (
 )
 from .chain import SCDET_FRAMES, ChainSettings, absolute_paths, chain_reaches, preprocess_reaches, resolved
 from .runtime import ray_session
-from .worker import RunPlan, SegmentJob, SegmentWorker, Tally
+from .worker import RunPlan, SegmentJob, SegmentWorker
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ and a two-hour film still gives 360 segments to share out."""
 DEFAULT_WORKER_CPUS = 4
 WORKER_RESTARTS = 3
 """How often a worker that dies (killed, out of memory, machine lost) is restarted, its segment retried."""
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0
+"""The longest the driver waits for the workers before it looks for a cancel (ComfyUI's, or the bar's)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,9 +229,10 @@ def _stop_workers(ray: Any, workers: list[Any]) -> None:
 
 
 def _results(ray: Any, refs: list[Any]) -> list[Any]:
-    """ray.get with the workers' own errors raised as they are (a VsrkitError keeps its message)."""
+    """ray.get with the workers' own errors raised as they are (a VsrkitError keeps its message); a
+    stream (a call of a generator method) gives its last value."""
     try:
-        return ray.get(refs)
+        return [ray.get(list(ref))[-1] if isinstance(ref, ray.ObjectRefGenerator) else ray.get(ref) for ref in refs]
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, VsrkitError):
@@ -239,6 +241,18 @@ def _results(ray: Any, refs: list[Any]) -> list[Any]:
     except ray.exceptions.RayActorError as exc:
         raise VsrkitError(f"a worker died {WORKER_RESTARTS + 1} times in a row and is given up ({exc}); "
                           "the finished segments are kept: run the same command again to resume") from exc
+
+
+def _next_value(ray: Any, waitable: Any) -> tuple[bool, Any]:
+    """(finished, value) of a call that `ray.wait` found ready: a plain call's result, or a stream's next
+    value (None once the stream has ended)."""
+    if not isinstance(waitable, ray.ObjectRefGenerator):
+        return True, _results(ray, [waitable])[0]
+    try:
+        ref = next(waitable)
+    except StopIteration:
+        return True, None
+    return False, _results(ray, [ref])[0]
 
 
 def _find_cuts(ray: Any, workers: list[Any], plan: RunPlan, info: Any, options: ClusterOptions,
@@ -260,39 +274,43 @@ def _find_cuts(ray: Any, workers: list[Any], plan: RunPlan, info: Any, options: 
 
 def _render(ray: Any, workers: list[Any], plan: RunPlan, todo: list[SegmentJob],
             progress_factory: Callable[[int | None, str], Progress] | None) -> None:
-    """Feed the segments to the workers, with one progress bar over their frames."""
-    tally = ray.remote(Tally).options(num_cpus=0).remote()
-    finished = 0
+    """Feed the segments to the workers, with one progress bar over their frames: each worker streams
+    the frames it has written (`SegmentWorker.render` is a generator)."""
+    written: dict[int, int] = {}
     with _opened(progress_factory, sum(job.segment.frames for job in todo), "upscale") as bar:
 
-        def advanced() -> None:
-            bar.advance(max(0, ray.get(tally.total.remote()) - bar.done))
+        def report(job: SegmentJob, frames: int) -> None:
+            written[job.index] = frames
+            bar.advance(max(0, sum(written.values()) - bar.done))
 
-        for _job, frames in _on_workers(ray, workers, todo, lambda w, j: w.render.remote(plan, j, tally), bar,
-                                       advanced):
-            finished += frames
-        bar.advance(max(0, finished - bar.done))
-    ray.kill(tally)
+        for job, _ in _on_workers(ray, workers, todo, lambda w, j: w.render.remote(plan, j), bar, report):
+            report(job, job.segment.frames)
 
 
 def _on_workers(ray: Any, workers: list[Any], items: list[Any], submit: Callable[[Any, Any], Any],
-                bar: Progress, poll: Callable[[], None] | None = None) -> Any:
-    """(item, result) as the workers finish them, one item in flight per worker; `poll` runs between waits."""
+                bar: Progress, report: Callable[[Any, Any], None] | None = None) -> Any:
+    """(item, result) as the workers finish them, one item in flight per worker. A call that streams
+    passes each value to `report(item, value)` as it comes; its last value is its result."""
     pending = deque(items)
     running: dict[Any, tuple[Any, Any]] = {}
+    latest: dict[Any, Any] = {}
     idle = list(workers)
     while pending or running:
         while idle and pending:
             worker, item = idle.pop(), pending.popleft()
             running[submit(worker, item)] = (item, worker)
         ready, _ = ray.wait(list(running), num_returns=len(running), timeout=POLL_SECONDS)
-        for ref in ready:
-            result = _results(ray, [ref])[0]
-            item, worker = running.pop(ref)
+        for waitable in ready:
+            item, worker = running[waitable]
+            finished, value = _next_value(ray, waitable)
+            if not finished:
+                latest[waitable] = value
+                if report is not None:
+                    report(item, value)
+                continue
+            del running[waitable]
             idle.append(worker)
-            yield item, result
-        if poll is not None:
-            poll()
+            yield item, latest.pop(waitable, value)
         bar.check_cancel()
 
 

@@ -18,6 +18,11 @@ from ..errors import InputError, VsrkitError
 LOOPBACK = "127.0.0.1"
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 """Segments travel through files, not Ray's object store; a small store keeps the local runtime light."""
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
+"""Ray lowers its worker processes to niceness 15 by default, below its own background processes and the
+driver, so on a busy machine every wake-up of those preempts the workers that do the run's work. In a
+runtime vsrkit starts, the workers keep the command's own priority (Ray's `worker_niceness`, given to
+ray.init for this runtime only); a cluster vsrkit joins keeps its own settings."""
 
 
 def import_ray() -> Any:
@@ -82,7 +87,8 @@ def ray_session(address: str = "ray", num_cpus: int | None = None) -> Iterator[A
     options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}
     if target == "local":
         options.update(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
-                       object_store_memory=LOCAL_OBJECT_STORE_BYTES, num_cpus=num_cpus)
+                       object_store_memory=LOCAL_OBJECT_STORE_BYTES, num_cpus=num_cpus,
+                       _system_config=dict(LOCAL_SYSTEM_CONFIG))
         loopback = True
     else:
         options["address"] = target

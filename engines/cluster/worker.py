@@ -10,7 +10,8 @@ import dataclasses
 import os
 import secrets
 import socket
-import time
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..clip import Clip, ClipInfo
@@ -71,33 +72,8 @@ def decoded_range(plan: RunPlan, segment: Segment) -> Clip:
     return open_clip(plan.input, skip_first=segment.decode_start, max_frames=segment.decode_end - segment.decode_start)
 
 
-class Tally:
-    """Frames done per segment, reported by the workers and read by the progress bar."""
-
-    def __init__(self) -> None:
-        self.done: dict[int, int] = {}
-
-    def set(self, index: int, frames: int) -> None:
-        self.done[index] = frames
-
-    def total(self) -> int:
-        return sum(self.done.values())
-
-
-class _Reporting(Progress):
-    """Progress of one segment, sent to the tally at most twice a second."""
-
-    def __init__(self, tally, index: int, total: int):
-        super().__init__(total, "segment")
-        self.tally = tally
-        self.index = index
-        self.sent = 0.0
-
-    def _report(self) -> None:
-        now = time.monotonic()
-        if self.tally is not None and (now - self.sent >= 0.5 or self.done == self.total):
-            self.sent = now
-            self.tally.set.remote(self.index, self.done)
+REPORT_SECONDS = 1.0
+"""How often a rendering worker sends the frames it has written so far to the driver's progress bar."""
 
 
 class SegmentWorker:
@@ -143,21 +119,46 @@ class SegmentWorker:
         return [segment.decode_start + cut for cut in found
                 if segment.start <= segment.decode_start + cut < segment.end]
 
-    def render(self, plan: RunPlan, job: SegmentJob, tally=None) -> int:
-        """Write the segment's file (atomically: temp file and rename) and return its frame count."""
+    def render(self, plan: RunPlan, job: SegmentJob) -> Iterator[int]:
+        """Write the segment's file (atomically: temp file and rename), yielding the frames written so
+        far about once a second and, last, the segment's frame count.
+
+        A generator, so that Ray streams the counts to the driver as they come (a streaming generator)
+        and the progress bar needs no extra actor: the encode runs on a thread of this worker while
+        this one reports.
+        """
         self.ready()
         check_visible(plan)
+        if not Path(job.path).exists():
+            progress = Progress(job.segment.frames, "segment")
+            failures: list[BaseException] = []
+
+            def encode() -> None:
+                try:
+                    self._encode(plan, job, progress)
+                except BaseException as exc:  # raised again below, in the task itself
+                    failures.append(exc)
+
+            thread = threading.Thread(target=encode, name=f"vsrkit segment {job.index}", daemon=True)
+            thread.start()
+            while True:
+                thread.join(REPORT_SECONDS)
+                if not thread.is_alive():
+                    break
+                yield progress.done
+            if failures:
+                raise failures[0]
+        yield job.segment.frames
+
+    def _encode(self, plan: RunPlan, job: SegmentJob, progress: Progress) -> None:
         target = Path(job.path)
         segment = job.segment
-        if target.exists():
-            return segment.frames
         clip = decoded_range(plan, segment)
         chain = build_chain(clip, plan.settings, self.engine)
         kept = trim_clip(chain, segment.start - segment.decode_start, segment.frames)
         options = dataclasses.replace(plan.encode, audio=False, metadata={})
         try:
-            save_clip(kept, target, options, progress=_Reporting(tally, job.index, segment.frames))
+            save_clip(kept, target, options, progress=progress)
         except InputError:
             if not target.exists():  # another attempt at the same segment finished first
                 raise
-        return segment.frames
