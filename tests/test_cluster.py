@@ -130,7 +130,39 @@ def test_local_runtime_listens_on_the_loopback_only(runtime):
     assert {node["NodeManagerAddress"] for node in runtime.nodes()} == {"127.0.0.1"}
 
 
+def test_workers_of_a_local_runtime_keep_the_commands_priority(runtime):
+    """Ray lowers its workers to niceness 15 unless told otherwise; in a runtime vsrkit starts they must not
+    run below Ray's own background processes and the driver."""
+    def niceness() -> int:
+        return os.nice(0)
+
+    if os.nice(0) > 19 - 15:
+        pytest.skip(f"this test runs at niceness {os.nice(0)}, where Ray's 15 more would be capped at 19 too")
+    assert runtime.get(runtime.remote(niceness).remote()) == os.nice(0)
+
+
 FRAME_LOCAL = ("--stabilize", "0")
+
+
+def test_the_progress_bar_advances_while_a_segment_is_written(runtime, slow_model, tmp_path):
+    """The worker streams the frames it has written (about once a second) to the one bar over frames, so a
+    long segment moves the bar before it ends."""
+    from vsrkit.engines.progress import Progress
+
+    clip = save_clip(sample_clip(96, 72, 72, 24), tmp_path / "long.mp4", EncodeOptions(crf=18))
+    seen: list[tuple[str, int]] = []
+
+    class Recording(Progress):
+        def _report(self) -> None:
+            seen.append((self.desc, self.done))
+
+    result = upscale_file(clip, tmp_path / "out.mkv", ChainSettings(model=str(slow_model), stabilize=0),
+                          EncodeOptions(codec="ffv1"), ClusterOptions(workers=1, worker_cpus=2, segment_seconds=60),
+                          progress_factory=Recording)
+    upscaled = [done for desc, done in seen if desc == "upscale"]
+    assert result.segments == 1 and upscaled[-1] == 72
+    assert any(0 < done < 72 for done in upscaled), upscaled
+    assert upscaled == sorted(upscaled)
 
 
 @pytest.mark.parametrize("name,options", [("plain", FRAME_LOCAL),
