@@ -12,9 +12,10 @@ difference (in 8-bit levels) over all split points and frames, per L.
 
 Speed (`speed`): a --seconds clip of Big Buck Bunny shrunk to --size, upscaled with
 realesr-animevideov3-x2 (stabilised, the CLI's defaults) as `vsrkit upscale` does it in one process
-and as `--cluster ray --workers 1` does (a local Ray runtime started once and counted in every
-round; segments of --segment-seconds, the scene scan, the join), alternating which goes first;
-wall-clock ratios and the cluster run's phases.
+and as `--cluster ray --workers 1` does (each cluster round starts its own local Ray runtime and
+stops it, as the command does, so the one-process rounds run without one; segments of
+--segment-seconds, the scene scan, the join), alternating which goes first; wall-clock ratios and
+the cluster run's phases.
 
     python bench/cluster.py speed [--seconds 30] [--size 320x180] [--rounds 1]
 
@@ -113,7 +114,10 @@ def one_process(clip: Path, out: Path) -> float:
 
 
 def on_cluster(clip: Path, out: Path, segment_seconds: float) -> tuple[float, dict[str, float], int]:
-    """The same with one Ray worker: seconds, the driver's phases, and the number of segments."""
+    """The same with one Ray worker, from starting the local runtime to stopping it: seconds, the
+    driver's phases, and the number of segments."""
+    from contextlib import contextmanager
+
     from vsrkit.engines.cluster import run
     from vsrkit.engines.cluster.chain import ChainSettings
     from vsrkit.engines.video.formats import EncodeOptions
@@ -129,51 +133,58 @@ def on_cluster(clip: Path, out: Path, segment_seconds: float) -> tuple[float, di
                 phases[name] = phases.get(name, 0.0) + time.monotonic() - started
         return wrapper
 
+    session = run.ray_session
+
+    @contextmanager
+    def timed_session(*args, **kwargs):
+        started = time.monotonic()
+        with session(*args, **kwargs) as ray:
+            phases["Ray start"] = time.monotonic() - started
+            yield ray
+            started = time.monotonic()
+        phases["Ray stop"] = time.monotonic() - started
+
     saved = {name: getattr(run, name) for name in ("_start_workers", "_find_cuts", "_render", "join_segments")}
     labels = {"_start_workers": "start worker", "_find_cuts": "scene scan", "_render": "render",
               "join_segments": "join"}
     for name, function in saved.items():
         setattr(run, name, timed(labels[name], function))
+    run.ray_session = timed_session
     try:
         started = time.monotonic()
         result = run.upscale_file(clip, out, ChainSettings(), EncodeOptions(codec="h264"),
                                   run.ClusterOptions(workers=1, segment_seconds=segment_seconds))
         return time.monotonic() - started, phases, result.segments
     finally:
+        run.ray_session = session
         for name, function in saved.items():
             setattr(run, name, function)
 
 
 def speed(args: argparse.Namespace) -> None:
-    from vsrkit.engines.cluster.runtime import ray_session
-
     os.environ.setdefault("VSRKIT_OFFLINE", "1")
     width, height = (int(v) for v in args.size.split("x"))
     clip = bbb_clip(args.cache, args.seconds, (width, height))
+    print(f"{clip.name}: realesr-animevideov3-x2, stabilised (the defaults), H.264; each cluster round starts and "
+          "stops its own local Ray runtime (counted)")
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        started = time.monotonic()
-        with ray_session("ray") as _:
-            ray_start = time.monotonic() - started
-            print(f"{clip.name}: realesr-animevideov3-x2, stabilised (the defaults), H.264; Ray runtime started "
-                  f"in {ray_start:.1f} s (what --cluster ray adds once per command)")
-            ratios = []
-            for index in range(args.rounds):
-                order = ("one", "cluster") if index % 2 == 0 else ("cluster", "one")
-                times: dict[str, float] = {}
-                for name in order:
-                    out = folder / f"{name}{index}.mp4"
-                    if name == "one":
-                        times[name] = one_process(clip, out)
-                    else:
-                        times[name], phases, segments = on_cluster(clip, out, args.segment_seconds)
-                ratio = (times["cluster"] + ray_start) / times["one"]
-                ratios.append(ratio)
-                print(f"round {index + 1} ({order[0]} first): one process {times['one']:.1f} s; cluster "
-                      f"{times['cluster']:.1f} s + Ray start {ray_start:.1f} s ({segments} segments; "
-                      + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
-                      + f"); ratio {ratio:.3f} (without Ray start {times['cluster'] / times['one']:.3f})")
-    print(f"cluster with Ray start / one process: {', '.join(f'{r:.3f}' for r in ratios)}")
+        ratios = []
+        for index in range(args.rounds):
+            order = ("one", "cluster") if index % 2 == 0 else ("cluster", "one")
+            times: dict[str, float] = {}
+            for name in order:
+                out = folder / f"{name}{index}.mp4"
+                if name == "one":
+                    times[name] = one_process(clip, out)
+                else:
+                    times[name], phases, segments = on_cluster(clip, out, args.segment_seconds)
+            ratio = times["cluster"] / times["one"]
+            ratios.append(ratio)
+            print(f"round {index + 1} ({order[0]} first, load {os.getloadavg()[0]:.1f}): one process {times['one']:.1f} s; cluster "
+                  f"{times['cluster']:.1f} s ({segments} segments; "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()) + f"); ratio {ratio:.3f}", flush=True)
+    print(f"cluster / one process: {', '.join(f'{r:.3f}' for r in ratios)}")
 
 
 def overhead(args: argparse.Namespace) -> None:
