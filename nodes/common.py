@@ -8,9 +8,17 @@ import torch
 
 from ..engines.clip import Clip, chunk_frames_for
 from ..engines.errors import InputError
+from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
 from . import host
 
 IMAGE_OUTPUT_LIMIT = 16 * 2**30
+
+
+def scene_threshold_input(restart: str) -> tuple[str, dict]:
+    """The scene-cut widget of every node whose stage starts afresh at cuts; `restart` says what it does there."""
+    return ("FLOAT", {"default": DEFAULT_SCENE_THRESHOLD, "min": 0.0, "max": 100.0, "step": 0.5,
+                      "tooltip": f"scdet score (0-100) that marks a scene cut in the input; {restart} there. "
+                                 "0: never."})
 
 
 def upscale_outputs(result: Clip, images_input: bool, node: str) -> tuple[Clip, torch.Tensor]:

@@ -21,8 +21,9 @@ from ..engines.flashvsr.loader import (
 )
 from ..engines.flashvsr.settings import MODES
 from ..engines.flashvsr.upscale import DEFAULT_OVERLAP, SCALES, auto_tile_size, upscale_clip
+from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
 from . import host
-from .common import on_device, upscale_outputs
+from .common import on_device, scene_threshold_input, upscale_outputs
 from .types import CATEGORY, CLIP, FLASHVSR_MODEL
 
 OFFLOAD_CHOICES = ("model management", "after each run")
@@ -154,6 +155,8 @@ class FlashVSRUpscale:
                 "clip": (CLIP, {"tooltip": "A streaming clip to upscale (connect this or images)."}),
                 "images": ("IMAGE", {"tooltip": "An IMAGE batch to upscale, frames in order (connect this or "
                                                 "clip)."}),
+                "scene_threshold": scene_threshold_input("a new stream starts (fresh attention cache and "
+                                                         "decoder), so each shot is upscaled as if alone"),
             },
         }
 
@@ -170,7 +173,8 @@ class FlashVSRUpscale:
     def upscale(self, flashvsr_model: FlashVSRModel, scale: int = 4, mode: str = "tiny-long",
                 sparse_ratio: float = 2.0, kv_ratio: float = 3.0, local_range: int = 11, tile_size: int = 0,
                 tile_overlap: int = DEFAULT_OVERLAP, color_fix: str = "adain", seed: int = 0,
-                clip: Clip | None = None, images: torch.Tensor | None = None):
+                clip: Clip | None = None, images: torch.Tensor | None = None,
+                scene_threshold: float = DEFAULT_SCENE_THRESHOLD):
         if (clip is None) == (images is None):
             raise InputError("FlashVSR Upscale needs exactly one input: connect either clip or images")
         scale, local_range, tile_size, tile_overlap = int(scale), int(local_range), int(tile_size), int(tile_overlap)
@@ -179,7 +183,7 @@ class FlashVSRUpscale:
                                 sparse_ratio=float(sparse_ratio), kv_ratio=float(kv_ratio),
                                 local_range=local_range, color_fix=color_fix, seed=int(seed),
                                 tile_size=tile_size, tile_overlap=tile_overlap,
-                                progress_factory=host.progress)
+                                progress_factory=host.progress, scene_threshold=float(scene_threshold))
         memory = working_memory(upscaled.info.height, upscaled.info.width, tile_size)
         result = on_device(upscaled, flashvsr_model.managed, memory, flashvsr_model.offload_after_run)
         return upscale_outputs(result, images is not None, "FlashVSR Upscale")

@@ -15,7 +15,9 @@ from ..engines.video.preprocess import (
     denoise_images,
     denoise_methods_available,
 )
+from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
 from . import host
+from .common import scene_threshold_input
 from .types import CATEGORY, CLIP
 
 _PRESETS = ["medium", "light", "strong", "none"]
@@ -103,7 +105,9 @@ class Denoise:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"clip": (CLIP, {"tooltip": "The clip to clean (e.g. after Deinterlace)."}),
-                             **_denoise_inputs()}}
+                             **_denoise_inputs()},
+                "optional": {"scene_threshold": scene_threshold_input(
+                    "temporal denoisers start afresh, so no shot is averaged into the next")}}
 
     RETURN_TYPES = (CLIP,)
     RETURN_NAMES = ("clip",)
@@ -112,9 +116,10 @@ class Denoise:
     CATEGORY = f"{CATEGORY}/preprocess"
 
     def denoise(self, clip, method=DEFAULT_DENOISE_METHOD, preset="medium", strength=0.0, deblock=False,
-                deblock_strength=0.5):
+                deblock_strength=0.5, scene_threshold=DEFAULT_SCENE_THRESHOLD):
         return (denoise_clip(clip, preset=preset, method=method, strength=_strength(strength),
-                             deblock=bool(deblock), deblock_strength=float(deblock_strength)),)
+                             deblock=bool(deblock), deblock_strength=float(deblock_strength),
+                             scene_threshold=float(scene_threshold)),)
 
 
 class DenoiseImages:

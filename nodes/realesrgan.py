@@ -16,8 +16,8 @@ from ..engines.realesrgan.upscale import upscale_clip
 from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
 from ..engines.video.stabilize import DEFAULT_STRENGTH, StabilizeSettings, stabilized_upscale
 from . import host
-from .common import on_device, upscale_outputs
-from .temporal import SCENE_TOOLTIP, STRENGTH_TOOLTIP
+from .common import on_device, scene_threshold_input, upscale_outputs
+from .temporal import STABILIZER_RESTART, STRENGTH_TOOLTIP
 from .types import CATEGORY, CLIP, REALESRGAN_MODEL
 
 GPU_WORKING_MEMORY = 2 * 2**30
@@ -116,8 +116,7 @@ class RealESRGANUpscale:
                 "stabilize": ("FLOAT", {"default": DEFAULT_STRENGTH, "min": 0.0, "max": 0.95, "step": 0.05,
                                         "tooltip": "Temporal stabilisation against the shimmer of per-frame "
                                                    "upscaling. " + STRENGTH_TOOLTIP}),
-                "scene_threshold": ("FLOAT", {"default": DEFAULT_SCENE_THRESHOLD, "min": 0.0, "max": 100.0,
-                                              "step": 0.5, "tooltip": SCENE_TOOLTIP}),
+                "scene_threshold": scene_threshold_input(STABILIZER_RESTART),
             },
         }
 

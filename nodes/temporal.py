@@ -10,14 +10,13 @@ from ..engines.errors import InputError
 from ..engines.video.scenes import DEFAULT_SCENE_THRESHOLD
 from ..engines.video.stabilize import DEFAULT_STRENGTH, StabilizeSettings, stabilize_clip
 from . import host
-from .common import upscale_outputs
+from .common import scene_threshold_input, upscale_outputs
 from .types import CATEGORY, CLIP
 
 STRENGTH_TOOLTIP = ("How much of the previous frame, moved along the optical flow of the source, is blended into "
                     "each frame where the flow holds: 0 is off (the per-frame frames untouched), higher is "
                     "steadier. Moving objects, occlusions and scene cuts fall back to the per-frame frame.")
-SCENE_TOOLTIP = ("scdet score (0-100) that marks a scene cut in the source; the stabiliser starts afresh "
-                 "there. 0: never.")
+STABILIZER_RESTART = "the stabiliser starts afresh"
 
 
 def stabilize_inputs() -> dict:
@@ -25,8 +24,7 @@ def stabilize_inputs() -> dict:
     return {
         "strength": ("FLOAT", {"default": DEFAULT_STRENGTH, "min": 0.0, "max": 0.95, "step": 0.05,
                                "tooltip": STRENGTH_TOOLTIP}),
-        "scene_threshold": ("FLOAT", {"default": DEFAULT_SCENE_THRESHOLD, "min": 0.0, "max": 100.0, "step": 0.5,
-                                      "tooltip": SCENE_TOOLTIP}),
+        "scene_threshold": scene_threshold_input(STABILIZER_RESTART),
     }
 
 

@@ -73,7 +73,7 @@ class CountingClip:
 def test_nodes_are_registered_with_tooltips():
     assert set(NODE_CLASS_MAPPINGS) == {"vsrkitFlashVSRLoader", "vsrkitFlashVSRUpscale"}
     spec = FlashVSRUpscale.INPUT_TYPES()
-    assert set(spec["optional"]) == {"clip", "images"}
+    assert set(spec["optional"]) == {"clip", "images", "scene_threshold"}
     for section in ("required", "optional"):
         for name, entry in spec[section].items():
             assert entry[1].get("tooltip"), name

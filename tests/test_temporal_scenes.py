@@ -125,6 +125,31 @@ def test_temporal_denoisers_restart_at_the_cut(method):
     assert not torch.equal(across[CUT - 1:CUT + 1], whole[CUT - 1:CUT + 1])
 
 
+def test_flashvsr_and_denoise_nodes_pass_their_scene_threshold_on():
+    from vsrkit.nodes import host
+    from vsrkit.nodes.flashvsr import FlashVSRModel, FlashVSRUpscale
+    from vsrkit.nodes.preprocess import Denoise
+
+    models = tiny_flashvsr()
+    model = FlashVSRModel(models, host.managed_model(models, "cpu"), False)
+    frames = joined(16, 16)
+    upscale = FlashVSRUpscale().upscale
+    _, alone = upscale(model, scale=2, images=frames[CUT:])
+    _, split = upscale(model, scale=2, images=frames)
+    _, carried = upscale(model, scale=2, images=frames, scene_threshold=0)
+    assert split.shape == carried.shape == (FRAMES, 32, 32, 3)
+    assert torch.equal(split[CUT:], alone) and not torch.equal(carried[CUT:], alone)
+
+    noisy = (joined(24, 32) + torch.randn(FRAMES, 24, 32, 3, generator=torch.Generator().manual_seed(4)) * 0.05)
+    noisy = noisy.clamp(0, 1)
+    denoise = Denoise().denoise
+    (after,) = denoise(clip(noisy[CUT:], 3), method="atadenoise", preset="strong")
+    (restarted,) = denoise(clip(noisy, 3), method="atadenoise", preset="strong")
+    (across,) = denoise(clip(noisy, 3), method="atadenoise", preset="strong", scene_threshold=0)
+    assert torch.equal(restarted.to_tensor()[CUT:], after.to_tensor())
+    assert not torch.equal(across.to_tensor()[CUT:], after.to_tensor())
+
+
 def test_probe_scenes_lists_the_cut_frames(tmp_path, capsys):
     from vsrkit.cli import main
     from vsrkit.engines.video.encode import EncodeOptions, save_clip
