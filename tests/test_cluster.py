@@ -144,25 +144,24 @@ def test_workers_of_a_local_runtime_keep_the_commands_priority(runtime):
 FRAME_LOCAL = ("--stabilize", "0")
 
 
-def test_the_progress_bar_advances_while_a_segment_is_written(runtime, slow_model, tmp_path):
-    """The worker streams the frames it has written (about once a second) to the one bar over frames, so a
-    long segment moves the bar before it ends."""
-    from vsrkit.engines.progress import Progress
+def test_render_streams_the_frames_written_while_it_writes(slow_model, tmp_path, monkeypatch):
+    """`SegmentWorker.render` yields the frames written so far while its encode runs (Ray streams these
+    to the driver's bar; here the generator runs in this process, reporting every millisecond instead
+    of every second), then the segment's frame count, and the file is complete. 160 frames: three
+    chunks, so there is progress to see between them."""
+    from vsrkit.engines.clip import MAX_CHUNK_FRAMES
+    from vsrkit.engines.cluster import worker as worker_module
 
-    clip = save_clip(sample_clip(96, 72, 72, 24), tmp_path / "long.mp4", EncodeOptions(crf=18))
-    seen: list[tuple[str, int]] = []
-
-    class Recording(Progress):
-        def _report(self) -> None:
-            seen.append((self.desc, self.done))
-
-    result = upscale_file(clip, tmp_path / "out.mkv", ChainSettings(model=str(slow_model), stabilize=0),
-                          EncodeOptions(codec="ffv1"), ClusterOptions(workers=1, worker_cpus=2, segment_seconds=60),
-                          progress_factory=Recording)
-    upscaled = [done for desc, done in seen if desc == "upscale"]
-    assert result.segments == 1 and upscaled[-1] == 72
-    assert any(0 < done < 72 for done in upscaled), upscaled
-    assert upscaled == sorted(upscaled)
+    monkeypatch.setattr(worker_module, "REPORT_SECONDS", 0.001)
+    clip = save_clip(sample_clip(32, 24, 160, 24), tmp_path / "long.mp4", EncodeOptions(crf=18))
+    assert 160 > 2 * MAX_CHUNK_FRAMES
+    settings = ChainSettings(model=str(slow_model), stabilize=0)
+    plan = RunPlan(str(clip), file_identity(clip), settings, EncodeOptions(codec="ffv1"), str(tmp_path))
+    job = SegmentJob(0, Segment(0, 160, 0, 160), str(tmp_path / "segment.mkv"))
+    counts = list(SegmentWorker(settings).render(plan, job))
+    assert counts[-1] == 160 and counts == sorted(counts)
+    assert any(0 < count < 160 for count in counts), counts
+    assert probe(tmp_path / "segment.mkv").video.frame_count == 160
 
 
 @pytest.mark.parametrize("name,options", [("plain", FRAME_LOCAL),
