@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from vsrkit.workflows.workflow_graph import GAP, MAIN_ROW, MODEL_LANE, WIDTH, Graph, below, column
@@ -157,32 +158,32 @@ def restore_old_video(g: Graph) -> None:
     g.group("Save with audio", [save], GROUP_OUTPUT)
 
 
-def fast_x2(g: Graph) -> None:
+def load_upscale_save(g: Graph, upscaler: Callable[[dict], tuple[dict, dict]], prefix: str, text: str,
+                      label: str) -> None:
+    """The one-pass graph: load, one upscaler (`upscaler(load)` gives its loader and node), save."""
     load = load_video(g, column(0))
-    loader, upscale = realesrgan(g, column(0), column(1), (load, "clip"), "realesr-animevideov3-x2")
-    save = save_video(g, column(2), "vsrkit/fast_x2")
+    loader, upscale = upscaler(load)
+    save = save_video(g, column(2), prefix)
     g.connect(upscale, "clip", save, "clip")
-    upscale_note(g, "## Fast x2\nrealesr-animevideov3 (a small compact network made for video), x2: the quickest "
-                 "upscale, good on animation and clean footage. " + REALESRGAN_MODELS + " " + LOAD_HELP,
-                 [load, upscale, save])
+    upscale_note(g, text + " " + LOAD_HELP, [load, upscale, save])
     g.group("Model", [loader], GROUP_MODEL)
     g.group("Load", [load], GROUP_INPUT)
-    g.group("Upscale x2", [upscale], GROUP_WORK)
+    g.group(label, [upscale], GROUP_WORK)
     g.group("Save with audio", [save], GROUP_OUTPUT)
+
+
+def fast_x2(g: Graph) -> None:
+    load_upscale_save(
+        g, lambda load: realesrgan(g, column(0), column(1), (load, "clip"), "realesr-animevideov3-x2"),
+        "vsrkit/fast_x2", "## Fast x2\nrealesr-animevideov3 (a small compact network made for video), x2: the "
+        "quickest upscale, good on animation and clean footage. " + REALESRGAN_MODELS, "Upscale x2")
 
 
 def flashvsr_tiny(g: Graph) -> None:
-    load = load_video(g, column(0))
-    loader, upscale = flashvsr(g, column(0), column(1), (load, "clip"), 4)
-    save = save_video(g, column(2), "vsrkit/flashvsr")
-    g.connect(upscale, "clip", save, "clip")
-    upscale_note(g, "## FlashVSR Tiny\nOne-step diffusion video super-resolution, steady across frames. `scale` 4 "
-                 "(trained for x4) or 2. " + FLASHVSR_MODELS + " A GPU is strongly advised. " + LOAD_HELP,
-                 [load, upscale, save])
-    g.group("Model", [loader], GROUP_MODEL)
-    g.group("Load", [load], GROUP_INPUT)
-    g.group("Upscale x4", [upscale], GROUP_WORK)
-    g.group("Save with audio", [save], GROUP_OUTPUT)
+    load_upscale_save(
+        g, lambda load: flashvsr(g, column(0), column(1), (load, "clip"), 4), "vsrkit/flashvsr",
+        "## FlashVSR Tiny\nOne-step diffusion video super-resolution, steady across frames. `scale` 4 (trained "
+        "for x4) or 2. " + FLASHVSR_MODELS + " A GPU is strongly advised.", "Upscale x4")
 
 
 def flashvsr_then_realesrgan(g: Graph) -> None:
