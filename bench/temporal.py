@@ -10,6 +10,7 @@ beside bicubic and the ground truth itself:
     python bench/temporal.py [--frames 24] [--clips bbb-fast ntsc carphone] [--cache DIR]
     python bench/temporal.py --variants          # also the stabiliser's alternatives (flow size, bands, ...)
     python bench/temporal.py --strengths 0.5 0.7 0.8
+    python bench/temporal.py --flows             # other optical flows in the stage (bench/flow_variants.py)
 
 Cost (--cost): CPU time per frame of realesr-animevideov3-x2 on 320x240 real frames against
 the stabiliser's on the same frames and outputs, alternating rounds (ratios within one run).
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vsrkit.bench.flow_variants import FLOW_VARIANTS, flow_in_stage
 from vsrkit.bench.footage import CLIPS, area, footage, per_frame
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.realesrgan.loading import load_model
@@ -46,12 +48,15 @@ from vsrkit.engines.video.stabilize import StabilizeSettings, stabilize_clip
 
 MODELS = ("realesrgan-x4plus", "realesr-animevideov3-x4")
 VARIANTS = {
-    "previous default": {"strength": 0.8, "low_frequency": 1.0, "change_tolerance": 0.08},
+    "previous default": {"flow_preset": "medium", "colour_noise": 0.0, "change_tolerance": 0.07},
+    "DIS medium alone": {"flow_preset": "medium"},
+    "no colour noise": {"colour_noise": 0.0},
+    "colour noise 0.03": {"colour_noise": 0.03},
+    "change 0.07": {"change_tolerance": 0.07},
     "one band": {"low_frequency": 1.0},
     "low band 0.5": {"low_frequency": 0.5},
     "strength 0.8": {"strength": 0.8},
     "strength 0.95": {"strength": 0.95},
-    "change 0.08": {"change_tolerance": 0.08},
     "no change check": {"change_tolerance": 0.0},
     "colour reach 0.25": {"colour_reach": 0.25},
     "colour reach 0.5": {"colour_reach": 0.5},
@@ -87,6 +92,10 @@ def quality(args: argparse.Namespace) -> None:
             if args.variants:
                 for label, changes in VARIANTS.items():
                     rows[label] = stabilised(output, source, StabilizeSettings(**changes))
+            if args.flows:
+                for label, make in FLOW_VARIANTS.items():
+                    with flow_in_stage(make):
+                        rows[f"flow: {label}"] = stabilised(output, source, StabilizeSettings())
             rows["bicubic"] = bicubic(source, height, width)
             rows["ground truth"] = truth
             reports = measure_flicker([Clip.from_tensor(v, 24) for v in rows.values()], Clip.from_tensor(truth, 24),
@@ -166,6 +175,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--strengths", nargs="+", type=float, default=[StabilizeSettings().strength])
     parser.add_argument("--variants", action="store_true", help="also measure the stabiliser's alternatives")
+    parser.add_argument("--flows", action="store_true", help="also measure other optical flows in the stage")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/vsrkit-bench-temporal"))
     parser.add_argument("--cost", action="store_true", help="CPU time of the stage against the x2 model")
     parser.add_argument("--cost-frames", type=int, default=8)

@@ -126,6 +126,37 @@ def test_the_colour_check_with_reach_forgives_sub_pixel_shifts_of_fine_detail_bu
     assert torch.equal(_dissimilarity(stripes, moved, 0.0), (stripes - moved).abs())
 
 
+def test_stabilised_frames_stay_within_0_and_1():
+    """Black-and-white texture invented anew in every frame over a still grey input: where the coarse
+    band's share of the blend lands on a pixel already at 0 or 1, it must stop there."""
+    generator = torch.Generator().manual_seed(5)
+    source = torch.full((6, 8, 10, 3), 0.5)
+    per_frame = (torch.rand(6, 32, 40, 1, generator=generator) > 0.5).float().expand(-1, -1, -1, 3)
+    steady = stabilised(per_frame, source, change_tolerance=0.0, colour_tolerance=1.0)
+    assert not torch.equal(steady, per_frame)
+    assert steady.min() >= 0 and steady.max() <= 1, (steady.min(), steady.max())
+
+
+def test_an_input_change_within_the_colour_noise_keeps_full_trust():
+    """A still input whose second frame is 0.01 brighter (resampling noise, not a change) under an
+    upscale that brightens by 0.1: the carried frame is trusted as if the input had not changed;
+    without the allowance it is trusted 0.01 / 0.15 less, which shows as about 0.63 x 0.1 x 0.067 =
+    0.0042 on average (the flow DIS finds between the two inputs moves the carried frame a little in
+    both cases)."""
+    h, w = LOW
+    first = pattern(h, w, (0, 0), 1)[None]
+    upscaled = pattern(h * SCALE, w * SCALE, (0, 0), SCALE)[None]
+    per_frame = torch.cat([upscaled, upscaled + 0.1])
+    still, brighter = torch.cat([first, first]), torch.cat([first, first + 0.01])
+
+    def second_frame(source: torch.Tensor, **settings) -> torch.Tensor:
+        return stabilised(per_frame, source, change_tolerance=0.0, **settings)[1]
+
+    reference = second_frame(still)
+    assert (second_frame(brighter) - reference).abs().mean() < 2.5e-3
+    assert (second_frame(brighter, colour_noise=0.0) - reference).abs().mean() > 4e-3
+
+
 def test_strength_0_is_the_per_frame_output_bit_for_bit(moving_texture):
     source, _, per_frame = moving_texture
     upscaled = clip(per_frame)
@@ -200,6 +231,8 @@ def test_mismatched_inputs_and_settings_are_refused_by_name(moving_texture):
         stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(strength=1.5))
     with pytest.raises(InputError, match="'scene_threshold'"):
         stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(scene_threshold=-1))
+    with pytest.raises(InputError, match="'colour_noise' \\(0.2\\) must be below 'colour_tolerance' \\(0.15\\)"):
+        stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(colour_noise=0.2))
 
 
 def test_without_opencv_the_error_says_what_to_install(moving_texture, monkeypatch):

@@ -5,8 +5,8 @@ An image upscaler run frame by frame invents its fine texture anew in every fram
 shimmer on video. For each frame t this stage measures the flow from input frame t back to t-1
 (OpenCV's DIS on the input upscaled to the output size, `flow.py`), moves the previous stabilised
 output along it, and blends it into the new per-frame output by `strength` times a per-pixel
-trust. Trust is zero where the flow leaves the frame, falls where the upscaled input's colours do
-not match along the flow (something appeared, was uncovered or changed) and where the carried and
+trust. Trust is zero where the flow leaves the frame, falls where the input's colours do not
+match along the flow beyond resampling noise (something appeared, was uncovered or changed) and where the carried and
 the new frame differ by more than invented texture does once averaged over an input pixel's
 footprint (a misplaced edge, a real change), so moving objects leave no ghost. At scene cuts
 (scdet, `scenes.py`) the stage starts afresh: the first frame of a shot is the per-frame output.
@@ -62,10 +62,13 @@ class StabilizeSettings:
     scene_threshold: scdet score that marks a cut (0: never restart).
     flow_at: 'output' runs DIS on the input upscaled (bicubic) to the output size; 'input' on the
     input at its own size, the vectors scaled up (cheaper, coarser).
-    flow_preset: DIS preset. flow_checks: also drop trust where the flow fails its
+    flow_preset: DIS preset, or 'two-scale' (two DIS flows, the coarse one kept where it explains
+    the input as well; `flow.py`). flow_checks: also drop trust where the flow fails its
     forward-backward check or lies on a motion boundary (a second flow per frame).
-    colour_tolerance: mean RGB mismatch (0-1) of the upscaled input along the flow at which trust
-    falls (linearly) to 0.
+    colour_noise: mean RGB mismatch (0-1) of the input along the flow that still counts as a match:
+    resampling a small 8-bit input leaves this much where the flow holds. Trust falls linearly
+    from 1 there to 0 at colour_tolerance.
+    colour_tolerance: mean RGB mismatch (0-1) of the input along the flow at which trust is 0.
     colour_reach: how far (in input pixels, up to 0.5) the colour check looks for a match: each
     input pixel is compared with the range of values its neighbour on the other frame takes within
     that distance (Birchfield and Tomasi's sampling-insensitive dissimilarity at 0.5), so that
@@ -83,11 +86,12 @@ class StabilizeSettings:
     strength: float = DEFAULT_STRENGTH
     scene_threshold: float = DEFAULT_SCENE_THRESHOLD
     flow_at: str = "output"
-    flow_preset: str = "medium"
+    flow_preset: str = "two-scale"
     flow_checks: bool = False
+    colour_noise: float = 0.015
     colour_tolerance: float = 0.15
     colour_reach: float = 0.0
-    change_tolerance: float = 0.07
+    change_tolerance: float = 0.06
     low_frequency: float = 0.7
     interpolation: str = "bicubic"
 
@@ -98,6 +102,7 @@ class StabilizeSettings:
             "strength": STRENGTH.check(self.strength, owner),
             "scene_threshold": SCENE_THRESHOLD.check(self.scene_threshold, owner),
             "colour_tolerance": Param("colour_tolerance", float, 0.001, 1.0).check(self.colour_tolerance, owner),
+            "colour_noise": Param("colour_noise", float, 0.0, 1.0).check(self.colour_noise, owner),
             "colour_reach": Param("colour_reach", float, 0.0, 0.5).check(self.colour_reach, owner),
             "change_tolerance": Param("change_tolerance", float, 0.0, 1.0).check(self.change_tolerance, owner),
             "low_frequency": Param("low_frequency", float, 0.0, 1.0).check(self.low_frequency, owner),
@@ -106,6 +111,9 @@ class StabilizeSettings:
                                      ("interpolation", self.interpolation, INTERPOLATIONS)):
             if value not in options:
                 raise InputError(f"{owner} parameter '{name}' must be one of {', '.join(options)}; got {value!r}")
+        if clean["colour_noise"] >= clean["colour_tolerance"]:
+            raise InputError(f"{owner} parameter 'colour_noise' ({clean['colour_noise']:g}) must be below "
+                             f"'colour_tolerance' ({clean['colour_tolerance']:g})")
         if not isinstance(self.flow_checks, bool):
             raise InputError(f"{owner} parameter 'flow_checks' must be true or false; got {self.flow_checks!r}")
         return dataclasses.replace(self, **clean)
@@ -186,7 +194,7 @@ class Stabilizer:
         self.device = torch.device(device)
         self.source_size = source_size
         self.output_size = output_size
-        self._flow = DenseFlow(self.settings.flow_preset)
+        self._flow = DenseFlow(self.settings.flow_preset, source_size)
         self._previous: tuple[np.ndarray, torch.Tensor, torch.Tensor] | None = None
         self._centres: torch.Tensor | None = None
         self._low_centres: torch.Tensor | None = None
@@ -217,7 +225,8 @@ class Stabilizer:
         low_grid = sampling_grid(resize_flow(back, *self.source_size), self._low_centres)
         carried_low = sample(last_low, low_grid, "bicubic").clamp_(0, 1)
         mismatch = _dissimilarity(low, carried_low, self.settings.colour_reach).mean(1, keepdim=True)
-        low_trust = mismatch.div_(-self.settings.colour_tolerance).add_(1.0).clamp_(0.0, 1.0)
+        noise, tolerance = self.settings.colour_noise, self.settings.colour_tolerance
+        low_trust = mismatch.sub_(noise).div_(noise - tolerance).add_(1.0).clamp_(0.0, 1.0)
         difference = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1).sub_(output)
         # The change check and the coarse band live on the input's grid too; one resize brings
         # every map on that grid to the output's.
@@ -236,7 +245,8 @@ class Stabilizer:
         if self.settings.flow_checks:
             checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
             trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
-        blended = self._weighted(difference, trust, maps[:, -3:] if two_bands else None).add_(output)
+        # The coarse band's share can take a pixel past the frames it blends: keep it a colour.
+        blended = self._weighted(difference, trust, maps[:, -3:] if two_bands else None).add_(output).clamp_(0, 1)
         self._previous = (grey, low, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
         if frame.shape[-1] > 3:
