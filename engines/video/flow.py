@@ -78,15 +78,18 @@ class DenseFlow:
             raise ValueError(f"flow preset must be one of {FLOW_PRESETS}, got {preset!r}")
         two_scale = preset == "two-scale"
         self._dis = _dis("medium", DETAILED_SETTINGS) if two_scale else _dis(preset)
-        self._coarse = _dis("medium", COARSE_SETTINGS) if two_scale else None
+        self._two_scale = two_scale
         self._check_size = check_size
         self._grid: np.ndarray | None = None
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> torch.Tensor:
         """Flow [1, 2, H, W] from `first` to `second` (uint8 [H, W] grey frames)."""
         flow = self._dis.calc(first, second, None)
-        if self._coarse is not None:
-            coarse = self._coarse.calc(first, second, None)
+        if self._two_scale:
+            # A new DIS each time: one kept across calls at this finest scale gave results that
+            # depended on the frames it saw before (64x80 frames, OpenCV 5.0.0), and a shot
+            # after a cut must come out as if alone. Creating it costs about 0.1 ms.
+            coarse = _dis("medium", COARSE_SETTINGS).calc(first, second, None)
             share = self._coarse_share(first, second, coarse, flow)
             flow = opencv().blendLinear(coarse, flow, share, 1.0 - share)
         return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))[None]
