@@ -33,8 +33,8 @@ SCDET_FRAMES = 2
 them before a segment to find exactly the cuts one pass finds."""
 STABILIZE_LEAD_IN = 24
 """Frames the stabiliser runs before a segment that starts inside a shot: at the default settings the
-frames after such a join came within 0.03 of an 8-bit level (mean absolute difference) of one pass on
-every measured split of real footage, 30 times inside the 1/255 asked for (bench/cluster.py lead-in,
+frames after such a join came within 0.11 of an 8-bit level (mean absolute difference) of one pass on
+every measured split of real footage, 9 times inside the 1/255 asked for (bench/cluster.py lead-in,
 BENCHMARKS.md)."""
 
 ProgressFactory = Callable[..., Progress]
