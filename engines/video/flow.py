@@ -24,8 +24,8 @@ OPENCV_INSTALL = "pip install opencv-python-headless"
 FLOW_PRESETS = ("ultrafast", "fast", "medium", "two-scale")
 # 'two-scale': DIS matched down to a grid 4x coarser than the frame and refined 10 times (for the
 # input upscaled 4x, the input's own grid: smooth, not misled by its aliasing) beside DIS 'medium'
-# with a patch stride of 4, 12 descent steps and 3 refinements; the coarse flow is kept wherever it explains the
-# input as well, within COARSE_ALLOWANCE grey levels (docs/temporal.md).
+# with a patch stride of 4, 12 descent steps and 3 refinements; the coarse flow is kept wherever
+# it explains the input as well, within COARSE_ALLOWANCE grey levels (docs/temporal.md).
 COARSE_SETTINGS = {"FinestScale": 2, "VariationalRefinementIterations": 10}
 DETAILED_SETTINGS = {"PatchStride": 4, "GradientDescentIterations": 12, "VariationalRefinementIterations": 3}
 COARSE_ALLOWANCE = 1.0
