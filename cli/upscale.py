@@ -40,7 +40,7 @@ def register(subparsers) -> None:
                         "on at the measured default for Real-ESRGAN, off for FlashVSR); see docs/temporal.md")
     parser.add_argument("--scene-threshold", type=float, default=None, metavar="SCORE",
                         help="scdet score (0-100) that marks a scene cut, where the stabiliser, FlashVSR "
-                        "and temporal denoisers start afresh; 0: never (default 10)")
+                        "deinterlacer and temporal denoisers start afresh; 0: never (default 10)")
     parser.add_argument("--codec", default="auto", help="output codec: auto (default: the source's codec family, "
                         "bit depth, chroma and alpha where possible), h264, h265, vp9, prores, ffv1, av1, png")
     parser.add_argument("--crf", type=int, default=None, help="quality for h264/h265/vp9/av1 (lower is better)")

@@ -81,6 +81,8 @@ class Deinterlace:
                 "detect_frames": ("INT", {"default": DETECT_FRAMES, "min": 2, "max": 100000,
                                           "tooltip": "Frames idet examines when the file does not state "
                                                      "its field order."}),
+                "scene_threshold": scene_threshold_input(
+                    "the deinterlacer starts afresh (no field of one shot is woven into the next)"),
             },
         }
 
@@ -91,9 +93,9 @@ class Deinterlace:
     CATEGORY = f"{CATEGORY}/preprocess"
 
     def deinterlace(self, clip, method="bwdif", mode="auto", rate="frame", parity="auto",
-                    detect_frames=DETECT_FRAMES):
+                    detect_frames=DETECT_FRAMES, scene_threshold=DEFAULT_SCENE_THRESHOLD):
         return (deinterlace_clip(clip, mode=mode, method=method, rate=rate, parity=parity,
-                                 detect_frames=int(detect_frames)),)
+                                 detect_frames=int(detect_frames), scene_threshold=float(scene_threshold)),)
 
 
 class Denoise:

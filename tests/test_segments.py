@@ -125,8 +125,8 @@ def test_trim_keeps_the_frames_between_the_contexts():
 
 
 def test_windowed_chain_split_anywhere_equals_the_whole_clip():
-    """Deinterlace + atadenoise restarting at scene cuts (two windowed stages whose contexts add up, and
-    scdet's look back) over two segments, split at every frame in turn, around a cut too: each decoded
+    """Deinterlace + atadenoise, both restarting at scene cuts (two windowed stages whose contexts add
+    up, and scdet's look back) over two segments, split at every frame in turn, around a cut too: each decoded
     with its context and trimmed, together they give the whole pass's frames exactly."""
     frames = two_shot_frames()
 
@@ -135,11 +135,12 @@ def test_windowed_chain_split_anywhere_equals_the_whole_clip():
         return denoise_clip(clip, preset="medium", method="atadenoise", scene_threshold=10)
 
     source = deinterlace_clip(Clip.from_tensor(frames, fps=10), mode="on", parity="tff")
-    # what the denoiser restarts at: the cut, and frame 1 (scdet scores a second frame against the first
+    # what the stages restart at: the cut, and frame 1 (scdet scores a second frame against the first
     # alone, and random texture changes everywhere): a segment's own first frames are scored likewise
     assert scene_cuts(source, 10) == [1, 11]
-    reach = ChainReach.of([*deinterlace_reaches(), *denoise_reaches("medium", "atadenoise", scene_threshold=10)])
-    assert (reach.before_in_shot, reach.after, reach.uses_cuts) == (4, 3, False)
+    reach = ChainReach.of([*deinterlace_reaches(scene_threshold=10),
+                           *denoise_reaches("medium", "atadenoise", scene_threshold=10)])
+    assert (reach.before_in_shot, reach.after, reach.uses_cuts) == (5, 3, False)
     assert split_everywhere(frames, chain, reach.before_in_shot, reach.after) == []
 
 
@@ -174,6 +175,21 @@ def test_a_denoiser_that_restarts_at_cuts_needs_one_frame_more_than_its_window(m
     (restarting,) = denoise_reaches("medium", method, scene_threshold=10)
     (plain,) = denoise_reaches("medium", method, scene_threshold=0)
     assert restarting.before == plain.before + 1 and restarting.after == plain.after
+    assert split_everywhere(frames, chain, restarting.before, restarting.after) == []
+    assert split_everywhere(frames, chain, plain.before, plain.after) != []
+
+
+@pytest.mark.parametrize("method", ["bwdif", "yadif"])
+def test_a_deinterlacer_that_restarts_at_cuts_needs_one_frame_more_than_its_window(method):
+    frames = two_shot_frames()
+
+    def chain(clip: Clip) -> Clip:
+        return deinterlace_clip(clip, mode="on", method=method, parity="tff", scene_threshold=10)
+
+    (restarting,) = deinterlace_reaches(method, scene_threshold=10)
+    (plain,) = deinterlace_reaches(method, scene_threshold=0)
+    assert restarting.before == plain.before + 1 and restarting.after == plain.after
+    assert restarting.restarts_at_cuts and not plain.restarts_at_cuts
     assert split_everywhere(frames, chain, restarting.before, restarting.after) == []
     assert split_everywhere(frames, chain, plain.before, plain.after) != []
 

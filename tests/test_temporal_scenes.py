@@ -125,10 +125,27 @@ def test_temporal_denoisers_restart_at_the_cut(method):
     assert not torch.equal(across[CUT - 1:CUT + 1], whole[CUT - 1:CUT + 1])
 
 
-def test_flashvsr_and_denoise_nodes_pass_their_scene_threshold_on():
+@pytest.mark.parametrize("method", ["bwdif", "yadif"])
+def test_deinterlacers_restart_at_the_cut(method):
+    """Each shot deinterlaced as if alone: no field of the last frame before the cut is woven into the
+    first frame after it, and the other way round."""
+    from vsrkit.engines.video.preprocess import deinterlace_clip
+
+    frames = joined(24, 32)
+
+    def deinterlaced(part: torch.Tensor, **settings) -> torch.Tensor:
+        return deinterlace_clip(clip(part, 3), mode="on", method=method, parity="tff", **settings).to_tensor()
+
+    whole = deinterlaced(frames)
+    assert torch.equal(whole, torch.cat([deinterlaced(frames[:CUT]), deinterlaced(frames[CUT:])]))
+    across = deinterlaced(frames, scene_threshold=0)
+    assert not torch.equal(across[CUT - 1:CUT + 1], whole[CUT - 1:CUT + 1])
+
+
+def test_flashvsr_denoise_and_deinterlace_nodes_pass_their_scene_threshold_on():
     from vsrkit.nodes import host
     from vsrkit.nodes.flashvsr import FlashVSRModel, FlashVSRUpscale
-    from vsrkit.nodes.preprocess import Denoise
+    from vsrkit.nodes.preprocess import Deinterlace, Denoise
 
     models = tiny_flashvsr()
     model = FlashVSRModel(models, host.managed_model(models, "cpu"), False)
@@ -146,6 +163,13 @@ def test_flashvsr_and_denoise_nodes_pass_their_scene_threshold_on():
     (after,) = denoise(clip(noisy[CUT:], 3), method="atadenoise", preset="strong")
     (restarted,) = denoise(clip(noisy, 3), method="atadenoise", preset="strong")
     (across,) = denoise(clip(noisy, 3), method="atadenoise", preset="strong", scene_threshold=0)
+    assert torch.equal(restarted.to_tensor()[CUT:], after.to_tensor())
+    assert not torch.equal(across.to_tensor()[CUT:], after.to_tensor())
+
+    deinterlace = Deinterlace().deinterlace
+    (after,) = deinterlace(clip(noisy[CUT:], 3), mode="on", parity="tff")
+    (restarted,) = deinterlace(clip(noisy, 3), mode="on", parity="tff")
+    (across,) = deinterlace(clip(noisy, 3), mode="on", parity="tff", scene_threshold=0)
     assert torch.equal(restarted.to_tensor()[CUT:], after.to_tensor())
     assert not torch.equal(across.to_tensor()[CUT:], after.to_tensor())
 

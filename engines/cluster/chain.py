@@ -128,7 +128,8 @@ def load_engine(settings: ChainSettings, progress_factory: ProgressFactory | Non
 
 def preprocessed(clip: Clip, settings: ChainSettings) -> Clip:
     """The chain up to the engine: deinterlaced and denoised (what the engine and the stabiliser read)."""
-    clip = deinterlace_clip(clip, mode=settings.deinterlace, parity=settings.parity)
+    clip = deinterlace_clip(clip, mode=settings.deinterlace, parity=settings.parity,
+                            scene_threshold=settings.scene_threshold)
     if settings.denoise != "none":
         clip = denoise_clip(clip, preset=settings.denoise, method=settings.denoise_method,
                             scene_threshold=settings.scene_threshold)
@@ -188,7 +189,7 @@ def preprocess_reaches(settings: ChainSettings) -> list[Reach]:
     """How far the stages before the engine look, in order (for `resolved` settings)."""
     reaches = []
     if settings.deinterlace == "on":
-        reaches.extend(deinterlace_reaches())
+        reaches.extend(deinterlace_reaches(scene_threshold=settings.scene_threshold))
     elif settings.deinterlace != "off":
         raise InputError("resolve the settings (chain.resolved) before asking for the chain's reach")
     if settings.denoise != "none":

@@ -158,14 +158,19 @@ def _deinterlace_steps(method: str, rate: str, parity: str) -> list[FilterStep]:
     return [make_step(method, {"mode": mode, "parity": parity, "deint": "all"}, owner="deinterlace")]
 
 
-def deinterlace_reaches(method: str = "bwdif", rate: str = "frame") -> list[Reach]:
-    """How far the deinterlacer looks around each frame (`clip.Reach`), in input frames."""
-    return [step_reach(step) for step in _deinterlace_steps(method, rate, "tff")]
+def deinterlace_reaches(method: str = "bwdif", rate: str = "frame",
+                        scene_threshold: float = DEFAULT_SCENE_THRESHOLD) -> list[Reach]:
+    """How far the deinterlacer looks around each frame (`clip.Reach`), in input frames; with cut
+    detection on, one frame more before a segment, as for the temporal denoisers (`denoise_reaches`)."""
+    reaches = [step_reach(step) for step in _deinterlace_steps(method, rate, "tff")]
+    if not SCENE_THRESHOLD.check(scene_threshold, "deinterlace"):
+        return reaches
+    return [dataclasses.replace(r, before=r.before + 1, restarts_at_cuts=True) for r in reaches]
 
 
 def deinterlace_clip(clip: Clip, mode: str = "auto", method: str = "bwdif", rate: str = "frame",
                      parity: str = "auto", detect_frames: int = DETECT_FRAMES,
-                     progress: Progress | None = None) -> Clip:
+                     progress: Progress | None = None, scene_threshold: float = DEFAULT_SCENE_THRESHOLD) -> Clip:
     """Deinterlace with bwdif or yadif; returns `clip` itself when there is nothing to do.
 
     mode: 'auto' deinterlaces only interlaced input (field order from the stream's metadata,
@@ -175,12 +180,15 @@ def deinterlace_clip(clip: Clip, mode: str = "auto", method: str = "bwdif", rate
     doubling fps and frame count so the duration is unchanged.
     parity: 'auto' uses the field order found as above (idet decides when the metadata does
     not; top field first when idet cannot tell), or force 'tff' / 'bff'.
+    Both filters read the frame before and after; they start afresh at each scene cut scdet finds
+    at `scene_threshold` (0: never), so no field of one shot is woven into the next.
     """
     mode = _choice("mode", DEINTERLACE_MODES, mode, "deinterlace")
     method = _choice("method", DEINTERLACE_METHODS, method, "deinterlace")
     rate = _choice("rate", DEINTERLACE_RATES, rate, "deinterlace")
     parity = _choice("parity", PARITIES, parity, "deinterlace")
     detect_frames = DETECT_FRAMES_RANGE.check(detect_frames, "deinterlace")
+    scene_threshold = SCENE_THRESHOLD.check(scene_threshold, "deinterlace")
     if mode == "off":
         return clip
 
@@ -208,8 +216,9 @@ def deinterlace_clip(clip: Clip, mode: str = "auto", method: str = "bwdif", rate
     report.update(method=method, rate=rate, field_order=order, source=source)
 
     def stage(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        yield from filter_chunks(chunks, steps, width=info.width, height=info.height, fps=info.fps,
-                                 alpha_steps=steps, progress=progress)
+        for shot in split_shots(chunks, detector_for(clip, scene_threshold) if scene_threshold else None):
+            yield from filter_chunks(shot, steps, width=info.width, height=info.height, fps=info.fps,
+                                     alpha_steps=steps, progress=progress)
 
     return clip.then(stage, fps=info.fps * factor, frame_count=info.frame_count * factor,
                      field_order="progressive", extra={**info.extra, "deinterlace": report})
