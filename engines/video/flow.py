@@ -12,6 +12,7 @@ B says that A(x) is seen at B(x + flow(x)). `warp(B, flow)` therefore brings B o
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,19 @@ def opencv() -> Any:
     return cv2
 
 
+_beside: ThreadPoolExecutor | None = None
+
+
+def _in_parallel() -> ThreadPoolExecutor:
+    """One worker thread, shared by every two-scale flow, for the coarse DIS while the calling thread
+    computes the detailed one (OpenCV releases the GIL): less waiting than one parallel DIS after
+    the other, and a second core used where OpenCV runs single-threaded."""
+    global _beside
+    if _beside is None:
+        _beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsrkit-flow")
+    return _beside
+
+
 def _dis(preset: str, settings: dict[str, int] | None = None) -> Any:
     cv2 = opencv()
     code = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -84,12 +98,15 @@ class DenseFlow:
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> torch.Tensor:
         """Flow [1, 2, H, W] from `first` to `second` (uint8 [H, W] grey frames)."""
-        flow = self._dis.calc(first, second, None)
-        if self._two_scale:
+        if not self._two_scale:
+            flow = self._dis.calc(first, second, None)
+        else:
             # A new DIS each time: one kept across calls at this finest scale gave results that
             # depended on the frames it saw before (64x80 frames, OpenCV 5.0.0), and a shot
             # after a cut must come out as if alone. Creating it costs about 0.1 ms.
-            coarse = _dis("medium", COARSE_SETTINGS).calc(first, second, None)
+            pending = _in_parallel().submit(lambda: _dis("medium", COARSE_SETTINGS).calc(first, second, None))
+            flow = self._dis.calc(first, second, None)
+            coarse = pending.result()
             share = self._coarse_share(first, second, coarse, flow)
             flow = opencv().blendLinear(coarse, flow, share, 1.0 - share)
         return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))[None]
