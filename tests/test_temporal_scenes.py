@@ -159,19 +159,13 @@ def test_flashvsr_denoise_and_deinterlace_nodes_pass_their_scene_threshold_on():
 
     noisy = (joined(24, 32) + torch.randn(FRAMES, 24, 32, 3, generator=torch.Generator().manual_seed(4)) * 0.05)
     noisy = noisy.clamp(0, 1)
-    denoise = Denoise().denoise
-    (after,) = denoise(clip(noisy[CUT:], 3), method="atadenoise", preset="strong")
-    (restarted,) = denoise(clip(noisy, 3), method="atadenoise", preset="strong")
-    (across,) = denoise(clip(noisy, 3), method="atadenoise", preset="strong", scene_threshold=0)
-    assert torch.equal(restarted.to_tensor()[CUT:], after.to_tensor())
-    assert not torch.equal(across.to_tensor()[CUT:], after.to_tensor())
-
-    deinterlace = Deinterlace().deinterlace
-    (after,) = deinterlace(clip(noisy[CUT:], 3), mode="on", parity="tff")
-    (restarted,) = deinterlace(clip(noisy, 3), mode="on", parity="tff")
-    (across,) = deinterlace(clip(noisy, 3), mode="on", parity="tff", scene_threshold=0)
-    assert torch.equal(restarted.to_tensor()[CUT:], after.to_tensor())
-    assert not torch.equal(across.to_tensor()[CUT:], after.to_tensor())
+    for run, settings in ((Denoise().denoise, {"method": "atadenoise", "preset": "strong"}),
+                          (Deinterlace().deinterlace, {"mode": "on", "parity": "tff"})):
+        (after,) = run(clip(noisy[CUT:], 3), **settings)
+        (restarted,) = run(clip(noisy, 3), **settings)
+        (across,) = run(clip(noisy, 3), **settings, scene_threshold=0)
+        assert torch.equal(restarted.to_tensor()[CUT:], after.to_tensor()), run
+        assert not torch.equal(across.to_tensor()[CUT:], after.to_tensor()), run
 
 
 def test_probe_scenes_lists_the_cut_frames(tmp_path, capsys):
