@@ -59,7 +59,7 @@ LIMIT_S = 470
 # Each step's share of the limit; what a step leaves unused goes to the steps after it.
 BUDGETS_S = {"setup": 40, "probe": 20, "gpu-tests": 190, "realesrgan": 80, "flashvsr": 140}
 # Cheap and independent first, so that a slow FlexAttention compile costs the fewest results.
-GPU_TESTS = ("tests/gpu/test_realesrgan_cuda.py", "tests/gpu/test_flashvsr_cuda.py")
+GPU_TESTS = ("tests/gpu/test_realesrgan_cuda.py", "tests/gpu/test_stabilize_cuda.py", "tests/gpu/test_flashvsr_cuda.py")
 OUTCOME = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 STEPS = tuple(BUDGETS_S)
 PREPARE_PACKAGES = ("av", "spandrel")
