@@ -18,15 +18,7 @@ import numpy as np
 import torch
 
 from vsrkit.engines.video import stabilize
-from vsrkit.engines.video.flow import COARSE_SETTINGS, DenseFlow, opencv
-
-
-def _dis(settings: dict[str, Any]) -> Any:
-    cv2 = opencv()
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    for name, value in settings.items():
-        getattr(dis, "set" + name)(value)
-    return dis
+from vsrkit.engines.video.flow import COARSE_SETTINGS, DenseFlow, dis, opencv
 
 
 class _Flow:
@@ -46,16 +38,16 @@ Factory = Callable[[tuple[int, int]], Any]
 def dis_with(settings: dict[str, Any]) -> Factory:
     """DIS `medium` with these parameters changed (OpenCV setter names without 'set')."""
     def make(check_size: tuple[int, int]) -> _Flow:
-        dis = _dis(settings)
-        return _Flow(lambda a, b: dis.calc(a, b, None))
+        flow = dis("medium", settings)
+        return _Flow(lambda a, b: flow.calc(a, b, None))
     return make
 
 
 def smoothed(sigma: float) -> Factory:
     """DIS `medium`, then a Gaussian blur of the flow field (sigma in output pixels)."""
     def make(check_size: tuple[int, int]) -> _Flow:
-        dis = _dis({})
-        return _Flow(lambda a, b: opencv().GaussianBlur(dis.calc(a, b, None), (0, 0), sigma))
+        flow = dis()
+        return _Flow(lambda a, b: opencv().GaussianBlur(flow.calc(a, b, None), (0, 0), sigma))
     return make
 
 
@@ -63,10 +55,10 @@ def along_time(share: float, tolerance: float) -> Factory:
     """DIS `medium`, pulled by up to `share` toward the previous frame's flow carried along it
     (constant velocity); the pull falls to 0 where the two differ by `tolerance` pixels."""
     def make(check_size: tuple[int, int]) -> _Flow:
-        cv2, dis, last = opencv(), _dis({}), [None]
+        cv2, medium, last = opencv(), dis(), [None]
 
         def compute(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            flow = dis.calc(a, b, None)
+            flow = medium.calc(a, b, None)
             if last[0] is not None:
                 ys, xs = np.indices(flow.shape[:2], dtype=np.float32)
                 carried = cv2.remap(last[0], xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,

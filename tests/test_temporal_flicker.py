@@ -23,10 +23,10 @@ from vsrkit.engines.video.flow import (
     DenseFlow,
     boundary_ratio,
     consistency_ratio,
+    dis,
     grey_resized,
     grey_u8,
     inside_frame,
-    opencv,
     pixel_centres,
     reliable,
     resize_flow,
@@ -80,11 +80,7 @@ def test_two_scale_flow_takes_the_coarse_flow_where_it_explains_the_input_and_th
         return grey_resized(grey_u8(seen), height * scale, width * scale)
 
     now, before = frame(23), frame(20)
-    cv2 = opencv()
-    coarse_dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    for name, value in COARSE_SETTINGS.items():
-        getattr(coarse_dis, "set" + name)(value)
-    coarse = torch.from_numpy(coarse_dis.calc(now, before, None).transpose(2, 0, 1).copy())
+    coarse = torch.from_numpy(dis("medium", COARSE_SETTINGS).calc(now, before, None).transpose(2, 0, 1).copy())
     two_scale = DenseFlow("two-scale", (height, width))(now, before)[0]
     medium = DenseFlow("medium")(now, before)[0]
     square = (slice(18 * scale + 2, 21 * scale - 2), slice(23 * scale + 2, 26 * scale - 2))

@@ -69,14 +69,16 @@ def _in_parallel() -> ThreadPoolExecutor:
     return _beside
 
 
-def _dis(preset: str, settings: dict[str, int] | None = None) -> Any:
+def dis(preset: str = "medium", settings: dict[str, int] | None = None) -> Any:
+    """An OpenCV DIS flow object at one of its presets, with these parameters changed (OpenCV's
+    setter names without 'set', e.g. {"FinestScale": 2})."""
     cv2 = opencv()
     code = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
             "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[preset]
-    dis = cv2.DISOpticalFlow_create(code)
+    flow = cv2.DISOpticalFlow_create(code)
     for name, value in (settings or {}).items():
-        getattr(dis, "set" + name)(value)
-    return dis
+        getattr(flow, "set" + name)(value)
+    return flow
 
 
 class DenseFlow:
@@ -91,7 +93,7 @@ class DenseFlow:
         if preset not in FLOW_PRESETS:
             raise ValueError(f"flow preset must be one of {FLOW_PRESETS}, got {preset!r}")
         two_scale = preset == "two-scale"
-        self._dis = _dis("medium", DETAILED_SETTINGS) if two_scale else _dis(preset)
+        self._dis = dis("medium", DETAILED_SETTINGS) if two_scale else dis(preset)
         self._two_scale = two_scale
         self._check_size = check_size
         self._grid: np.ndarray | None = None
@@ -104,7 +106,7 @@ class DenseFlow:
             # A new DIS each time: one kept across calls at this finest scale gave results that
             # depended on the frames it saw before (64x80 frames, OpenCV 5.0.0), and a shot
             # after a cut must come out as if alone. Creating it costs about 0.1 ms.
-            pending = _in_parallel().submit(lambda: _dis("medium", COARSE_SETTINGS).calc(first, second, None))
+            pending = _in_parallel().submit(lambda: dis("medium", COARSE_SETTINGS).calc(first, second, None))
             flow = self._dis.calc(first, second, None)
             coarse = pending.result()
             share = self._coarse_share(first, second, coarse, flow)

@@ -6,9 +6,9 @@ shimmer on video. For each frame t this stage measures the flow from input frame
 (OpenCV's DIS on the input upscaled to the output size, `flow.py`), moves the previous stabilised
 output along it, and blends it into the new per-frame output by `strength` times a per-pixel
 trust. Trust is zero where the flow leaves the frame, falls where the input's colours do not
-match along the flow beyond resampling noise (something appeared, was uncovered or changed) and where the carried and
-the new frame differ by more than invented texture does once averaged over an input pixel's
-footprint (a misplaced edge, a real change), so moving objects leave no ghost. At scene cuts
+match along the flow beyond resampling noise (something appeared, was uncovered or changed) and
+where the carried and the new frame differ by more than invented texture does once averaged over
+an input pixel's footprint (a misplaced edge, a real change), so moving objects leave no ghost. At scene cuts
 (scdet, `scenes.py`) the stage starts afresh: the first frame of a shot is the per-frame output.
 
 It streams: it keeps only the previous input and output frame, so chunked output equals the whole
