@@ -91,6 +91,14 @@ class _CoarseWhereRough(DenseFlow):
         return keep * cv2.resize(rough, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+class _CoarseAtEveryScale(DenseFlow):
+    """'two-scale' as before the coarse flow was limited to outputs 4x the input: both flows run at
+    any scale (at x2 the coarse one is matched on a grid half the input's)."""
+
+    def _coarse_fits(self, shape: tuple[int, ...]) -> bool:
+        return self._check_size is not None
+
+
 FLOW_VARIANTS: dict[str, Factory] = {
     "coarse DIS alone (finest scale 2, variational 10)": dis_with(COARSE_SETTINGS),
     "DIS medium, variational alpha 40, delta 2": dis_with({"VariationalRefinementAlpha": 40,
@@ -98,6 +106,7 @@ FLOW_VARIANTS: dict[str, Factory] = {
     "DIS medium, smoothed (sigma 8 px)": smoothed(8.0),
     "DIS medium, along time (0.7, 1 px)": along_time(0.7, 1.0),
     "two-scale, coarse only where the detailed flow is rough": lambda size: _CoarseWhereRough("two-scale", size),
+    "two-scale, the coarse flow below 4x too": lambda size: _CoarseAtEveryScale("two-scale", size),
 }
 
 

@@ -1,8 +1,8 @@
 """Real footage for the benchmarks that measure quality on it (bench/temporal.py, bench/cluster.py).
 
 Both take the same clips the same way (ground truth area-resized to 8 bits, the input that
-downscaled 4x) and reuse one cached frame-by-frame upscale per clip and model, so their figures
-stay comparable. Not a benchmark itself.
+downscaled 4x, or 2x for an x2 model) and reuse one cached frame-by-frame upscale per clip and
+model, so their figures stay comparable. Not a benchmark itself.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def area(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return eight_bit(out.permute(0, 2, 3, 1).contiguous())
 
 
-def footage(name: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ground truth [T, H, W, 3], input [T, H/4, W/4, 3]) of one clip."""
+def footage(name: str, frames: int, factor: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ground truth [T, H, W, 3], input [T, H/factor, W/factor, 3]) of one clip."""
     file, start, width, height, interlaced = CLIPS[name]
     clip = open_clip(FOOTAGE / file)
     if interlaced:
@@ -56,7 +56,7 @@ def footage(name: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         if index >= start + frames:
             break
     truth = area(torch.stack(pulled), height, width)
-    return truth, area(truth, height // 4, width // 4)
+    return truth, area(truth, height // factor, width // factor)
 
 
 def per_frame(cache: Path, key: str, model_name: str, frames: torch.Tensor) -> torch.Tensor:

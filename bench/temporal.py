@@ -11,6 +11,7 @@ beside bicubic and the ground truth itself:
     python bench/temporal.py --variants          # also the stabiliser's alternatives (flow size, bands, ...)
     python bench/temporal.py --strengths 0.5 0.7 0.8
     python bench/temporal.py --flows             # other optical flows in the stage (bench/flow_variants.py)
+    python bench/temporal.py --scale 2           # input downscaled 2x, realesr-animevideov3-x2
 
 Cost (--cost): CPU time per frame of realesr-animevideov3-x2 on 320x240 real frames against
 the stabiliser's on the same frames and outputs, alternating rounds (ratios within one run).
@@ -47,6 +48,7 @@ from vsrkit.engines.video.flow import opencv
 from vsrkit.engines.video.stabilize import StabilizeSettings, stabilize_clip
 
 MODELS = ("realesrgan-x4plus", "realesr-animevideov3-x4")
+MODELS_X2 = ("realesr-animevideov3-x2",)
 VARIANTS = {
     "previous default": {"flow_preset": "medium", "colour_noise": 0.0, "change_tolerance": 0.07},
     "DIS medium alone": {"flow_preset": "medium"},
@@ -81,11 +83,12 @@ def stabilised(output: torch.Tensor, source: torch.Tensor, settings: StabilizeSe
 def quality(args: argparse.Namespace) -> None:
     print("| clip | model | output | warping error (x10^-4) | / ground truth | PSNR dB | edges / per-frame |")
     print("|---|---|---|---|---|---|---|")
+    suffix = "" if args.scale == 4 else f"-x{args.scale}"
     for name in args.clips:
-        truth, source = footage(name, args.frames)
+        truth, source = footage(name, args.frames, args.scale)
         height, width = truth.shape[1:3]
-        for model_name in args.models:
-            output = per_frame(args.cache, f"{name}-{args.frames}", model_name, source)
+        for model_name in args.models or (MODELS if args.scale == 4 else MODELS_X2):
+            output = per_frame(args.cache, f"{name}-{args.frames}{suffix}", model_name, source)
             rows = {"per-frame": output}
             for strength in args.strengths:
                 rows[f"stabilised {strength:g}"] = stabilised(output, source, StabilizeSettings(strength=strength))
@@ -172,7 +175,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
     parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--scale", type=int, choices=(2, 4), default=4,
+                        help="downscale factor of the input and scale of the models (default 4)")
+    parser.add_argument("--models", nargs="+", help=f"default {', '.join(MODELS)}; at --scale 2 {', '.join(MODELS_X2)}")
     parser.add_argument("--strengths", nargs="+", type=float, default=[StabilizeSettings().strength])
     parser.add_argument("--variants", action="store_true", help="also measure the stabiliser's alternatives")
     parser.add_argument("--flows", action="store_true", help="also measure other optical flows in the stage")

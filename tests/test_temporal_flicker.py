@@ -20,6 +20,7 @@ from vsrkit.engines.errors import InputError
 from vsrkit.engines.video.flicker import measure_flicker
 from vsrkit.engines.video.flow import (
     COARSE_SETTINGS,
+    DETAILED_SETTINGS,
     DenseFlow,
     boundary_ratio,
     consistency_ratio,
@@ -93,6 +94,19 @@ def test_two_scale_flow_takes_the_coarse_flow_where_it_explains_the_input_and_th
     assert error(two_scale) < error(medium) + 0.25
     still = (slice(2 * scale, 10 * scale), slice(2 * scale, 12 * scale))
     assert torch.allclose(two_scale[:, still[0], still[1]], coarse[:, still[0], still[1]], rtol=1e-4, atol=0)
+
+
+def test_two_scale_flow_below_4x_is_the_detailed_flow_alone():
+    """Frames 2x the input: the detailed flow's grid is already the input's, so the coarse one, a grid
+    coarser still, is not run (nor blended in); at 4x it is."""
+    height, width = 40, 56
+    background = picture(height, width, seed=2)
+    shifted = torch.roll(background, 1, dims=1)
+    for scale in (2, 4):
+        now, before = (grey_resized(grey_u8(f), height * scale, width * scale) for f in (shifted, background))
+        detailed = torch.from_numpy(dis("medium", DETAILED_SETTINGS).calc(now, before, None).transpose(2, 0, 1).copy())
+        two_scale = DenseFlow("two-scale", (height, width))(now, before)[0]
+        assert torch.equal(two_scale, detailed) == (scale == 2)
 
 
 def test_bspline_sampling_keeps_the_pixels_and_follows_a_smooth_picture_between_them():

@@ -308,7 +308,7 @@ def run_on_frames(steps: Sequence[FilterStep], frames: Iterable[av.VideoFrame],
         yield from runner.flush()
 
 
-def _to_ints(frames: torch.Tensor, layout: PixelLayout) -> np.ndarray:
+def to_ints(frames: torch.Tensor, layout: PixelLayout) -> np.ndarray:
     """Float frames in 0..1 as rounded integers of the layout's depth (NumPy: one pass, no threads)."""
     values = np.clip(frames.detach().cpu().numpy(), 0.0, 1.0) * layout.scale
     return np.rint(values, out=values).astype(layout.dtype)
@@ -367,7 +367,7 @@ def filter_chunks(chunks: Iterable[torch.Tensor], steps: Sequence[FilterStep], *
             progress.check_cancel()
         biggest = max(biggest, int(chunk.shape[0]))
         has_alpha = chunk.shape[-1] == 4
-        ints = _to_ints(chunk, layout)
+        ints = to_ints(chunk, layout)
         for index, frame in enumerate(ints):
             rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[..., :3]), format=layout.rgb)
             rgb_out.extend(_from_frame(f, layout.rgb) for f in rgb_runner.push(rgb))

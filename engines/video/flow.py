@@ -25,11 +25,14 @@ OPENCV_INSTALL = "pip install opencv-python-headless"
 FLOW_PRESETS = ("ultrafast", "fast", "medium", "two-scale")
 # 'two-scale': DIS matched down to a grid 4x coarser than the frame and refined 10 times (for the
 # input upscaled 4x, the input's own grid: smooth, not misled by its aliasing) beside DIS 'medium'
-# with a patch stride of 4, 12 descent steps and 3 refinements; the coarse flow is kept wherever
-# it explains the input as well, within COARSE_ALLOWANCE grey levels (docs/temporal.md).
+# with a patch stride of 4, 12 descent steps and 3 refinements (matched down to a grid 2x coarser
+# than the frame); the coarse flow is kept wherever it explains the input as well, within
+# COARSE_ALLOWANCE grey levels (docs/temporal.md). Where the frames are less than COARSE_SCALE
+# times the input, the detailed flow's own grid is already as coarse as the input's and it runs alone.
 COARSE_SETTINGS = {"FinestScale": 2, "VariationalRefinementIterations": 10}
 DETAILED_SETTINGS = {"PatchStride": 4, "GradientDescentIterations": 12, "VariationalRefinementIterations": 3}
 COARSE_ALLOWANCE = 1.0
+COARSE_SCALE = 4
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 # The checks of Ruder et al. 2016 that Lai et al. 2018 use for their warping error.
@@ -84,9 +87,10 @@ def dis(preset: str = "medium", settings: dict[str, int] | None = None) -> Any:
 class DenseFlow:
     """DIS optical flow between two grey frames at one of OpenCV's presets, or 'two-scale'.
 
-    `check_size` (height, width): the grid on which 'two-scale' compares how well its two flows
-    explain the frames (the low-resolution input's, when the frames are that input upscaled);
-    the frames' own size when None.
+    `check_size` (height, width): the low-resolution input's grid, when the frames are that input
+    upscaled. 'two-scale' runs its coarse flow only where the frames are at least COARSE_SCALE times
+    that size, and compares there how well its two flows explain the input; without it, or on
+    smaller frames, it is the detailed flow alone.
     """
 
     def __init__(self, preset: str = "medium", check_size: tuple[int, int] | None = None):
@@ -100,7 +104,7 @@ class DenseFlow:
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> torch.Tensor:
         """Flow [1, 2, H, W] from `first` to `second` (uint8 [H, W] grey frames)."""
-        if not self._two_scale:
+        if not self._two_scale or not self._coarse_fits(first.shape):
             flow = self._dis.calc(first, second, None)
         else:
             # A new DIS each time: one kept across calls at this finest scale gave results that
@@ -113,17 +117,22 @@ class DenseFlow:
             flow = opencv().blendLinear(coarse, flow, share, 1.0 - share)
         return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))[None]
 
+    def _coarse_fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether the coarse flow's grid, COARSE_SCALE times coarser than the frames, is no coarser
+        than the check grid (the input's)."""
+        return self._check_size is not None and all(
+            frame >= COARSE_SCALE * check for frame, check in zip(shape[:2], self._check_size, strict=True))
+
     def _coarse_share(self, first: np.ndarray, second: np.ndarray, coarse: np.ndarray,
                       detailed: np.ndarray) -> np.ndarray:
         """[H, W] 1 where the coarse flow explains the frames as well as the detailed one (compared
         on the check grid, averaged over 3x3 of its pixels), 0 elsewhere, bilinear in between."""
         cv2 = opencv()
         height, width = first.shape
-        small_height, small_width = self._check_size or (height, width)
-        same = (small_height, small_width) == (height, width)
+        small_height, small_width = self._check_size
 
         def shrink(image: np.ndarray) -> np.ndarray:
-            small = image if same else cv2.resize(image, (small_width, small_height), interpolation=cv2.INTER_AREA)
+            small = cv2.resize(image, (small_width, small_height), interpolation=cv2.INTER_AREA)
             return small.astype(np.float32, copy=False)
 
         now, before = shrink(first), shrink(second)
@@ -139,12 +148,12 @@ class DenseFlow:
             return cv2.blur(cv2.absdiff(moved, now), (3, 3))
 
         keep = (mismatch(coarse) <= mismatch(detailed) + COARSE_ALLOWANCE).astype(np.float32)
-        return keep if same else cv2.resize(keep, (width, height), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(keep, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def grey_u8(frame: torch.Tensor) -> np.ndarray:
     """A [H, W, C] float RGB(A) frame in 0..1 as uint8 BT.601 luma, contiguous, for DIS."""
-    rgb = frame[..., :3].float().clamp(0, 1).cpu().numpy()
+    rgb = np.clip(frame[..., :3].float().cpu().numpy(), 0.0, 1.0)  # NumPy: no thread pool left spinning
     luma = rgb @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)
     return np.ascontiguousarray(np.rint(luma * 255.0).astype(np.uint8))
 
@@ -172,7 +181,9 @@ def sampling_grid(flow: torch.Tensor, centres: torch.Tensor | None = None) -> to
     if centres is None:
         centres = pixel_centres(height, width, flow.device, flow.dtype)
     step = torch.tensor([2.0 / width, 2.0 / height], device=flow.device, dtype=flow.dtype)
-    return flow.permute(0, 2, 3, 1).mul(step).add_(centres)
+    # addcmul from the contiguous centres gives a contiguous grid: grid_sample reads a permuted one
+    # at twice the CPU time.
+    return torch.addcmul(centres, flow.permute(0, 2, 3, 1), step)
 
 
 def sample(images: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -180,7 +191,26 @@ def sample(images: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> 
     `mode`: grid_sample's 'bilinear', 'bicubic' (Keys, a = -0.75) or 'nearest', or 'bspline'."""
     if mode == "bspline":
         return _bspline_sample(images, grid.to(images.dtype))
+    if mode == "bicubic" and images.device.type == "cpu" and images.shape[0] == 1:
+        return _banded_bicubic(images, grid.to(images.dtype))
     return F.grid_sample(images, grid.to(images.dtype), mode=mode, padding_mode="border", align_corners=False)
+
+
+def _banded_bicubic(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bicubic grid_sample of one CPU image, its output rows cut into one band per torch thread and
+    sampled as a batch: torch's CPU bicubic kernel runs a batch's images in parallel but one image on
+    one thread, while the other threads spin, still burning CPU, after the parallel op before it.
+    The same values as one call."""
+    height = grid.shape[1]
+    bands = min(torch.get_num_threads(), height)
+    if bands == 1:
+        return F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    rows = -(-height // bands)
+    padded = F.pad(grid, (0, 0, 0, 0, 0, rows * bands - height), mode="replicate") if rows * bands != height else grid
+    batch = padded.reshape(bands, rows, *grid.shape[2:])
+    out = F.grid_sample(image.expand(bands, *image.shape[1:]), batch, mode="bicubic", padding_mode="border",
+                        align_corners=False)
+    return out.permute(1, 0, 2, 3).reshape(1, image.shape[1], rows * bands, -1)[:, :, :height]
 
 
 _BSPLINE_POLE = 3 ** 0.5 - 2

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..clip import Clip
-from .filters import FilterRunner, Param, make_step, time_base_for
+from .filters import LAYOUT_8, FilterRunner, Param, make_step, time_base_for, to_ints
 
 DEFAULT_SCENE_THRESHOLD = 10.0
 """scdet's own default."""
@@ -48,7 +48,7 @@ class SceneDetector:
         if self._runner is None:
             self._frames += count
             return [False] * count
-        levels = np.rint(chunk[..., :3].float().clamp(0, 1).cpu().numpy() * 255.0).astype(np.uint8)
+        levels = to_ints(chunk[..., :3].float(), LAYOUT_8)
         flags = []
         for frame in levels:
             out = self._runner.push(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="gbrp"))

@@ -178,9 +178,10 @@ def _dissimilarity(first: torch.Tensor, second: torch.Tensor, reach: float) -> t
     return torch.minimum(one_way, other_way)
 
 
-def _inside(grid: torch.Tensor) -> torch.Tensor:
-    """[N, 1, H, W]: 1 where a `sampling_grid` point lies within the outer pixel centres, else 0."""
-    height, width = grid.shape[1:3]
+def _inside(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[N, 1, H, W]: 1 where a `sampling_grid` point lies within the outer pixel centres of a frame
+    of `size` (height, width), else 0."""
+    height, width = size
     bound = torch.tensor([1 - 1 / width, 1 - 1 / height], dtype=grid.dtype, device=grid.device)
     return (grid.abs() <= bound).all(-1, keepdim=True).permute(0, 3, 1, 2).to(grid.dtype)
 
@@ -226,7 +227,8 @@ class Stabilizer:
         carried_low = sample(last_low, low_grid, "bicubic").clamp_(0, 1)
         mismatch = _dissimilarity(low, carried_low, self.settings.colour_reach).mean(1, keepdim=True)
         noise, tolerance = self.settings.colour_noise, self.settings.colour_tolerance
-        low_trust = mismatch.sub_(noise).div_(noise - tolerance).add_(1.0).clamp_(0.0, 1.0)
+        # Trust is 0 where the flow leaves the output frame.
+        low_trust = mismatch.sub_(noise).div_(noise - tolerance).add_(1.0).clamp_(0.0, 1.0).mul_(_inside(low_grid, self.output_size))
         difference = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1).sub_(output)
         # The change check and the coarse band live on the input's grid too; one resize brings
         # every map on that grid to the output's.
@@ -239,28 +241,21 @@ class Stabilizer:
             if two_bands:
                 low_maps.append(coarse)
         maps = _resized(torch.cat(low_maps, 1) if len(low_maps) > 1 else low_trust, self.output_size)
-        trust = maps[:, :1] * _inside(grid)
+        trust = maps[:, :1]
         if self.settings.change_tolerance:
             trust *= maps[:, 1:2]
         if self.settings.flow_checks:
             checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
             trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
         # The coarse band's share can take a pixel past the frames it blends: keep it a colour.
-        blended = self._weighted(difference, trust, maps[:, -3:] if two_bands else None).add_(output).clamp_(0, 1)
+        if two_bands:  # the coarse part of the difference gets low_frequency of the weight
+            difference.sub_(maps[:, -3:], alpha=1.0 - self.settings.low_frequency)
+        blended = torch.addcmul(output, difference, trust.mul_(self.settings.strength)).clamp_(0, 1)
         self._previous = (grey, low, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
         if frame.shape[-1] > 3:
             result = torch.cat([result, frame[..., 3:]], dim=-1)
         return result
-
-    def _weighted(self, difference: torch.Tensor, trust: torch.Tensor, coarse: torch.Tensor | None) -> torch.Tensor:
-        """`difference` scaled by strength x trust, its coarse part (`coarse`: its mean over each
-        input pixel's footprint, at the output's size) by `low_frequency` of that."""
-        weight = trust.mul_(self.settings.strength)
-        difference.mul_(weight)
-        if coarse is None:
-            return difference
-        return difference.sub_(coarse.mul_(weight).mul_(1.0 - self.settings.low_frequency))
 
 
 def _paired_frames(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]], settings: StabilizeSettings,
