@@ -3,6 +3,7 @@ network randomiser for the CPU backend tests."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,13 @@ def chunked_clip():
         return Clip(template.info, source)
 
     return make
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """A process started in the background by a non-interactive shell (as CI may be) inherits
+    SIGINT as ignored, and then Python never raises KeyboardInterrupt, nor does a Python child it
+    starts: install Python's handler (a child then starts with the default disposition)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

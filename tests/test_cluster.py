@@ -302,7 +302,7 @@ def test_a_worker_killed_mid_segment_is_replaced_and_the_output_is_the_same(runt
 
 
 def test_an_interrupted_run_leaves_no_output_and_the_rerun_makes_only_the_missing_segments(
-        runtime, address, clips, slow_model, folder, tmp_path, capsys):
+        runtime, address, clips, slow_model, folder, tmp_path, capsys, python_sigint_handler):
     """Ctrl-C (SIGINT) on the command line, joined to the module's runtime as a second driver."""
     clip = clips["plain"]
     reference = single_process(capsys, clip, slow_model, folder / "single-slow.mkv", *FRAME_LOCAL)

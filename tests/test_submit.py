@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import queue
-import signal
 import stat
 import struct
 import threading
@@ -371,15 +370,6 @@ def test_execution_error_exits_non_zero_and_downloads_nothing(tmp_path, capsys):
         assert not fake.events("view")
     assert code == 1
     assert "node 2 (vsrkitRealESRGANUpscale): model file x.pth not found" in capsys.readouterr().err
-
-
-@pytest.fixture
-def python_sigint_handler():
-    """A process started in the background by a non-interactive shell (as CI may be) inherits
-    SIGINT as ignored, and then Python never raises KeyboardInterrupt: install Python's handler."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
 
 
 def start_then_ctrl_c(fake: FakeComfy, prompt_id: str) -> None:
