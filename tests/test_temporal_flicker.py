@@ -109,6 +109,22 @@ def test_two_scale_flow_below_4x_is_the_detailed_flow_alone():
         assert torch.equal(two_scale, detailed) == (scale == 2)
 
 
+def test_bicubic_sampling_on_the_cpu_in_row_bands_gives_one_calls_values():
+    """`sample` cuts a CPU image's rows into one band per torch thread; the values and the size are
+    those of one grid_sample call, whatever the height (padded bands, fewer rows than threads)."""
+    threads = torch.get_num_threads()
+    generator = torch.Generator().manual_seed(4)
+    try:
+        torch.set_num_threads(3)
+        for height in (1, 2, 7, 48, 49):
+            image = torch.rand(1, 3, height, 20, generator=generator)
+            grid = torch.rand(1, height, 20, 2, generator=generator) * 2.4 - 1.2
+            plain = F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=False)
+            assert torch.equal(sample(image, grid, "bicubic"), plain)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bspline_sampling_keeps_the_pixels_and_follows_a_smooth_picture_between_them():
     frame = picture(24, 32).permute(2, 0, 1)[None]
     centres = pixel_centres(24, 32)
