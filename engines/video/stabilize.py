@@ -227,8 +227,8 @@ class Stabilizer:
         carried_low = sample(last_low, low_grid, "bicubic").clamp_(0, 1)
         mismatch = _dissimilarity(low, carried_low, self.settings.colour_reach).mean(1, keepdim=True)
         noise, tolerance = self.settings.colour_noise, self.settings.colour_tolerance
-        # Trust is 0 where the flow leaves the output frame.
-        low_trust = mismatch.sub_(noise).div_(noise - tolerance).add_(1.0).clamp_(0.0, 1.0).mul_(_inside(low_grid, self.output_size))
+        low_trust = mismatch.sub_(noise).div_(noise - tolerance).add_(1.0).clamp_(0.0, 1.0)
+        low_trust.mul_(_inside(low_grid, self.output_size))  # 0 where the flow leaves the frame
         difference = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1).sub_(output)
         # The change check and the coarse band live on the input's grid too; one resize brings
         # every map on that grid to the output's.
@@ -247,9 +247,9 @@ class Stabilizer:
         if self.settings.flow_checks:
             checks = _ramp(consistency_ratio(back, self._flow(last_grey, grey).to(self.device)))
             trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
-        # The coarse band's share can take a pixel past the frames it blends: keep it a colour.
         if two_bands:  # the coarse part of the difference gets low_frequency of the weight
             difference.sub_(maps[:, -3:], alpha=1.0 - self.settings.low_frequency)
+        # The coarse band's share can take a pixel past the frames it blends: keep it a colour.
         blended = torch.addcmul(output, difference, trust.mul_(self.settings.strength)).clamp_(0, 1)
         self._previous = (grey, low, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
