@@ -63,7 +63,8 @@ class StabilizeSettings:
     flow_at: 'output' runs DIS on the input upscaled (bicubic) to the output size; 'input' on the
     input at its own size, the vectors scaled up (cheaper, coarser).
     flow_preset: DIS preset, or 'two-scale' (two DIS flows, the coarse one kept where it explains
-    the input as well; `flow.py`). flow_checks: also drop trust where the flow fails its
+    the input as well; below 4x, where the flow runs on frames under 4x the input, the detailed
+    one alone; `flow.py`). flow_checks: also drop trust where the flow fails its
     forward-backward check or lies on a motion boundary (a second flow per frame).
     colour_noise: mean RGB mismatch (0-1) of the input along the flow that still counts as a match:
     resampling a small 8-bit input leaves this much where the flow holds. Trust falls linearly
