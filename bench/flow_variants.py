@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vsrkit.engines.video import stabilize
-from vsrkit.engines.video.flow import COARSE_SETTINGS, DenseFlow, dis, opencv
+from vsrkit.engines.video.flow import COARSE_SETTINGS, DenseFlow, dis, flow_tensor, opencv
 
 
 class _Flow:
@@ -28,8 +28,7 @@ class _Flow:
         self._compute = compute
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> torch.Tensor:
-        flow = self._compute(first, second)
-        return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))[None]
+        return flow_tensor(self._compute(first, second))
 
 
 Factory = Callable[[tuple[int, int]], Any]
@@ -83,7 +82,7 @@ class _CoarseWhereRough(DenseFlow):
         cv2 = opencv()
         keep = super()._coarse_share(first, second, coarse, detailed)
         height, width = first.shape
-        small_height, small_width = self._check_size or (height, width)
+        small_height, small_width = self._check_size
         small = cv2.resize(detailed, (small_width, small_height), interpolation=cv2.INTER_AREA)
         small *= np.array([small_width / width, small_height / height], dtype=np.float32)
         spread = np.sqrt(cv2.blur(((small - cv2.blur(small, (3, 3))) ** 2).sum(-1), (3, 3)))

@@ -115,7 +115,7 @@ class DenseFlow:
             coarse = pending.result()
             share = self._coarse_share(first, second, coarse, flow)
             flow = opencv().blendLinear(coarse, flow, share, 1.0 - share)
-        return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))[None]
+        return flow_tensor(flow)
 
     def _coarse_fits(self, shape: tuple[int, ...]) -> bool:
         """Whether the coarse flow's grid, COARSE_SCALE times coarser than the frames, is no coarser
@@ -149,6 +149,11 @@ class DenseFlow:
 
         keep = (mismatch(coarse) <= mismatch(detailed) + COARSE_ALLOWANCE).astype(np.float32)
         return cv2.resize(keep, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def flow_tensor(flow: np.ndarray) -> torch.Tensor:
+    """OpenCV's [H, W, 2] flow as this module's [1, 2, H, W] tensor (contiguous)."""
+    return torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))[None]
 
 
 def grey_u8(frame: torch.Tensor) -> np.ndarray:
