@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from ..clip import Clip
 from ..errors import InputError
 from ..progress import Progress
-from .flow import LUMA_WEIGHTS, DenseFlow, grey_u8, reliable, warp
+from .edges import differences, luma
+from .flow import DenseFlow, grey_u8, reliable, warp
 
 EDGE_FRACTION = 0.05
 MEASURE_FLOW_PRESET = "medium"
@@ -66,13 +67,7 @@ def _to_size(frame: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def luma_gradient(frame: torch.Tensor) -> torch.Tensor:
     """[1, 1, H, W] gradient magnitude (central differences) of a [1, 3, H, W] frame's luma."""
-    weights = torch.tensor(LUMA_WEIGHTS, dtype=frame.dtype).view(1, 3, 1, 1)
-    luma = (frame * weights).sum(1, keepdim=True)
-    dx = torch.zeros_like(luma)
-    dy = torch.zeros_like(luma)
-    dx[..., :, 1:-1] = (luma[..., :, 2:] - luma[..., :, :-2]) / 2
-    dy[..., 1:-1, :] = (luma[..., 2:, :] - luma[..., :-2, :]) / 2
-    return (dx.square() + dy.square()).sqrt()
+    return torch.hypot(*differences(luma(frame)))
 
 
 def strongest_edges(frame: torch.Tensor, fraction: float = EDGE_FRACTION) -> torch.Tensor:

@@ -62,10 +62,11 @@ def opencv() -> Any:
 _beside: ThreadPoolExecutor | None = None
 
 
-def _in_parallel() -> ThreadPoolExecutor:
-    """One worker thread, shared by every two-scale flow, for the coarse DIS while the calling thread
-    computes the detailed one (OpenCV releases the GIL): less waiting than one parallel DIS after
-    the other, and a second core used where OpenCV runs single-threaded."""
+def side_thread() -> ThreadPoolExecutor:
+    """One worker thread, shared by every stabiliser, for single-threaded work that can run while
+    the calling thread computes a flow (OpenCV and NumPy release the GIL): the two-scale flow's
+    coarse DIS, the edge floor's edge picking. Less waiting than one after the other, and a second
+    core used where OpenCV runs single-threaded."""
     global _beside
     if _beside is None:
         _beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsrkit-flow")
@@ -110,7 +111,7 @@ class DenseFlow:
             # A new DIS each time: one kept across calls at this finest scale gave results that
             # depended on the frames it saw before (64x80 frames, OpenCV 5.0.0), and a shot
             # after a cut must come out as if alone. Creating it costs about 0.1 ms.
-            pending = _in_parallel().submit(lambda: dis("medium", COARSE_SETTINGS).calc(first, second, None))
+            pending = side_thread().submit(lambda: dis("medium", COARSE_SETTINGS).calc(first, second, None))
             flow = self._dis.calc(first, second, None)
             coarse = pending.result()
             share = self._coarse_share(first, second, coarse, flow)

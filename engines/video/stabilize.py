@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..clip import Clip, chunk_frames_for, rechunk
 from ..errors import InputError, MissingDependencyError
 from ..progress import Progress, open_progress
+from .edges import EdgeFloor, footprint_mean
 from .filters import Param
 from .flow import (
     FLOW_PRESETS,
@@ -43,6 +44,7 @@ from .flow import (
     resize_flow,
     sample,
     sampling_grid,
+    side_thread,
 )
 from .scenes import DEFAULT_SCENE_THRESHOLD, SCENE_THRESHOLD, SceneDetector
 
@@ -82,6 +84,8 @@ class StabilizeSettings:
     low_frequency: share of the weight given to the coarse part of the difference (what the input
     resolution can show); 1 blends all frequencies alike.
     interpolation: how the previous result is resampled along the flow.
+    edge_floor: share of the per-frame output's edge contrast (mean luma gradient on the input's
+    strongest 5% of edges) that each stabilised frame keeps at least (`edges.EdgeFloor`); 0 off.
     """
 
     strength: float = DEFAULT_STRENGTH
@@ -95,6 +99,7 @@ class StabilizeSettings:
     change_tolerance: float = 0.06
     low_frequency: float = 0.7
     interpolation: str = "bicubic"
+    edge_floor: float = 0.96
 
     def validate(self) -> StabilizeSettings:
         """These settings with checked, clean values; InputError naming the bad one."""
@@ -107,6 +112,7 @@ class StabilizeSettings:
             "colour_reach": Param("colour_reach", float, 0.0, 0.5).check(self.colour_reach, owner),
             "change_tolerance": Param("change_tolerance", float, 0.0, 1.0).check(self.change_tolerance, owner),
             "low_frequency": Param("low_frequency", float, 0.0, 1.0).check(self.low_frequency, owner),
+            "edge_floor": Param("edge_floor", float, 0.0, 1.0).check(self.edge_floor, owner),
         }
         for name, value, options in (("flow_at", self.flow_at, FLOW_AT), ("flow_preset", self.flow_preset, FLOW_PRESETS),
                                      ("interpolation", self.interpolation, INTERPOLATIONS)):
@@ -143,14 +149,6 @@ def _resized(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
     if tuple(frames.shape[-2:]) == size:
         return frames
     return F.interpolate(frames, size=size, mode=mode, align_corners=False)
-
-
-def _footprint_mean(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[N, C, H, W] averaged over each pixel's footprint of a `size` grid (area resampling)."""
-    height, width = frames.shape[-2:]
-    if height % size[0] == 0 and width % size[1] == 0:  # the same, by a cheaper kernel
-        return F.avg_pool2d(frames, (height // size[0], width // size[1]))
-    return F.interpolate(frames, size=size, mode="area")
 
 
 def _reach(images: torch.Tensor, reach: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,10 +198,12 @@ class Stabilizer:
         self._previous: tuple[np.ndarray, torch.Tensor, torch.Tensor] | None = None
         self._centres: torch.Tensor | None = None
         self._low_centres: torch.Tensor | None = None
+        self._edges = EdgeFloor(self.settings.edge_floor, source_size)
 
     def reset(self) -> None:
         """Forget the previous frame: the next one starts a new shot."""
         self._previous = None
+        self._edges.reset()
 
     def __call__(self, source: torch.Tensor, frame: torch.Tensor, cut: bool = False) -> torch.Tensor:
         """The stabilised frame [H, W, C] for per-frame output `frame` of input `source` [h, w, c]."""
@@ -216,8 +216,13 @@ class Stabilizer:
         output = _as_nchw(frame, self.device)
         if cut or self._previous is None:
             self._previous = (grey, low, output)
+            self._edges.reset()
             return frame
         last_grey, last_low, last_output = self._previous
+        edges = None
+        if self.settings.edge_floor:  # picked beside the flow
+            guide = grey if self.settings.flow_at == "output" else grey_resized(grey, *self.output_size)
+            edges = side_thread().submit(self._edges.pick, guide)
         back = self._flow(grey, last_grey).to(self.device)
         if self._centres is None:
             self._centres = pixel_centres(*self.output_size, self.device)
@@ -236,11 +241,11 @@ class Stabilizer:
         low_maps = [low_trust]
         two_bands = self.settings.low_frequency != 1.0
         if self.settings.change_tolerance or two_bands:
-            coarse = _footprint_mean(difference, self.source_size)
+            coarse = footprint_mean(difference, self.source_size)
             if self.settings.change_tolerance:
                 low_maps.append(_ramp(coarse.abs().mean(1, keepdim=True).div_(self.settings.change_tolerance)))
-            if two_bands:
-                low_maps.append(coarse)
+        if two_bands:
+            low_maps.append(coarse)
         maps = _resized(torch.cat(low_maps, 1) if len(low_maps) > 1 else low_trust, self.output_size)
         trust = maps[:, :1]
         if self.settings.change_tolerance:
@@ -252,6 +257,8 @@ class Stabilizer:
             difference.sub_(maps[:, -3:], alpha=1.0 - self.settings.low_frequency)
         # The coarse band's share can take a pixel past the frames it blends: keep it a colour.
         blended = torch.addcmul(output, difference, trust.mul_(self.settings.strength)).clamp_(0, 1)
+        if edges is not None:
+            blended = self._edges(edges.result(), output, blended)
         self._previous = (grey, low, blended)
         result = blended[0].permute(1, 2, 0).to(frame.device, frame.dtype)
         if frame.shape[-1] > 3:
