@@ -50,7 +50,9 @@ from vsrkit.engines.video.stabilize import StabilizeSettings, stabilize_clip
 MODELS = ("realesrgan-x4plus", "realesr-animevideov3-x4")
 MODELS_X2 = ("realesr-animevideov3-x2",)
 VARIANTS = {
-    "previous default": {"flow_preset": "medium", "colour_noise": 0.0, "change_tolerance": 0.07},
+    "previous default (no edge floor)": {"edge_floor": 0.0},
+    "edge floor 0.9": {"edge_floor": 0.9},
+    "edge floor 1": {"edge_floor": 1.0},
     "DIS medium alone": {"flow_preset": "medium"},
     "no colour noise": {"colour_noise": 0.0},
     "colour noise 0.03": {"colour_noise": 0.03},

@@ -62,8 +62,8 @@ def test_the_edge_floor_keeps_edges_the_blend_would_soften_and_0_turns_it_off():
     assert torch.equal(kept[0], per_frame[0])  # the first frame of a shot is the per-frame frame
 
 
-def floor_inputs() -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
-    """(input, guide, per-frame, blended): still blocks under a light ramp (so that the edges'
+def floor_inputs() -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """(guide, per-frame, blended): still blocks under a light ramp (so that the edges'
     strengths differ), and the same with half its fine band."""
     h, w = LOW
     ramp = torch.linspace(0.8, 1.2, w * SCALE).view(1, 1, 1, -1)
@@ -71,7 +71,7 @@ def floor_inputs() -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor
     low = F.interpolate(sharp, size=LOW, mode="area")
     coarse = F.interpolate(footprint_mean(sharp, LOW), size=(h * SCALE, w * SCALE), mode="bilinear", align_corners=False)
     soft = coarse + 0.5 * (sharp - coarse)
-    return low, grey_resized(grey_u8(low[0].permute(1, 2, 0)), h * SCALE, w * SCALE), sharp, soft
+    return grey_resized(grey_u8(low[0].permute(1, 2, 0)), h * SCALE, w * SCALE), sharp, soft
 
 
 def mean_edge(frame: torch.Tensor, guide: np.ndarray) -> float:
@@ -80,13 +80,16 @@ def mean_edge(frame: torch.Tensor, guide: np.ndarray) -> float:
 
 
 def test_the_edge_floor_raises_a_softened_frame_to_the_floor_and_smooths_its_gain_within_a_shot():
-    low, guide, sharp, soft = floor_inputs()
+    guide, sharp, soft = floor_inputs()
     assert mean_edge(soft, guide) < 0.85 * mean_edge(sharp, guide)
     floor = EdgeFloor(0.96, LOW)
     raised = floor(floor.pick(guide), sharp, soft.clone())
     assert mean_edge(raised, guide) == pytest.approx(0.96 * mean_edge(sharp, guide), rel=0.02)
     assert float(raised.min()) >= 0 and float(raised.max()) <= 1
     assert not torch.equal(floor(floor.pick(guide), soft, soft.clone()), soft)  # the running gain carries on
+    settled = [torch.equal(floor(floor.pick(guide), soft, soft.clone()), soft) for _ in range(20)]
+    assert settled[-1] and not settled[0]  # the running gain comes back to exactly 1
+    floor(floor.pick(guide), sharp, soft.clone())
     floor.reset()
     assert torch.equal(floor(floor.pick(guide), soft, soft.clone()), soft)  # a new shot: nothing to raise
     assert torch.equal(EdgeFloor(0.0, LOW)(EdgeFloor(0.0, LOW).pick(guide), sharp, soft.clone()), soft)

@@ -22,14 +22,15 @@ EDGE_SHARE = 0.05  # the strongest edges: this share of the pixels of the upscal
 GAIN_FADE_SHARE = 0.10  # the gain fades in over the next strongest, up to this share
 MAX_GAIN = 3.0
 GAIN_SMOOTHING = 0.3  # weight of a frame's own gain in the running gain
+NEGLIGIBLE_GAIN = 0.005  # a running gain closer than this to 1 is 1: no raise
 SAMPLES = 16_384  # inner pixels, drawn at random once per frame size, that the edges are picked from
 BISECTION_STEPS = 8
 
 
 def luma(frames: torch.Tensor) -> torch.Tensor:
-    """[N, 1, H, W] BT.601 luma of [N, 3, H, W] RGB."""
-    weights = torch.tensor(LUMA_WEIGHTS, dtype=frames.dtype, device=frames.device).view(1, 3, 1, 1)
-    return (frames[:, :3] * weights).sum(1, keepdim=True)
+    """[N, 1, H, W] BT.601 luma of [N, 3, H, W] RGB (one pass per channel, no [N, 3, H, W] temporary)."""
+    red, green, blue = LUMA_WEIGHTS
+    return (frames[:, 0:1] * red).add_(frames[:, 1:2], alpha=green).add_(frames[:, 2:3], alpha=blue)
 
 
 def footprint_mean(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -122,7 +123,8 @@ class EdgeFloor:
         coarse = _numpy(_bilinear_at(footprint_mean(luma(blended), self.source_size), rows, cols, edges.guide.shape))
         fine = blended_luma - coarse.ravel()
         gain = _solve_gain(slopes(blended_luma), slopes(fine * edges.fade(around)), target)
-        self._gain = gain if self._gain is None else self._gain + GAIN_SMOOTHING * (gain - self._gain)
+        running = gain if self._gain is None else self._gain + GAIN_SMOOTHING * (gain - self._gain)
+        self._gain = running if running >= 1.0 + NEGLIGIBLE_GAIN else 1.0  # the smoothing ends at 1
         if self._gain > 1.0:
             self._raise(edges, blended)
         return blended
