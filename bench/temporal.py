@@ -12,6 +12,7 @@ beside bicubic and the ground truth itself:
     python bench/temporal.py --strengths 0.5 0.7 0.8
     python bench/temporal.py --flows             # other optical flows in the stage (bench/flow_variants.py)
     python bench/temporal.py --scale 2           # input downscaled 2x, realesr-animevideov3-x2
+    python bench/temporal.py --held-out          # other stretches of the footage, no setting chosen on them
 
 Cost (--cost): CPU time per frame of realesr-animevideov3-x2 on 320x240 real frames against
 the stabiliser's on the same frames and outputs, alternating rounds (ratios within one run).
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from vsrkit.bench.flow_variants import FLOW_VARIANTS, flow_in_stage
-from vsrkit.bench.footage import CLIPS, area, footage, per_frame
+from vsrkit.bench.footage import CLIPS, HELD_OUT, area, footage, per_frame
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.realesrgan.loading import load_model
 from vsrkit.engines.realesrgan.resolve import standalone_model_dir
@@ -86,7 +87,7 @@ def quality(args: argparse.Namespace) -> None:
     print("| clip | model | output | warping error (x10^-4) | / ground truth | PSNR dB | edges / per-frame |")
     print("|---|---|---|---|---|---|---|")
     suffix = "" if args.scale == 4 else f"-x{args.scale}"
-    for name in args.clips:
+    for name in (list(HELD_OUT) if args.held_out else args.clips):
         truth, source = footage(name, args.frames, args.scale)
         height, width = truth.shape[1:3]
         for model_name in args.models or (MODELS if args.scale == 4 else MODELS_X2):
@@ -176,7 +177,9 @@ def memory(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
-    parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
+    parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=[*CLIPS, *HELD_OUT])
+    parser.add_argument("--held-out", action="store_true",
+                        help=f"the held-out clips instead ({', '.join(HELD_OUT)}: no setting was chosen on them)")
     parser.add_argument("--scale", type=int, choices=(2, 4), default=4,
                         help="downscale factor of the input and scale of the models (default 4)")
     parser.add_argument("--models", nargs="+", help=f"default {', '.join(MODELS)}; at --scale 2 {', '.join(MODELS_X2)}")

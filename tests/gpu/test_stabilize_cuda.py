@@ -44,3 +44,17 @@ def test_on_cuda_chunked_equals_whole(moving_texture):
     source, per_frame = moving_texture
     whole = stabilised(per_frame, source, "cuda")
     assert torch.equal(stabilised(per_frame, source, "cuda", chunk=3), whole)
+
+
+def test_on_cuda_the_edge_floor_raises_edges_as_on_the_cpu():
+    pytest.importorskip("cv2", reason="the stabiliser's flow needs OpenCV, which this machine's Python lacks")
+    from tests.test_temporal_edges import redrawn_edges
+
+    source, _, per_frame = redrawn_edges()  # the floor raises most frames of this clip
+    on_cpu = stabilised(per_frame, source, "cpu")
+    on_gpu = stabilised(per_frame, source, "cuda")
+    without = stabilize_clip(Clip.from_tensor(per_frame, 25), Clip.from_tensor(source, 25),
+                             StabilizeSettings(edge_floor=0), device="cuda").to_tensor()
+    # the gain is solved from values gathered on each device: it may differ by a bisection step
+    assert float((on_gpu - on_cpu).abs().mean()) < 1e-3
+    assert float((on_gpu - without).abs().mean()) > 5e-4  # 2e-3 on the CPU
