@@ -95,6 +95,7 @@ def test_the_edge_floor_raises_a_softened_frame_to_the_floor_and_smooths_its_gai
     assert torch.equal(EdgeFloor(0.0, LOW)(EdgeFloor(0.0, LOW).pick(guide), sharp, soft.clone()), soft)
     flat = np.full_like(guide, 128)
     assert EdgeFloor(0.96, LOW).pick(flat) is None
+    assert EdgeFloor(0.96, LOW).pick(guide[:2]) is None  # no inner pixels: nothing to measure
 
 
 def test_luma_and_differences_follow_bt601_and_central_differences():

@@ -79,7 +79,7 @@ class EdgeFloor:
         self.floor = floor
         self.source_size = source_size
         self._gain: float | None = None
-        self._samples: np.ndarray | None = None
+        self._samples: tuple[tuple[int, int], np.ndarray] | None = None  # (frame size, flat indices)
 
     def reset(self) -> None:
         """A new shot: forget the running gain."""
@@ -90,18 +90,25 @@ class EdgeFloor:
         it has none (or the floor is 0). NumPy alone: it can run beside a flow."""
         if self.floor == 0:
             return None
-        height, width = guide.shape
-        if self._samples is None or self._samples.max(initial=0) >= height * width:
-            inner = np.arange(width + 1, (height - 1) * width - 1)
-            inner = inner[(inner % width != 0) & (inner % width != width - 1)]
-            count = min(inner.size, SAMPLES)
-            self._samples = np.sort(np.random.default_rng(0).choice(inner, count, replace=False))
-        strength = _strength(guide, self._samples)
+        samples = self._samples_for(guide.shape)
+        if samples.size == 0:  # a frame under 3 pixels high or wide has no inner pixels
+            return None
+        strength = _strength(guide, samples)
         ranks = [min(strength.size - 1, round(strength.size * (1 - share))) for share in (GAIN_FADE_SHARE, EDGE_SHARE)]
         fade_from, strongest = (int(value) for value in np.partition(strength, ranks)[ranks])
         if strongest <= 0:
             return None
-        return Edges(guide, self._samples[strength >= strongest], fade_from, strongest)
+        return Edges(guide, samples[strength >= strongest], fade_from, strongest)
+
+    def _samples_for(self, size: tuple[int, int]) -> np.ndarray:
+        """Up to SAMPLES inner pixels of a frame of `size`, the same for every frame (flat indices)."""
+        if self._samples is None or self._samples[0] != size:
+            height, width = size
+            rows, cols = np.mgrid[1:max(1, height - 1), 1:max(1, width - 1)]
+            inner = (rows * width + cols).ravel()
+            count = min(inner.size, SAMPLES)
+            self._samples = (size, np.sort(np.random.default_rng(0).choice(inner, count, replace=False)))
+        return self._samples[1]
 
     def __call__(self, edges: Edges | None, per_frame: torch.Tensor, blended: torch.Tensor) -> torch.Tensor:
         """`blended` [1, 3, H, W], its edges raised in place where needed. `edges` is what `pick`
