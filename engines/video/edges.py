@@ -70,10 +70,9 @@ class Edges:
 class EdgeFloor:
     """Raises a stabilised frame's fine band (the frame less its means over the input's pixels,
     resized back bilinearly) on the input's strongest edges, by one gain per frame, until their
-    mean luma gradient is at least
-    `floor` times the per-frame output's; the gain is smoothed over the frames of a shot so that it
-    does not flicker itself. Edges are picked and the gain solved on a few thousand pixels, in
-    NumPy; only a raise touches the whole frame."""
+    mean luma gradient is at least `floor` times the per-frame output's. The gain is smoothed over
+    the frames of a shot so that it does not flicker itself. Edges are picked and the gain solved
+    on a sample of pixels, in NumPy; only a raise touches the whole frame."""
 
     def __init__(self, floor: float, source_size: tuple[int, int]):
         self.floor = floor
