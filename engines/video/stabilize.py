@@ -8,8 +8,10 @@ output along it, and blends it into the new per-frame output by `strength` times
 trust. Trust is zero where the flow leaves the frame, falls where the input's colours do not
 match along the flow beyond resampling noise (something appeared, was uncovered or changed) and
 where the carried and the new frame differ by more than invented texture does once averaged over
-an input pixel's footprint (a misplaced edge, a real change), so moving objects leave no ghost. At scene cuts
-(scdet, `scenes.py`) the stage starts afresh: the first frame of a shot is the per-frame output.
+an input pixel's footprint (a misplaced edge, a real change), so moving objects leave no ghost.
+Where the blend leaves the input's strongest edges softer than the per-frame output's, the edge
+floor (`edges.py`) raises them back. At scene cuts (scdet, `scenes.py`) the stage starts afresh:
+the first frame of a shot is the per-frame output.
 
 It streams: it keeps only the previous input and output frame, so chunked output equals the whole
 clip's bit for bit and memory does not grow with the clip. Strength 0 returns the per-frame frames
@@ -244,8 +246,8 @@ class Stabilizer:
             coarse = footprint_mean(difference, self.source_size)
             if self.settings.change_tolerance:
                 low_maps.append(_ramp(coarse.abs().mean(1, keepdim=True).div_(self.settings.change_tolerance)))
-        if two_bands:
-            low_maps.append(coarse)
+            if two_bands:
+                low_maps.append(coarse)
         maps = _resized(torch.cat(low_maps, 1) if len(low_maps) > 1 else low_trust, self.output_size)
         trust = maps[:, :1]
         if self.settings.change_tolerance:
