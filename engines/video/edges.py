@@ -20,7 +20,7 @@ from .flow import LUMA_WEIGHTS
 
 EDGE_SHARE = 0.05  # the strongest edges: this share of the pixels of the upscaled input
 GAIN_FADE_SHARE = 0.10  # the gain fades in over the next strongest, up to this share
-MAX_GAIN = 3.0
+MAX_GAIN = 2.0  # at most twice the fine band
 GAIN_SMOOTHING = 0.3  # weight of a frame's own gain in the running gain
 NEGLIGIBLE_GAIN = 0.005  # a running gain closer than this to 1 is 1: no raise
 SAMPLES = 16_384  # inner pixels, drawn at random once per frame size, that the edges are picked from
