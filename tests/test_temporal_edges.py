@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.errors import InputError
-from vsrkit.engines.video.edges import EdgeFloor, differences, footprint_mean, luma
+from vsrkit.engines.video.edges import EdgeFloor, footprint_mean, luma
 from vsrkit.engines.video.flicker import luma_gradient, measure_flicker, strongest_edges
-from vsrkit.engines.video.flow import grey_resized, grey_u8
+from vsrkit.engines.video.flow import differences, grey_resized, grey_u8
 from vsrkit.engines.video.stabilize import StabilizeSettings, stabilize_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,5 +1,5 @@
-"""Edges: luma gradients (the flicker measure's edge sharpness uses them too) and the stabiliser's
-edge floor.
+"""Edges: luma and footprint means (the flicker measure and the blend use them too) and the
+stabiliser's edge floor.
 
 A GAN redraws an edge a little differently in every frame; the stabiliser's blend averages those
 versions, and the average is softer than any one of them (on a slow shot of foliage with
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flow import LUMA_WEIGHTS
+from .flow import LUMA_WEIGHTS, sample
 
 EDGE_SHARE = 0.05  # the strongest edges: this share of the pixels of the upscaled input
 GAIN_FADE_SHARE = 0.10  # the gain fades in over the next strongest, up to this share
@@ -41,15 +41,6 @@ def footprint_mean(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(frames, size=size, mode="area")
 
 
-def differences(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Central differences of [N, C, H, W] along x and along y; 0 on the outer columns and rows."""
-    dx = torch.zeros_like(image)
-    dy = torch.zeros_like(image)
-    dx[..., :, 1:-1] = (image[..., :, 2:] - image[..., :, :-2]) / 2
-    dy[..., 1:-1, :] = (image[..., 2:, :] - image[..., :-2, :]) / 2
-    return dx, dy
-
-
 @dataclasses.dataclass(frozen=True)
 class Edges:
     """What `EdgeFloor.pick` found in one guide: the guide, a sample of its strongest edges' pixels
@@ -60,9 +51,8 @@ class Edges:
     fade_from: int
     strongest: int
 
-    def fade(self, flat: np.ndarray) -> np.ndarray:
-        """The gain's share (0 to 1) at the flat pixel indices `flat` (none on the outer pixels)."""
-        strength = _strength(self.guide, flat)
+    def fade(self, strength: np.ndarray) -> np.ndarray:
+        """The gain's share (0 to 1) for pixels of edge `strength` (`_strength`'s units)."""
         return np.clip((strength - self.fade_from) / max(self.strongest - self.fade_from, 1), 0.0, 1.0,
                        dtype=np.float32, casting="unsafe")
 
@@ -112,7 +102,7 @@ class EdgeFloor:
     def __call__(self, edges: Edges | None, per_frame: torch.Tensor, blended: torch.Tensor) -> torch.Tensor:
         """`blended` [1, 3, H, W], its edges raised in place where needed. `edges` is what `pick`
         found in the input, `per_frame` the frame before stabilising."""
-        if self.floor == 0 or edges is None:
+        if edges is None:
             return blended
         width = edges.guide.shape[1]
         where = edges.where
@@ -128,7 +118,7 @@ class EdgeFloor:
         blended_luma = _luma_at(blended, rows, cols)
         coarse = _numpy(_bilinear_at(footprint_mean(luma(blended), self.source_size), rows, cols, edges.guide.shape))
         fine = blended_luma - coarse.ravel()
-        gain = _solve_gain(slopes(blended_luma), slopes(fine * edges.fade(around)), target)
+        gain = _solve_gain(slopes(blended_luma), slopes(fine * edges.fade(_strength(edges.guide, around))), target)
         running = gain if self._gain is None else self._gain + GAIN_SMOOTHING * (gain - self._gain)
         self._gain = running if running >= 1.0 + NEGLIGIBLE_GAIN else 1.0  # the smoothing ends at 1
         if self._gain > 1.0:
@@ -139,9 +129,10 @@ class EdgeFloor:
         """Add the running gain less 1 times the fine band to `blended`, in place, where the fade
         is above 0."""
         height, width = edges.guide.shape
-        reached = np.flatnonzero(_full_strength(edges.guide) > edges.fade_from)
+        strength = _full_strength(edges.guide).ravel()
+        reached = np.flatnonzero(strength > edges.fade_from)
         rows, cols = _pixels(reached, width, blended.device)
-        weight = torch.from_numpy(edges.fade(reached)).to(blended.device, blended.dtype).mul_(self._gain - 1.0)
+        weight = torch.from_numpy(edges.fade(strength[reached])).to(blended.device, blended.dtype).mul_(self._gain - 1.0)
         values = blended[0, :, rows, cols]
         fine = values - _bilinear_at(footprint_mean(blended, self.source_size), rows, cols, (height, width))[0]
         blended[0, :, rows, cols] = values.add_(fine.mul_(weight)).clamp_(0.0, 1.0)
@@ -181,8 +172,7 @@ def _bilinear_at(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, s
     corners unaligned), read at the K pixels (rows, cols) only."""
     height, width = size
     grid = torch.stack([(2 * cols + 1) / width - 1, (2 * rows + 1) / height - 1], -1).to(images.dtype)
-    picked = F.grid_sample(images, grid.view(1, 1, -1, 2), mode="bilinear", padding_mode="border", align_corners=False)
-    return picked[:, :, 0]
+    return sample(images, grid.view(1, 1, -1, 2), "bilinear")[:, :, 0]
 
 
 def _numpy(values: torch.Tensor) -> np.ndarray:

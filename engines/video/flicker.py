@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from ..clip import Clip
 from ..errors import InputError
 from ..progress import Progress
-from .edges import differences, luma
-from .flow import DenseFlow, grey_u8, reliable, warp
+from .edges import luma
+from .flow import DenseFlow, differences, grey_u8, reliable, warp
 
 EDGE_FRACTION = 0.05
 MEASURE_FLOW_PRESET = "medium"

@@ -312,12 +312,18 @@ def consistency_ratio(flow: torch.Tensor, reverse: torch.Tensor) -> torch.Tensor
     return error / (allowance + CONSISTENCY_ABSOLUTE)
 
 
+def differences(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences of [N, C, H, W] along x and along y; 0 on the outer columns and rows."""
+    dx = torch.zeros_like(image)
+    dy = torch.zeros_like(image)
+    dx[..., :, 1:-1] = (image[..., :, 2:] - image[..., :, :-2]) / 2
+    dy[..., 1:-1, :] = (image[..., 2:, :] - image[..., :-2, :]) / 2
+    return dx, dy
+
+
 def boundary_ratio(flow: torch.Tensor) -> torch.Tensor:
     """[N, 1, H, W]: the flow's squared gradient over 0.01 |F|^2 + 0.002 (above 1: a motion boundary)."""
-    dx = torch.zeros_like(flow)
-    dy = torch.zeros_like(flow)
-    dx[..., :, 1:-1] = (flow[..., :, 2:] - flow[..., :, :-2]) / 2
-    dy[..., 1:-1, :] = (flow[..., 2:, :] - flow[..., :-2, :]) / 2
+    dx, dy = differences(flow)
     gradient = (dx.square() + dy.square()).sum(1, keepdim=True)
     return gradient / (BOUNDARY_RELATIVE * flow.square().sum(1, keepdim=True) + BOUNDARY_ABSOLUTE)
 
