@@ -9,6 +9,9 @@ Methods, each run in a fresh subprocess so its peak RSS (VmHWM) is its own:
   vsrkit  the streaming clip stage (`upscale_clip`), automatic tiles, precision and CPU backend
           (the native Winograd kernel where a C++ compiler is found, else PyTorch)
   vsrkit-pytorch  the same with `cpu_backend="pytorch"` (opt-in with `--methods ...`)
+  vsrkit-stabilised  what the Real-ESRGAN Upscale node does by default: `vsrkit` with the
+          temporal stabiliser at its default settings (`stabilized_upscale`; flow on the CPU,
+          resampling and blending on the device); reported as the time it adds to `vsrkit`
   core    what ComfyUI core's "Upscale Image (using Model)" does: a spandrel model in fp32,
           the whole batch moved to the device, 512-pixel tiles with 32 pixels of overlap and
           feathered blending, a full-size float32 batch returned; for x2 from the x4
@@ -47,7 +50,8 @@ CPU_CONFIGS = {
     "animevideov3-x2 640x360": ("realesr-animevideov3-x2", 640, 360),
     "x4plus 160x120": ("realesrgan-x4plus", 160, 120),
 }
-VSRKIT_BACKENDS = {"vsrkit": "auto", "vsrkit-pytorch": "pytorch"}
+VSRKIT_BACKENDS = {"vsrkit": "auto", "vsrkit-pytorch": "pytorch", "vsrkit-stabilised": "auto"}
+STABILISED = "vsrkit-stabilised"
 GPU_CONFIGS = {
     "animevideov3-x2 512x512 fp16": ("realesr-animevideov3-x2", 512, 512),
     "animevideov3-x4 854x480 fp16": ("realesr-animevideov3-x4", 854, 480),
@@ -95,20 +99,27 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------ workers (one per subprocess)
 
 
-def run_vsrkit(frames: np.ndarray, model_file: Path, device: str, cpu_backend: str) -> tuple[float, np.ndarray]:
+def run_vsrkit(frames: np.ndarray, model_file: Path, device: str, method: str) -> tuple[float, np.ndarray]:
     from vsrkit.engines.clip import Clip
     from vsrkit.engines.realesrgan.loading import load_model_file
     from vsrkit.engines.realesrgan.upscale import upscale_clip
+    from vsrkit.engines.video.stabilize import StabilizeSettings, stabilized_upscale
 
     model = load_model_file(model_file)
-    warm = Clip.from_tensor(torch.from_numpy(frames[:1]).float() / 255, fps=24)
-    upscale_clip(warm, model, device=device, cpu_backend=cpu_backend).to_tensor()
+
+    def upscaled(clip: Clip) -> Clip:
+        plain = lambda frames: upscale_clip(frames, model, device=device,  # noqa: E731
+                                            cpu_backend=VSRKIT_BACKENDS[method])
+        return stabilized_upscale(clip, plain, StabilizeSettings(), device) if method == STABILISED else plain(clip)
+
+    warm = Clip.from_tensor(torch.from_numpy(frames[:2]).float() / 255, fps=24)  # two: the stabiliser's flow too
+    upscaled(warm).to_tensor()
     if device == "cuda":
         torch.cuda.synchronize()
     clip = Clip.from_tensor(torch.from_numpy(frames).float() / 255, fps=24)
     started = time.perf_counter()
     first = None
-    for chunk in upscale_clip(clip, model, device=device, cpu_backend=cpu_backend).chunks():
+    for chunk in upscaled(clip).chunks():
         if first is None:
             first = (chunk[0] * 255).round().to(torch.uint8).numpy()
     elapsed = time.perf_counter() - started
@@ -199,7 +210,7 @@ def worker(args: argparse.Namespace) -> None:
     frames = np.load(args.frames_file)
     rss_before = peak_rss_mb()
     if args.worker in VSRKIT_BACKENDS:
-        elapsed, first = run_vsrkit(frames, Path(args.model_file), args.device, VSRKIT_BACKENDS[args.worker])
+        elapsed, first = run_vsrkit(frames, Path(args.model_file), args.device, args.worker)
     elif args.worker == "core":
         elapsed, first = run_core(frames, Path(args.model_file), args.device, args.output_scale)
     else:
@@ -277,7 +288,7 @@ def run_config(config: str, model_name: str, width: int, height: int, methods: l
     report: dict = {"model": model_name, "input": [height, width], "frames": args.frames, "methods": {}}
     for method in methods:
         if method in skipped:
-            print(f"{method:12s} skipped: {skipped[method]}")
+            print(f"{method:17s} skipped: {skipped[method]}")
             report["methods"][method] = {"status": "skipped", "reason": skipped[method]}
             continue
         rates = sorted(r["frames"] / r["seconds"] for r in runs[method])
@@ -288,7 +299,7 @@ def run_config(config: str, model_name: str, width: int, height: int, methods: l
         entry["peak_gpu_mib"] = max(gpu_peaks) if gpu_peaks else None
         report["methods"][method] = entry
         gpu = f", peak GPU {entry['peak_gpu_mib']:.0f} MiB" if gpu_peaks else ""
-        print(f"{method:12s} {entry['fps']:7.3f} frames/s median of {len(rates)} runs "
+        print(f"{method:17s} {entry['fps']:7.3f} frames/s median of {len(rates)} runs "
               f"(min {rates[0]:.3f}, max {rates[-1]:.3f}), peak RSS {peak:.0f} MB{gpu}")
     report["compare"] = {}
     if "vsrkit" in firsts:
@@ -298,13 +309,18 @@ def run_config(config: str, model_name: str, width: int, height: int, methods: l
                 speedup = report["methods"]["vsrkit"]["fps"] / report["methods"][other]["fps"]
                 report["compare"][other]["vsrkit_speedup"] = speedup
                 print(f"vsrkit vs {other}: {levels(firsts['vsrkit'], firsts[other])}, {speedup:.2f}x the frames/s")
+    stabilised, plain = report["methods"].get(STABILISED, {}), report["methods"].get("vsrkit", {})
+    if stabilised.get("status") == "ok" and plain.get("status") == "ok":
+        added = plain["fps"] / stabilised["fps"] - 1.0
+        report["compare"][STABILISED] = {"time_added": added}
+        print(f"stabilised at the default settings: {added:+.1%} time per frame over vsrkit alone")
     return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=None, help="frames per measurement, after one warm-up "
-                        "frame (default 3; 1 with --dry-run)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per measurement, after a warm-up "
+                        "(default 3; 2 with --dry-run, so that the stabiliser runs its flow)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=None, help="rounds; methods alternate within each round "
                         "(default 3; 1 with --dry-run)")
@@ -314,7 +330,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--only", nargs="*", default=None, help="config names to run")
     parser.add_argument("--methods", nargs="*", default=None,
-                        help="default: vsrkit core ncnn (vsrkit core with --gpu or --dry-run)")
+                        help="default: vsrkit core ncnn (vsrkit vsrkit-stabilised core with --gpu or --dry-run)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--frames-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-file", default=None, help=argparse.SUPPRESS)
@@ -327,9 +343,9 @@ def main() -> None:
         worker(args)
         return
     gpu_path = args.gpu or args.dry_run
-    args.frames = args.frames or (1 if args.dry_run else 3)
+    args.frames = args.frames or (2 if args.dry_run else 3)
     args.repeats = args.repeats or (1 if args.dry_run else 3)
-    methods = args.methods or (["vsrkit", "core"] if gpu_path else ["vsrkit", "core", "ncnn"])
+    methods = args.methods or (["vsrkit", STABILISED, "core"] if gpu_path else ["vsrkit", "core", "ncnn"])
 
     from vsrkit.engines.realesrgan.resolve import package_models_dir
 

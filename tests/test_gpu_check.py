@@ -90,13 +90,18 @@ def test_dry_run_reports_every_realesrgan_figure(dry_run):
         vsrkit = config["methods"]["vsrkit"]
         assert vsrkit["status"] == "ok" and vsrkit["fps"] > 0 and vsrkit["runs"] == bench["repeats"]
         assert {"fps_min", "fps_max", "peak_rss_mb", "peak_gpu_mib", "precision"} <= vsrkit.keys()
+        stabilised = config["methods"]["vsrkit-stabilised"]  # the node's default path
+        assert stabilised["status"] == "ok" and stabilised["fps"] > 0 and stabilised["runs"] == bench["repeats"]
+        added = config["compare"]["vsrkit-stabilised"]["time_added"]
+        assert added == pytest.approx(vsrkit["fps"] / stabilised["fps"] - 1)
         core = config["methods"]["core"]
         assert core["status"] == "ok" or core["reason"]
         if core["status"] == "ok":
             assert {"max_levels", "psnr_db", "vsrkit_speedup"} <= config["compare"]["core"].keys()
     for entry in report["summary"]["realesrgan"].values():
         assert {"vsrkit_fps", "core_fps", "speedup_vs_core", "target_speedup", "meets_target", "psnr_vs_core_db",
-                "vsrkit_peak_gpu_mib"} <= entry.keys()
+                "vsrkit_peak_gpu_mib", "stabilised_fps", "stabilise_time_added"} <= entry.keys()
+        assert entry["stabilised_fps"] > 0 and entry["stabilise_time_added"] is not None
 
 
 def test_dry_run_reports_every_flashvsr_figure(dry_run):
