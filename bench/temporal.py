@@ -16,6 +16,9 @@ beside bicubic and the ground truth itself:
 
 Cost (--cost): CPU time per frame of realesr-animevideov3-x2 on 320x240 real frames against
 the stabiliser's on the same frames and outputs, alternating rounds (ratios within one run).
+Throughput (--throughput): wall and CPU time per frame of the stage alone at x4 from larger inputs
+(Big Buck Bunny frames; the per-frame output stood in by their bicubic upscale plus noise), and of
+its optical flow alone on the same frames: what the stage costs where the model runs on a GPU.
 Memory (--memory): peak RSS of the stage over a short and a 4x longer clip (64x48 -> 256x192), each in its own
 process (frames made on the fly, so only the stage's own memory can grow).
 Per-frame upscales are cached in --cache (default /tmp/vsrkit-bench-temporal).
@@ -39,14 +42,15 @@ import torch
 import torch.nn.functional as F
 
 from vsrkit.bench.flow_variants import FLOW_VARIANTS, flow_in_stage
-from vsrkit.bench.footage import CLIPS, HELD_OUT, area, footage, per_frame
+from vsrkit.bench.footage import CLIPS, FOOTAGE, HELD_OUT, area, footage, per_frame
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.realesrgan.loading import load_model
 from vsrkit.engines.realesrgan.resolve import standalone_model_dir
 from vsrkit.engines.realesrgan.upscale import upscale_clip
+from vsrkit.engines.video.decode import open_clip
 from vsrkit.engines.video.flicker import measure_flicker
-from vsrkit.engines.video.flow import opencv
-from vsrkit.engines.video.stabilize import StabilizeSettings, stabilize_clip
+from vsrkit.engines.video.flow import DenseFlow, grey_resized, grey_u8, opencv
+from vsrkit.engines.video.stabilize import Stabilizer, StabilizeSettings, stabilize_clip
 
 MODELS = ("realesrgan-x4plus", "realesr-animevideov3-x4")
 MODELS_X2 = ("realesr-animevideov3-x2",)
@@ -72,6 +76,7 @@ VARIANTS = {
     "+ flow checks": {"flow_checks": True},
 }
 COST_SIZE = (240, 320)
+THROUGHPUT_SIZES = ((180, 320), (270, 480), (540, 960))  # inputs, upscaled x4
 
 
 def bicubic(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -141,6 +146,37 @@ def cost(args: argparse.Namespace) -> None:
           + ", ".join(f"{s / m:.3f}" for s, m in zip(stage_times, model_times, strict=True)))
 
 
+def throughput(args: argparse.Namespace) -> None:
+    """The stage's and its flow's time per frame at x4 from THROUGHPUT_SIZES inputs."""
+    file, start = CLIPS["bbb-slow"][:2]
+    frames = []
+    for chunk in open_clip(FOOTAGE / file).chunks():  # at the file's own size (1280x720)
+        frames.extend(chunk[..., :3])
+        if len(frames) >= start + args.cost_frames + 1:
+            break
+    frames = torch.stack(frames[start:start + args.cost_frames + 1])
+    generator = torch.Generator().manual_seed(0)
+    for height, width in THROUGHPUT_SIZES:
+        source = area(frames, height, width)
+        upscaled = bicubic(source, 4 * height, 4 * width)
+        upscaled = (upscaled + 0.02 * torch.randn(upscaled.shape, generator=generator)).clamp_(0, 1)
+        stabilizer = Stabilizer(StabilizeSettings(), (height, width), (4 * height, 4 * width))
+        stabilizer(source[0], upscaled[0])
+        cpu, wall = time.process_time(), time.perf_counter()
+        for index in range(1, len(source)):
+            stabilizer(source[index], upscaled[index])
+        stage_cpu, stage_wall = ((time.process_time() - cpu) / args.cost_frames, (time.perf_counter() - wall) / args.cost_frames)
+        greys = [grey_resized(grey_u8(frame), 4 * height, 4 * width) for frame in source]
+        flow = DenseFlow(StabilizeSettings().flow_preset, (height, width))
+        cpu, wall = time.process_time(), time.perf_counter()
+        for index in range(1, len(greys)):
+            flow(greys[index], greys[index - 1])
+        flow_cpu, flow_wall = ((time.process_time() - cpu) / args.cost_frames, (time.perf_counter() - wall) / args.cost_frames)
+        print(f"{width}x{height} -> {4 * width}x{4 * height}: stage {stage_wall * 1e3:.0f} ms/frame wall "
+              f"({stage_cpu * 1e3:.0f} CPU), of which the flow alone {flow_wall * 1e3:.0f} wall "
+              f"({flow_cpu * 1e3:.0f} CPU); {args.cost_frames} frames", flush=True)
+
+
 def _ms(values: list[float]) -> str:
     return ", ".join(f"{v * 1e3:.0f}" for v in values)
 
@@ -193,6 +229,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch and OpenCV threads (0: their defaults); 1 measures work without the spinning "
                         "that threads waiting for a busy shared CPU add to CPU time")
+    parser.add_argument("--throughput", action="store_true",
+                        help="time per frame of the stage and of its flow at x4 from larger inputs (--cost-frames)")
     parser.add_argument("--memory", action="store_true", help="peak RSS over a short and a 4x longer clip")
     parser.add_argument("--memory-frames", type=int, default=160,
                         help="frames of the short clip (default 160: past the first output chunks)")
@@ -209,9 +247,11 @@ def main() -> None:
           f"threads {torch.get_num_threads()} (OpenCV {opencv().getNumThreads()}), settings {dataclasses.asdict(StabilizeSettings())}")
     if args.cost:
         cost(args)
+    if args.throughput:
+        throughput(args)
     if args.memory:
         memory(args)
-    if not (args.cost or args.memory):
+    if not (args.cost or args.memory or args.throughput):
         quality(args)
 
 
