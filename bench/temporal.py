@@ -16,8 +16,9 @@ beside bicubic and the ground truth itself:
 
 Cost (--cost): CPU time per frame of realesr-animevideov3-x2 on 320x240 real frames against
 the stabiliser's on the same frames and outputs, alternating rounds (ratios within one run).
-Throughput (--throughput): wall and CPU time per frame of the stage alone at x4 from larger inputs
-(Big Buck Bunny frames; the per-frame output stood in by their bicubic upscale plus noise), and of
+Throughput (--throughput [--device cuda] [--json FILE] [--dry-run]): wall and CPU time per frame
+of the stage alone at x4 from larger inputs (Big Buck Bunny frames, or the synthetic sample where
+the footage is missing; the per-frame output stood in by their bicubic upscale plus noise), and of
 its optical flow alone on the same frames: what the stage costs where the model runs on a GPU.
 Memory (--memory): peak RSS of the stage over a short and a 4x longer clip (64x48 -> 256x192), each in its own
 process (frames made on the fly, so only the stage's own memory can grow).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import platform
 import resource
@@ -50,6 +52,7 @@ from vsrkit.engines.realesrgan.upscale import upscale_clip
 from vsrkit.engines.video.decode import open_clip
 from vsrkit.engines.video.flicker import measure_flicker
 from vsrkit.engines.video.flow import DenseFlow, grey_resized, grey_u8, opencv
+from vsrkit.engines.video.sample import sample_frame
 from vsrkit.engines.video.stabilize import Stabilizer, StabilizeSettings, stabilize_clip
 
 MODELS = ("realesrgan-x4plus", "realesr-animevideov3-x4")
@@ -77,6 +80,7 @@ VARIANTS = {
 }
 COST_SIZE = (240, 320)
 THROUGHPUT_SIZES = ((180, 320), (270, 480), (540, 960))  # inputs, upscaled x4
+DRY_RUN_SIZES = ((24, 40),)  # --throughput --dry-run: the same path at a tiny size
 
 
 def bicubic(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -146,35 +150,57 @@ def cost(args: argparse.Namespace) -> None:
           + ", ".join(f"{s / m:.3f}" for s, m in zip(stage_times, model_times, strict=True)))
 
 
-def throughput(args: argparse.Namespace) -> None:
-    """The stage's and its flow's time per frame at x4 from THROUGHPUT_SIZES inputs."""
+def throughput_frames(count: int, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    """[count, H, W, 3] input frames at `size`: Big Buck Bunny frames from 160 on, area-resized from
+    the file's 1280x720, or the synthetic sample where the footage is not there (a GPU machine)."""
     file, start = CLIPS["bbb-slow"][:2]
+    if not (FOOTAGE / file).is_file():
+        return torch.stack([sample_frame(index, count, size[1], size[0]) for index in range(count)]), "synthetic"
     frames = []
-    for chunk in open_clip(FOOTAGE / file).chunks():  # at the file's own size (1280x720)
+    for chunk in open_clip(FOOTAGE / file).chunks():
         frames.extend(chunk[..., :3])
-        if len(frames) >= start + args.cost_frames + 1:
+        if len(frames) >= start + count:
             break
-    frames = torch.stack(frames[start:start + args.cost_frames + 1])
+    return area(torch.stack(frames[start:start + count]), *size), "footage"
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """The stage's and its flow's time per frame at x4 from THROUGHPUT_SIZES inputs, after two warm-up frames."""
+    device = torch.device(args.device)
+    report = {"bench": "temporal-throughput", "date": str(datetime.date.today()), "dry_run": args.dry_run,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "frames": args.cost_frames, "settings": dataclasses.asdict(StabilizeSettings()),
+              "sizes": {}}
     generator = torch.Generator().manual_seed(0)
-    for height, width in THROUGHPUT_SIZES:
-        source = area(frames, height, width)
+    for height, width in DRY_RUN_SIZES if args.dry_run else THROUGHPUT_SIZES:
+        source, report["frames_from"] = throughput_frames(args.cost_frames + 2, (height, width))
         upscaled = bicubic(source, 4 * height, 4 * width)
         upscaled = (upscaled + 0.02 * torch.randn(upscaled.shape, generator=generator)).clamp_(0, 1)
-        stabilizer = Stabilizer(StabilizeSettings(), (height, width), (4 * height, 4 * width))
-        stabilizer(source[0], upscaled[0])
-        cpu, wall = time.process_time(), time.perf_counter()
-        for index in range(1, len(source)):
+        stabilizer = Stabilizer(StabilizeSettings(), (height, width), (4 * height, 4 * width), device)
+        for index in range(2):
             stabilizer(source[index], upscaled[index])
-        stage_cpu, stage_wall = ((time.process_time() - cpu) / args.cost_frames, (time.perf_counter() - wall) / args.cost_frames)
+        cpu, wall = time.process_time(), time.perf_counter()
+        for index in range(2, len(source)):
+            stabilizer(source[index], upscaled[index])  # its result comes back to the CPU: synchronised
+        stage = ((time.perf_counter() - wall) / args.cost_frames, (time.process_time() - cpu) / args.cost_frames)
         greys = [grey_resized(grey_u8(frame), 4 * height, 4 * width) for frame in source]
         flow = DenseFlow(StabilizeSettings().flow_preset, (height, width))
+        flow(greys[1], greys[0])
         cpu, wall = time.process_time(), time.perf_counter()
-        for index in range(1, len(greys)):
+        for index in range(2, len(greys)):
             flow(greys[index], greys[index - 1])
-        flow_cpu, flow_wall = ((time.process_time() - cpu) / args.cost_frames, (time.perf_counter() - wall) / args.cost_frames)
-        print(f"{width}x{height} -> {4 * width}x{4 * height}: stage {stage_wall * 1e3:.0f} ms/frame wall "
-              f"({stage_cpu * 1e3:.0f} CPU), of which the flow alone {flow_wall * 1e3:.0f} wall "
-              f"({flow_cpu * 1e3:.0f} CPU); {args.cost_frames} frames", flush=True)
+        flow_times = ((time.perf_counter() - wall) / args.cost_frames, (time.process_time() - cpu) / args.cost_frames)
+        name = f"{width}x{height} -> {4 * width}x{4 * height}"
+        report["sizes"][name] = {"stage_ms": stage[0] * 1e3, "stage_cpu_ms": stage[1] * 1e3,
+                                 "flow_ms": flow_times[0] * 1e3, "flow_cpu_ms": flow_times[1] * 1e3}
+        print(f"{name}: stage {stage[0] * 1e3:.0f} ms/frame wall ({stage[1] * 1e3:.0f} CPU), of which the flow "
+              f"alone {flow_times[0] * 1e3:.0f} wall ({flow_times[1] * 1e3:.0f} CPU); {args.cost_frames} "
+              f"{report['frames_from']} frames, device {report['device']}", flush=True)
+        if args.json:  # after each size, so a run stopped later keeps what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            partial = args.json.with_name(args.json.name + ".partial")
+            partial.write_text(json.dumps(report, indent=1))
+            partial.replace(args.json)
 
 
 def _ms(values: list[float]) -> str:
@@ -231,6 +257,9 @@ def main() -> None:
                         "that threads waiting for a busy shared CPU add to CPU time")
     parser.add_argument("--throughput", action="store_true",
                         help="time per frame of the stage and of its flow at x4 from larger inputs (--cost-frames)")
+    parser.add_argument("--device", default="cpu", help="--throughput: the stage's device (cpu, cuda)")
+    parser.add_argument("--dry-run", action="store_true", help="--throughput at a tiny size (bench/gpu_check.py)")
+    parser.add_argument("--json", type=Path, default=None, help="--throughput: also write every figure to this file")
     parser.add_argument("--memory", action="store_true", help="peak RSS over a short and a 4x longer clip")
     parser.add_argument("--memory-frames", type=int, default=160,
                         help="frames of the short clip (default 160: past the first output chunks)")

@@ -17,7 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
-STEPS = ("setup", "probe", "gpu-tests", "realesrgan", "flashvsr")
+STEPS = ("setup", "probe", "gpu-tests", "realesrgan", "stabilise", "flashvsr")
 
 
 def load_script(name: str):
@@ -40,7 +40,7 @@ def test_dry_run_runs_every_step(dry_run):
     out, report, done = dry_run
     assert report["dry_run"] is True and report["status"] == "ok"
     assert {"check", "started", "seconds", "limit_s", "host", "device", "steps", "gpu_tests", "realesrgan",
-            "flashvsr", "summary"} <= report.keys()
+            "stabilise", "flashvsr", "summary"} <= report.keys()
     assert report["seconds"] <= report["limit_s"]
     for step in STEPS:
         record = report["steps"][step]
@@ -102,6 +102,19 @@ def test_dry_run_reports_every_realesrgan_figure(dry_run):
         assert {"vsrkit_fps", "core_fps", "speedup_vs_core", "target_speedup", "meets_target", "psnr_vs_core_db",
                 "vsrkit_peak_gpu_mib", "stabilised_fps", "stabilise_time_added"} <= entry.keys()
         assert entry["stabilised_fps"] > 0 and entry["stabilise_time_added"] is not None
+
+
+def test_dry_run_reports_every_stabiliser_figure(dry_run):
+    out, report, _ = dry_run
+    bench = report["stabilise"]
+    assert bench == json.loads((out / "stabilise.json").read_text())
+    assert {"bench", "date", "dry_run", "device", "torch", "frames", "frames_from", "settings", "sizes"} <= bench.keys()
+    assert bench["dry_run"] is True and bench["device"] == "cpu" and bench["frames"] == 2
+    assert list(bench["sizes"]) == ["40x24 -> 160x96"]
+    for entry in bench["sizes"].values():
+        assert entry["stage_ms"] > 0 and entry["flow_ms"] > 0 and entry["stage_cpu_ms"] > 0 and entry["flow_cpu_ms"] > 0
+    assert report["summary"]["stabilise"] == {size: {"stage_ms": entry["stage_ms"], "flow_ms": entry["flow_ms"]}
+                                              for size, entry in bench["sizes"].items()}
 
 
 def test_dry_run_reports_every_flashvsr_figure(dry_run):
