@@ -107,9 +107,10 @@ def run_vsrkit(frames: np.ndarray, model_file: Path, device: str, method: str) -
 
     model = load_model_file(model_file)
 
+    def plain(clip: Clip) -> Clip:
+        return upscale_clip(clip, model, device=device, cpu_backend=VSRKIT_BACKENDS[method])
+
     def upscaled(clip: Clip) -> Clip:
-        plain = lambda frames: upscale_clip(frames, model, device=device,  # noqa: E731
-                                            cpu_backend=VSRKIT_BACKENDS[method])
         return stabilized_upscale(clip, plain, StabilizeSettings(), device) if method == STABILISED else plain(clip)
 
     warm = Clip.from_tensor(torch.from_numpy(frames[:2]).float() / 255, fps=24)  # two: the stabiliser's flow too
