@@ -48,8 +48,9 @@ def area(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return eight_bit(out.permute(0, 2, 3, 1).contiguous())
 
 
-def footage(name: str, frames: int, factor: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ground truth [T, H, W, 3], input [T, H/factor, W/factor, 3]) of one clip."""
+def footage(name: str, frames: int, factor: int = 4, native: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ground truth [T, H, W, 3], input [T, H/factor, W/factor, 3]) of one clip; with `native` the
+    ground truth is the file's own frames (cropped to a multiple of `factor`), not resized."""
     file, start, width, height, interlaced = {**CLIPS, **HELD_OUT}[name]
     clip = open_clip(FOOTAGE / file)
     if interlaced:
@@ -63,7 +64,12 @@ def footage(name: str, frames: int, factor: int = 4) -> tuple[torch.Tensor, torc
             index += 1
         if index >= start + frames:
             break
-    truth = area(torch.stack(pulled), height, width)
+    truth = torch.stack(pulled)
+    if native:
+        height, width = (size - size % factor for size in truth.shape[1:3])
+        truth = eight_bit(truth[:, :height, :width].contiguous())
+    else:
+        truth = area(truth, height, width)
     return truth, area(truth, height // factor, width // factor)
 
 

@@ -13,6 +13,7 @@ beside bicubic and the ground truth itself:
     python bench/temporal.py --flows             # other optical flows in the stage (bench/flow_variants.py)
     python bench/temporal.py --scale 2           # input downscaled 2x, realesr-animevideov3-x2
     python bench/temporal.py --held-out          # other stretches of the footage, no setting chosen on them
+    python bench/temporal.py --native            # the ground truth at the file's own size (slower)
 
 Cost (--cost): CPU time per frame of realesr-animevideov3-x2 on 320x240 real frames against
 the stabiliser's on the same frames and outputs, alternating rounds (ratios within one run).
@@ -95,9 +96,9 @@ def stabilised(output: torch.Tensor, source: torch.Tensor, settings: StabilizeSe
 def quality(args: argparse.Namespace) -> None:
     print("| clip | model | output | warping error (x10^-4) | / ground truth | PSNR dB | edges / per-frame |")
     print("|---|---|---|---|---|---|---|")
-    suffix = "" if args.scale == 4 else f"-x{args.scale}"
+    suffix = ("" if args.scale == 4 else f"-x{args.scale}") + ("-native" if args.native else "")
     for name in (list(HELD_OUT) if args.held_out else args.clips):
-        truth, source = footage(name, args.frames, args.scale)
+        truth, source = footage(name, args.frames, args.scale, args.native)
         height, width = truth.shape[1:3]
         for model_name in args.models or (MODELS if args.scale == 4 else MODELS_X2):
             output = per_frame(args.cache, f"{name}-{args.frames}{suffix}", model_name, source)
@@ -242,6 +243,9 @@ def main() -> None:
     parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=[*CLIPS, *HELD_OUT])
     parser.add_argument("--held-out", action="store_true",
                         help=f"the held-out clips instead ({', '.join(HELD_OUT)}: no setting was chosen on them)")
+    parser.add_argument("--native", action="store_true",
+                        help="the ground truth at the file's own size (Big Buck Bunny 1280x720, the NTSC clip "
+                        "720x480) instead of the clips' benchmark size")
     parser.add_argument("--scale", type=int, choices=(2, 4), default=4,
                         help="downscale factor of the input and scale of the models (default 4)")
     parser.add_argument("--models", nargs="+", help=f"default {', '.join(MODELS)}; at --scale 2 {', '.join(MODELS_X2)}")
