@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vsrkit.engines.video import stabilize
-from vsrkit.engines.video.flow import COARSE_SETTINGS, DenseFlow, dis, flow_tensor, opencv
+from vsrkit.engines.video.flow import COARSE_SETTINGS, DETAILED_SETTINGS, DenseFlow, dis, flow_tensor, opencv
 
 
 class _Flow:
@@ -100,6 +100,7 @@ class _CoarseAtEveryScale(DenseFlow):
 
 FLOW_VARIANTS: dict[str, Factory] = {
     "coarse DIS alone (finest scale 2, variational 10)": dis_with(COARSE_SETTINGS),
+    "detailed DIS alone (the two-scale flow's other half)": dis_with(DETAILED_SETTINGS),
     "DIS medium, variational alpha 40, delta 2": dis_with({"VariationalRefinementAlpha": 40,
                                                           "VariationalRefinementDelta": 2}),
     "DIS medium, smoothed (sigma 8 px)": smoothed(8.0),
