@@ -94,8 +94,9 @@ def stabilised(output: torch.Tensor, source: torch.Tensor, settings: StabilizeSe
 
 
 def quality(args: argparse.Namespace) -> None:
-    print("| clip | model | output | warping error (x10^-4) | / ground truth | PSNR dB | edges / per-frame |")
-    print("|---|---|---|---|---|---|---|")
+    print("| clip | model | output | warping error (x10^-4) | / ground truth | PSNR dB | edges / per-frame | "
+          "detail / per-frame |")
+    print("|---|---|---|---|---|---|---|---|")
     suffix = ("" if args.scale == 4 else f"-x{args.scale}") + ("-native" if args.native else "")
     for name in (list(HELD_OUT) if args.held_out else args.clips):
         truth, source = footage(name, args.frames, args.scale, args.native)
@@ -120,7 +121,8 @@ def quality(args: argparse.Namespace) -> None:
             for label, report in zip(rows, reports, strict=True):
                 psnr = "inf" if report.psnr == float("inf") else f"{report.psnr:.2f}"
                 print(f"| {name} | {model_name} | {label} | {report.warping_error * 1e4:.2f} | "
-                      f"{report.warping_error / own:.2f} | {psnr} | {report.edge_ratio:.3f} |", flush=True)
+                      f"{report.warping_error / own:.2f} | {psnr} | {report.edge_ratio:.3f} | "
+                      f"{report.detail_ratio:.3f} |", flush=True)
 
 
 def cost(args: argparse.Namespace) -> None:

@@ -170,6 +170,22 @@ def test_warping_error_follows_motion_and_counts_only_what_changes_along_it():
     assert flickering.warping_error == pytest.approx(2 * 0.02 ** 2, rel=0.2)  # two independent frames' noise
     assert steady.psnr == math.inf and flickering.psnr == pytest.approx(-10 * math.log10(0.02 ** 2), abs=0.3)
     assert steady.edge_ratio == 1.0 and soft.edge_ratio < 0.8 < flickering.edge_ratio
+    assert steady.detail_ratio == 1.0 and soft.detail_ratio < 0.8 < steady.detail_ratio < flickering.detail_ratio
+
+
+def test_detail_sees_texture_smoothed_away_between_edges_that_stay_sharp():
+    """Blocks with hard outlines and fine texture inside: smoothing only the texture keeps the
+    edge measure (the outlines are the strongest edges) but not the detail measure."""
+    rows, cols = torch.arange(48).view(-1, 1), torch.arange(64).view(1, -1)
+    blocks = (((rows // 24) + (cols // 32)) % 2).float()
+    inside = ((rows % 24 >= 2) & (rows % 24 < 22) & (cols % 32 >= 2) & (cols % 32 < 30)).float()
+    texture = torch.rand(48, 64, generator=torch.Generator().manual_seed(4)) * 0.08 * inside
+    smoothed = F.avg_pool2d(texture[None, None], 3, 1, 1, count_include_pad=False)[0, 0] * inside
+    textured = (0.2 + 0.6 * blocks + texture)[..., None].expand(4, -1, -1, 3).contiguous()
+    smooth = (0.2 + 0.6 * blocks + smoothed)[..., None].expand(4, -1, -1, 3).contiguous()
+    sharp, soft = measure_flicker([clip(textured), clip(smooth)], clip(textured))
+    assert soft.edge_ratio > 0.97 and soft.detail_ratio < 0.8
+    assert sharp.detail > soft.detail > 0 and sharp.to_dict()["detail_ratio"] == 1.0
 
 
 def test_a_smaller_reference_gives_the_flow_but_no_psnr_and_mismatches_are_refused():
@@ -196,6 +212,7 @@ def test_flicker_command_compares_videos_as_a_user_runs_it(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=120)
     assert result.returncode == 0, result.stderr
     noisy, steady = json.loads(result.stdout)
-    assert noisy["video"].endswith("noisy.mkv") and noisy["edge_ratio"] == 1.0 and noisy["frames"] == 6
+    assert noisy["video"].endswith("noisy.mkv") and noisy["edge_ratio"] == noisy["detail_ratio"] == 1.0
+    assert noisy["frames"] == 6 and steady["detail_ratio"] < 1.0  # the noise is detail too
     assert steady["warping_error"] < noisy["warping_error"] / 5 and steady["psnr"] == "inf"
     assert 25 < noisy["psnr"] < 35

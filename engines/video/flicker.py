@@ -1,4 +1,4 @@
-"""Measures for comparing upscales of one clip: flicker (warping error), edge sharpness and PSNR.
+"""Measures for comparing upscales of one clip: flicker (warping error), edge sharpness, detail and PSNR.
 
 Warping error (Lai et al. 2018, "Learning Blind Video Temporal Consistency"):
 
@@ -7,10 +7,11 @@ Warping error (Lai et al. 2018, "Learning Blind Video Temporal Consistency"):
 with RGB in 0..1, F_t the forward flow from frame t to t+1 of a reference video (the ground truth
 when there is one, else the input scaled to size), and M_t zero where the flow fails the
 forward-backward check, on motion boundaries and where x + F_t(x) leaves the frame (`flow.reliable`).
-Lower is steadier, but blur lowers it too, so two guards go beside it: edge sharpness, the mean
+Lower is steadier, but blur lowers it too, so guards go beside it: edge sharpness, the mean
 gradient magnitude (BT.601 luma) over the strongest 5% of edges of the bicubic upscale of the
-input, to be compared as a ratio against the per-frame output; and PSNR against the reference
-when the reference is a ground truth at the candidates' size.
+input, to be compared as a ratio against the per-frame output; detail, the same gradient averaged
+over every pixel, which also sees texture smoothed away between those edges; and PSNR against the
+reference when the reference is a ground truth at the candidates' size.
 
 Every clip is read once, in lockstep, frame by frame, so memory does not grow with the clip.
 """
@@ -37,13 +38,16 @@ MEASURE_FLOW_PRESET = "medium"
 @dataclasses.dataclass(frozen=True)
 class FlickerReport:
     """One candidate's figures. `psnr` is None when the reference is not at the candidate's size;
-    `edge_ratio` is this candidate's edge sharpness over the first candidate's."""
+    `edge_ratio` and `detail_ratio` are this candidate's edge sharpness and detail over the first
+    candidate's."""
 
     warping_error: float
     edge_sharpness: float
+    detail: float
     psnr: float | None
     frames: int
     edge_ratio: float = 1.0
+    detail_ratio: float = 1.0
 
     def to_dict(self) -> dict[str, float | int | None]:
         return dataclasses.asdict(self)
@@ -86,13 +90,15 @@ class _Tally:
         self.pairs = 0
         self.edges = 0.0
         self.edge_pixels = 0
+        self.detail = 0.0
+        self.detail_pixels = 0
         self.squared = 0.0
         self.values = 0
 
 
 def measure_flicker(candidates: Sequence[Clip], reference: Clip, source: Clip | None = None,
                     flow_preset: str = MEASURE_FLOW_PRESET, progress: Progress | None = None) -> list[FlickerReport]:
-    """Warping error, edge sharpness and PSNR of each candidate (same size and frame count).
+    """Warping error, edge sharpness, detail and PSNR of each candidate (same size and frame count).
 
     `reference` gives the flow (and the PSNR target when it has the candidates' size); it is
     resized bicubically to their size when it is smaller (e.g. the input itself). The edges are
@@ -127,8 +133,11 @@ def measure_flicker(candidates: Sequence[Clip], reference: Clip, source: Clip | 
         mask = strongest_edges(edge_source)
         grey = grey_u8(ref[0].permute(1, 2, 0))
         for tally, output in zip(tallies, outputs, strict=True):
-            tally.edges += float(luma_gradient(output)[mask].sum())
+            gradient = luma_gradient(output)
+            tally.edges += float(gradient[mask].sum())
             tally.edge_pixels += int(mask.sum())
+            tally.detail += float(gradient.sum())
+            tally.detail_pixels += gradient.numel()
             if ground_truth:
                 tally.squared += float((output - ref).square().sum())
                 tally.values += output.numel()
@@ -155,6 +164,8 @@ def measure_flicker(candidates: Sequence[Clip], reference: Clip, source: Clip | 
             mse = tally.squared / tally.values
             psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
         reports.append(FlickerReport(warping_error=tally.warping / tally.pairs if tally.pairs else 0.0,
-                                     edge_sharpness=tally.edges / max(1, tally.edge_pixels), psnr=psnr, frames=frames))
-    base = reports[0].edge_sharpness
-    return [dataclasses.replace(r, edge_ratio=r.edge_sharpness / base if base else math.nan) for r in reports]
+                                     edge_sharpness=tally.edges / max(1, tally.edge_pixels),
+                                     detail=tally.detail / max(1, tally.detail_pixels), psnr=psnr, frames=frames))
+    edges, detail = reports[0].edge_sharpness, reports[0].detail
+    return [dataclasses.replace(r, edge_ratio=r.edge_sharpness / edges if edges else math.nan,
+                                detail_ratio=r.detail / detail if detail else math.nan) for r in reports]
