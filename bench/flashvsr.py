@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import platform
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from vsrkit.bench.report import write_json
 from vsrkit.engines.flashvsr.loader import FlashVSRModels, load_flashvsr
 from vsrkit.engines.flashvsr.lq_proj import CausalLQProjector
 from vsrkit.engines.flashvsr.pipeline import FlashVSRPipeline, StreamSettings
@@ -141,15 +141,6 @@ def case_report(height: int, width: int, scale: int, result: dict, target: float
     return {"input": [height, width], "output": [scale * height, scale * width], **result,
             "peak_gib": result.get("peak_gib"), "target_fps": target,
             "meets_target": None if target is None else result["fps"] > target}
-
-
-def write_json(path: Path | None, report: dict) -> None:
-    """Write `report` to `path` (if given) through a temporary file, so a reader never sees half of it."""
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(report, indent=1))
-        partial.replace(path)
 
 
 def main() -> int:

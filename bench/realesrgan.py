@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from vsrkit.bench.report import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 FOOTAGE = ROOT.parent / "shared" / "footage" / "bbb_0_30_720p24_vorbis.webm"
 
@@ -370,11 +372,7 @@ def main() -> None:
                 continue
             report["configs"][config] = run_config(config, model_name, width, height, methods, device, args,
                                                    package, Path(temp))
-            if args.json:  # after each configuration, so a run stopped later keeps what it measured
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                partial = args.json.with_name(args.json.name + ".partial")
-                partial.write_text(json.dumps(report, indent=1))
-                partial.replace(args.json)
+            write_json(args.json, report)  # after each configuration, so a run stopped later keeps what it measured
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import resource
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 
 from vsrkit.bench.flow_variants import FLOW_VARIANTS, flow_in_stage
 from vsrkit.bench.footage import CLIPS, FOOTAGE, HELD_OUT, area, footage, per_frame
+from vsrkit.bench.report import write_json
 from vsrkit.engines.clip import Clip
 from vsrkit.engines.realesrgan.loading import load_model
 from vsrkit.engines.realesrgan.resolve import standalone_model_dir
@@ -153,18 +153,18 @@ def cost(args: argparse.Namespace) -> None:
           + ", ".join(f"{s / m:.3f}" for s, m in zip(stage_times, model_times, strict=True)))
 
 
-def throughput_frames(count: int, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
-    """[count, H, W, 3] input frames at `size`: Big Buck Bunny frames from 160 on, area-resized from
-    the file's 1280x720, or the synthetic sample where the footage is not there (a GPU machine)."""
+def throughput_frames(count: int) -> torch.Tensor | None:
+    """[count, 720, 1280, 3]: Big Buck Bunny frames from 160 on at the file's own size, decoded once
+    for every size; None where the footage is not there (a GPU machine)."""
     file, start = CLIPS["bbb-slow"][:2]
     if not (FOOTAGE / file).is_file():
-        return torch.stack([sample_frame(index, count, size[1], size[0]) for index in range(count)]), "synthetic"
+        return None
     frames = []
     for chunk in open_clip(FOOTAGE / file).chunks():
         frames.extend(chunk[..., :3])
         if len(frames) >= start + count:
             break
-    return area(torch.stack(frames[start:start + count]), *size), "footage"
+    return torch.stack(frames[start:start + count])
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -175,8 +175,12 @@ def throughput(args: argparse.Namespace) -> None:
               "torch": torch.__version__, "frames": args.cost_frames, "settings": dataclasses.asdict(StabilizeSettings()),
               "sizes": {}}
     generator = torch.Generator().manual_seed(0)
+    count = args.cost_frames + 2
+    frames = throughput_frames(count)
+    report["frames_from"] = "synthetic" if frames is None else "footage"
     for height, width in DRY_RUN_SIZES if args.dry_run else THROUGHPUT_SIZES:
-        source, report["frames_from"] = throughput_frames(args.cost_frames + 2, (height, width))
+        source = (torch.stack([sample_frame(index, count, width, height) for index in range(count)]) if frames is None
+                  else area(frames, height, width))
         upscaled = bicubic(source, 4 * height, 4 * width)
         upscaled = (upscaled + 0.02 * torch.randn(upscaled.shape, generator=generator)).clamp_(0, 1)
         stabilizer = Stabilizer(StabilizeSettings(), (height, width), (4 * height, 4 * width), device)
@@ -199,11 +203,7 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"{name}: stage {stage[0] * 1e3:.0f} ms/frame wall ({stage[1] * 1e3:.0f} CPU), of which the flow "
               f"alone {flow_times[0] * 1e3:.0f} wall ({flow_times[1] * 1e3:.0f} CPU); {args.cost_frames} "
               f"{report['frames_from']} frames, device {report['device']}", flush=True)
-        if args.json:  # after each size, so a run stopped later keeps what it measured
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            partial = args.json.with_name(args.json.name + ".partial")
-            partial.write_text(json.dumps(report, indent=1))
-            partial.replace(args.json)
+        write_json(args.json, report)  # after each size, so a run stopped later keeps what it measured
 
 
 def _ms(values: list[float]) -> str:
