@@ -9,6 +9,7 @@ beside bicubic and the ground truth itself:
 
     python bench/temporal.py [--frames 24] [--clips bbb-fast ntsc carphone] [--cache DIR]
     python bench/temporal.py --variants          # also the stabiliser's alternatives (flow size, bands, ...)
+    python bench/temporal.py --variants "history clamp"   # only those named
     python bench/temporal.py --strengths 0.5 0.7 0.8
     python bench/temporal.py --flows             # other optical flows in the stage (bench/flow_variants.py)
     python bench/temporal.py --scale 2           # input downscaled 2x, realesr-animevideov3-x2
@@ -78,6 +79,7 @@ VARIANTS = {
     "flow on the input": {"flow_at": "input"},
     "DIS fast": {"flow_preset": "fast"},
     "+ flow checks": {"flow_checks": True},
+    "history clamp": {"history_clamp": True},
 }
 COST_SIZE = (240, 320)
 THROUGHPUT_SIZES = ((180, 320), (270, 480), (540, 960))  # inputs, upscaled x4
@@ -106,9 +108,9 @@ def quality(args: argparse.Namespace) -> None:
             rows = {"per-frame": output}
             for strength in args.strengths:
                 rows[f"stabilised {strength:g}"] = stabilised(output, source, StabilizeSettings(strength=strength))
-            if args.variants:
-                for label, changes in VARIANTS.items():
-                    rows[label] = stabilised(output, source, StabilizeSettings(**changes))
+            if args.variants is not None:
+                for label in args.variants or VARIANTS:
+                    rows[label] = stabilised(output, source, StabilizeSettings(**VARIANTS[label]))
             if args.flows:
                 for label, make in FLOW_VARIANTS.items():
                     with flow_in_stage(make):
@@ -252,7 +254,8 @@ def main() -> None:
                         help="downscale factor of the input and scale of the models (default 4)")
     parser.add_argument("--models", nargs="+", help=f"default {', '.join(MODELS)}; at --scale 2 {', '.join(MODELS_X2)}")
     parser.add_argument("--strengths", nargs="+", type=float, default=[StabilizeSettings().strength])
-    parser.add_argument("--variants", action="store_true", help="also measure the stabiliser's alternatives")
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), metavar="LABEL",
+                        help="also measure the stabiliser's alternatives (all, or those named)")
     parser.add_argument("--flows", action="store_true", help="also measure other optical flows in the stage")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/vsrkit-bench-temporal"))
     parser.add_argument("--cost", action="store_true", help="CPU time of the stage against the x2 model")

@@ -111,6 +111,20 @@ def test_a_moving_object_leaves_no_ghost_on_the_still_background():
     assert worst_edge_error(stabilised(per_frame, source)) <= 1.0
     # The check on the size of the change is what keeps the ghost away here.
     assert worst_edge_error(stabilised(per_frame, source, change_tolerance=0)) > 1.2
+    # The clamped history (off by default) keeps what the check rejects within the new frame's
+    # local colours, which span both sides of an outline: it lets the outline move, and ghosts.
+    assert worst_edge_error(stabilised(per_frame, source, history_clamp=True)) > 1.2
+
+
+def test_the_history_clamp_steadies_texture_where_trust_is_low(moving_texture):
+    source, clean, per_frame = moving_texture
+    distrustful = {"change_tolerance": 0.005}  # the invented texture alone fails this change check
+    plain, rejected, clamped = measure_flicker(
+        [clip(per_frame), clip(stabilised(per_frame, source, **distrustful)),
+         clip(stabilised(per_frame, source, history_clamp=True, **distrustful))], clip(clean), clip(source))
+    assert rejected.warping_error > 0.5 * plain.warping_error
+    assert clamped.warping_error < 0.25 * rejected.warping_error
+    assert clamped.psnr > plain.psnr and clamped.edge_ratio >= 0.95
 
 
 def test_the_colour_check_with_reach_forgives_sub_pixel_shifts_of_fine_detail_but_not_changes():
@@ -233,6 +247,8 @@ def test_mismatched_inputs_and_settings_are_refused_by_name(moving_texture):
         stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(scene_threshold=-1))
     with pytest.raises(InputError, match="'colour_noise' \\(0.2\\) must be below 'colour_tolerance' \\(0.15\\)"):
         stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(colour_noise=0.2))
+    with pytest.raises(InputError, match="'history_clamp' must be true or false"):
+        stabilize_clip(clip(per_frame), clip(source), StabilizeSettings(history_clamp="yes"))
 
 
 def test_without_opencv_the_error_says_what_to_install(moving_texture, monkeypatch):

@@ -88,6 +88,10 @@ class StabilizeSettings:
     interpolation: how the previous result is resampled along the flow.
     edge_floor: share of the per-frame output's edge contrast (mean luma gradient on the input's
     strongest 5% of edges) that each stabilised frame keeps at least (`edges.EdgeFloor`); 0 off.
+    history_clamp: where trust is low, blend the carried frame in anyway at the weight trust
+    withheld, clamped to the new frame's local colour range (`_local_range`), as games' temporal
+    anti-aliasing keeps its history. Steadier on fast non-rigid motion, but it lets edges move:
+    moving objects and changing content ghost (BENCHMARKS.md, seventh pass), so it is off.
     """
 
     strength: float = DEFAULT_STRENGTH
@@ -102,6 +106,7 @@ class StabilizeSettings:
     low_frequency: float = 0.7
     interpolation: str = "bicubic"
     edge_floor: float = 0.96
+    history_clamp: bool = False
 
     def validate(self) -> StabilizeSettings:
         """These settings with checked, clean values; InputError naming the bad one."""
@@ -123,8 +128,9 @@ class StabilizeSettings:
         if clean["colour_noise"] >= clean["colour_tolerance"]:
             raise InputError(f"{owner} parameter 'colour_noise' ({clean['colour_noise']:g}) must be below "
                              f"'colour_tolerance' ({clean['colour_tolerance']:g})")
-        if not isinstance(self.flow_checks, bool):
-            raise InputError(f"{owner} parameter 'flow_checks' must be true or false; got {self.flow_checks!r}")
+        for name in ("flow_checks", "history_clamp"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{owner} parameter '{name}' must be true or false; got {getattr(self, name)!r}")
         return dataclasses.replace(self, **clean)
 
 
@@ -177,6 +183,17 @@ def _dissimilarity(first: torch.Tensor, second: torch.Tensor, reach: float) -> t
     low, high = _reach(first, reach)
     other_way = torch.maximum(second - high, low - second).clamp_(min=0)
     return torch.minimum(one_way, other_way)
+
+
+def _local_range(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel and channel of [N, C, H, W], the range a carried value may take: the mean of the
+    3x3 neighbourhood +- its standard deviation, kept within the neighbourhood's min..max."""
+    padded = F.pad(frame, (1, 1, 1, 1), mode="replicate")
+    mean = F.avg_pool2d(padded, 3, 1)
+    deviation = F.avg_pool2d(padded.square(), 3, 1).sub_(mean.square()).clamp_(min=0).sqrt_()
+    lowest = torch.maximum(-F.max_pool2d(-padded, 3, 1), mean - deviation)
+    highest = torch.minimum(F.max_pool2d(padded, 3, 1), mean + deviation)
+    return lowest, highest
 
 
 def _inside(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -238,6 +255,10 @@ class Stabilizer:
         low_trust = mismatch.sub_(noise).div_(noise - tolerance).add_(1.0).clamp_(0.0, 1.0)
         low_trust.mul_(_inside(low_grid, self.output_size))  # 0 where the flow leaves the frame
         difference = sample(last_output, grid, self.settings.interpolation).clamp_(0, 1).sub_(output)
+        held = None
+        if self.settings.history_clamp:  # the carried frame within the new frame's local range, less the new frame
+            lowest, highest = _local_range(output)
+            held = torch.clamp(difference, lowest.sub_(output), highest.sub_(output))
         # The change check and the coarse band live on the input's grid too; one resize brings
         # every map on that grid to the output's.
         low_maps = [low_trust]
@@ -257,8 +278,12 @@ class Stabilizer:
             trust *= _resized(checks * _ramp(boundary_ratio(back)), self.output_size)
         if two_bands:  # the coarse part of the difference gets low_frequency of the weight
             difference.sub_(maps[:, -3:], alpha=1.0 - self.settings.low_frequency)
+        start = output
+        if held is not None:  # what trust withheld goes to the clamped carried frame, inside the frame
+            start = torch.addcmul(output, held, (1 - trust).mul_(_inside(grid, self.output_size)),
+                                  value=self.settings.strength)
         # The coarse band's share can take a pixel past the frames it blends: keep it a colour.
-        blended = torch.addcmul(output, difference, trust.mul_(self.settings.strength)).clamp_(0, 1)
+        blended = torch.addcmul(start, difference, trust.mul_(self.settings.strength)).clamp_(0, 1)
         if edges is not None:
             blended = self._edges(edges.result(), output, blended)
         self._previous = (grey, low, blended)
